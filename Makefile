@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nimbus-installed
+
+.PHONY: setup demo test test-fast up down status serve clean
+
+$(STAMP): pyproject.toml package.json scripts/bootstrap.sh
+	VENV=$(VENV) scripts/bootstrap.sh
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## install everything (apt as root, .venv, npm)
+
+demo: setup  ## the main job on the local stack
+	$(VENV)/bin/nimbus demo
+
+test: setup  ## the whole suite (starts its own services)
+	$(PY) -m pytest
+
+test-fast: setup  ## unit tests only
+	$(PY) -m pytest tests/unit
+
+up: setup
+	$(VENV)/bin/nimbus local up
+down:
+	$(VENV)/bin/nimbus local down
+status:
+	$(VENV)/bin/nimbus local status
+serve: setup
+	$(VENV)/bin/nimbus local serve
+
+clean: down
+	rm -rf .nimbus

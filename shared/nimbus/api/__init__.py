@@ -1,0 +1,1 @@
+"""FastAPI apps, one per HTTP function, and what they share (errors, dependencies)."""

@@ -1,0 +1,94 @@
+"""One Settings object for every function, DAG and CLI command.
+
+Every value comes from the environment (prefix ``NIMBUS_``) or a ``.env`` file; the
+defaults point at the local stack that ``nimbus local up`` starts, so nothing needs
+configuring on one machine. On AWS or a cluster only these URLs change, never code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where every backend lives and how Nimbus talks to it."""
+
+    model_config = SettingsConfigDict(env_prefix="NIMBUS_", env_file=".env", extra="ignore")
+
+    # Local state (logs, pid files, data of the local stack) and the project checkout.
+    home: Path = Field(default=Path(".nimbus"), description="Folder for local-stack data, logs and pid files.")
+    project_root: Path = Field(default=Path("."), description="Folder holding serverless.yml, functions/ and localstack/.")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    mongo_db: str = "nimbus"
+
+    # S3/SQS. An endpoint means an emulator (LocalStack, moto); None means real AWS.
+    aws_endpoint_url: str | None = "http://127.0.0.1:4566"
+    aws_region: str = "us-east-1"
+    data_bucket: str = "nimbus-data"
+    artifacts_bucket: str = "nimbus-artifacts"
+    drop_prefix: str = "incoming/"
+    drop_queue: str = "nimbus-drop-events"
+
+    # MLflow: None means SQLite + artifact folder under ``home`` (no server needed).
+    mlflow_tracking_uri: str | None = None
+    mlflow_registry_uri: str | None = None
+
+    spark_master: str = "local[*]"
+    ray_address: str | None = Field(default=None, description="None: a local Ray; 'ray://host:10001': a cluster.")
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr("nimbus-local-key")],
+        description="Keys accepted by admin endpoints (header X-API-Key); comma-separated in the environment.",
+    )
+    store_timeout_s: float = Field(default=2.0, gt=0, description="Connect/health timeout for every store.")
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 3000
+
+    @field_validator("home", "project_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force: the configured one, else SQLite under ``home``."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.tracking_uri
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        """Where a local (SQLite) MLflow keeps artifacts."""
+        return self.home / "mlflow" / "artifacts"
+
+    def port_of(self, url: str, default: int) -> int:
+        return urlsplit(url).port or default
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; cached because handlers reuse them across warm invocations."""
+    return Settings()

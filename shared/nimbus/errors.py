@@ -1,0 +1,30 @@
+"""The errors Nimbus raises on purpose: each carries a one-line message meant for a person.
+
+The CLI prints them without a traceback; HTTP functions turn them into 4xx/5xx answers.
+"""
+
+from __future__ import annotations
+
+
+class NimbusError(Exception):
+    """Base of every error whose message is fit to show a user as it is."""
+
+
+class ConfigError(NimbusError):
+    """A setting or a project file (serverless.yml, localstack/resources.json) is wrong."""
+
+
+class EventError(NimbusError, ValueError):
+    """A cloud event does not have the shape its source promises."""
+
+
+class StoreUnavailable(NimbusError):
+    """A backend (Redis, MongoDB, S3, MLflow) cannot be reached at its URL."""
+
+    def __init__(self, store: str, url: str, reason: str) -> None:
+        self.store, self.url, self.reason = store, url, reason
+        super().__init__(f"{store} at {url} is unreachable: {reason}")
+
+
+class LocalStackError(NimbusError):
+    """The local stack could not start or stop a service (port taken, binary missing...)."""

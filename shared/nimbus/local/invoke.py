@@ -1,0 +1,118 @@
+"""Call a handler the way AWS Lambda's Python runtime does (like ``sls invoke local``).
+
+The module is imported by the dotted path Lambda uses (``functions.health.handler``)
+with the project root on ``sys.path``, once per process: later calls are warm, as on
+Lambda. Each call gets a Lambda-like context and the function's timeout from
+serverless.yml; a handler that raises gives Lambda's error shape, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from nimbus.errors import NimbusError
+from nimbus.local.serverless import FunctionSpec, Project
+
+log = logging.getLogger("nimbus.invoke")
+
+Handler = Callable[[Any, Any], Any]
+
+
+@dataclass
+class LambdaContext:
+    """The attributes and method of AWS Lambda's Python context object."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_s: int
+    region: str = "us-east-1"
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    _deadline: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_s
+        self.invoked_function_arn = f"arn:aws:lambda:{self.region}:000000000000:function:{self.function_name}"
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex
+        self.identity = None
+        self.client_context = None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    ok: bool
+    payload: Any  # the handler's return value, or Lambda's {"errorMessage", "errorType", ...}
+    duration_ms: float
+    request_id: str
+
+
+_import_lock = threading.Lock()
+
+
+def load_handler(project: Project, fn: FunctionSpec) -> Handler:
+    """Import the handler module (once per process) and return the handler callable."""
+    with _import_lock:
+        root = str(project.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        try:
+            module = importlib.import_module(fn.module_path)
+        except ModuleNotFoundError as exc:
+            raise NimbusError(f"function {fn.name}: cannot import {fn.module_path}: {exc}") from exc
+    handler = getattr(module, fn.attribute, None)
+    if not callable(handler):
+        raise NimbusError(f"function {fn.name}: {fn.module_path} has no callable {fn.attribute!r}")
+    return handler
+
+
+def _thread_with_loop() -> None:
+    # Mangum (and Lambda's runtime) expect an event loop in the invoking thread.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+class Invoker:
+    """Runs handlers in worker threads, each with its own event loop, under the function's timeout."""
+
+    def __init__(self, project: Project, max_workers: int = 16) -> None:
+        self.project = project
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lambda",
+                                        initializer=_thread_with_loop)
+
+    def invoke(self, name: str, event: Any) -> InvokeResult:
+        fn = self.project.function(name)
+        handler = load_handler(self.project, fn)
+        context = LambdaContext(fn.name, fn.memory_mb, fn.timeout_s, self.project.region)
+        start = time.perf_counter()
+        future = self._pool.submit(handler, event, context)
+        try:
+            payload = future.result(timeout=fn.timeout_s)
+            ok = True
+        except FutureTimeout:
+            # Lambda ends the sandbox; a thread cannot be killed, so it is left to finish unseen.
+            ok, payload = False, {"errorType": "TimeoutError",
+                                  "errorMessage": f"Task timed out after {fn.timeout_s:.2f} seconds"}
+        except Exception as exc:  # the handler's own failure, reported as Lambda reports it
+            # The trace is in the payload (as Lambda returns it) and at DEBUG; callers say what to show.
+            log.debug("function %s failed: %s", fn.name, "".join(traceback.format_exception(exc)))
+            ok, payload = False, {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                                  "stackTrace": traceback.format_tb(exc.__traceback__)}
+        return InvokeResult(ok, payload, (time.perf_counter() - start) * 1000, context.aws_request_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

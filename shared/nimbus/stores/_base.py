@@ -1,0 +1,31 @@
+"""Small helpers shared by the store adapters (timing health checks, hiding secrets in URLs)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from nimbus.stores import Health
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and error messages: the password is replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def timed_health(store: str, url: str, probe: Callable[[], dict[str, str] | None]) -> Health:
+    """Run ``probe``; any exception means down, with its message as the detail."""
+    start = time.perf_counter()
+    try:
+        info = probe() or {}
+    except Exception as exc:  # a health check reports, it never raises
+        # The URL is already in the Health; keep the detail to the reason alone.
+        reason = getattr(exc, "reason", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return Health(store, redact(url), False, (time.perf_counter() - start) * 1000, reason[:300])
+    return Health(store, redact(url), True, (time.perf_counter() - start) * 1000, "ok", info)

@@ -1,0 +1,83 @@
+"""The MongoDB document store: batch results, audit trail, job records, history.
+
+This module owns collection names and their indexes (``Collections``); domain code
+asks for ``store.collection(Collections.X)`` and never spells a name itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import pymongo
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from nimbus.config import Settings
+from nimbus.errors import StoreUnavailable
+from nimbus.stores import Health
+from nimbus.stores._base import redact, timed_health
+
+
+class Collections:
+    """Collection names, one place. Later layers add theirs here with their indexes."""
+
+    AUDIT = "audit"
+
+
+# name -> list of (keys, options) passed to create_index
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    Collections.AUDIT: [([("at", pymongo.DESCENDING)], {}), ([("subject", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
+}
+
+
+class DocumentStore:
+    """A thin adapter over one MongoClient (which pools connections itself)."""
+
+    name = "mongodb"
+    _cache: ClassVar[dict[tuple[str, str], DocumentStore]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str, database: str, timeout_s: float = 2.0) -> None:
+        self.url = url
+        ms = int(timeout_s * 1000)
+        self.client: pymongo.MongoClient = pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True, appname="nimbus"
+        )
+        self.db: Database = self.client[database]
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> DocumentStore:
+        key = (settings.mongo_url, settings.mongo_db)
+        with cls._lock:
+            store = cls._cache.get(key)
+            if store is None:
+                store = cls._cache[key] = cls(settings.mongo_url, settings.mongo_db, settings.store_timeout_s)
+            return store
+
+    def collection(self, name: str) -> Collection:
+        return self.db[name]
+
+    def ping(self) -> None:
+        try:
+            self.client.admin.command("ping")
+        except PyMongoError as exc:
+            # pymongo appends its topology description; the first clause is the reason.
+            reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].strip() or type(exc).__name__
+            raise StoreUnavailable(self.name, redact(self.url), reason) from exc
+
+    def ensure_indexes(self) -> None:
+        """Create every declared index (idempotent)."""
+        self.ping()
+        for name, indexes in INDEXES.items():
+            for keys, options in indexes:
+                self.db[name].create_index(keys, **options)
+
+    def health(self) -> Health:
+        def probe() -> dict[str, str]:
+            self.ping()
+            info = self.client.server_info()
+            return {"version": str(info.get("version", "?"))}
+
+        return timed_health(self.name, self.url, probe)

@@ -1,0 +1,152 @@
+"""The S3 object store (and its SQS queues): datasets, the drop folder, reports, exports.
+
+On AWS the endpoint is None and boto3 finds credentials as usual; locally the endpoint
+is LocalStack or moto on port 4566 and any credentials do. Same code either way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, ClassVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from nimbus.config import Settings
+from nimbus.errors import StoreUnavailable
+from nimbus.stores import Health
+from nimbus.stores._base import timed_health
+
+
+def aws_client(service: str, settings: Settings) -> Any:
+    """A boto3 client for ``service`` at the configured endpoint, with short timeouts."""
+    kwargs: dict[str, Any] = {
+        "region_name": settings.aws_region,
+        "config": Config(
+            connect_timeout=settings.store_timeout_s,
+            read_timeout=max(settings.store_timeout_s, 30),
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    }
+    if settings.aws_endpoint_url:
+        kwargs["endpoint_url"] = settings.aws_endpoint_url
+        # Emulators accept any credentials; don't make a laptop user configure some.
+        if not os.environ.get("AWS_ACCESS_KEY_ID"):
+            kwargs["aws_access_key_id"] = "test"
+            kwargs["aws_secret_access_key"] = "test"
+    return boto3.session.Session().client(service, **kwargs)
+
+
+def _unreachable(store: str, url: str, exc: Exception) -> StoreUnavailable:
+    if isinstance(exc, ClientError):
+        reason = exc.response.get("Error", {}).get("Message") or str(exc)
+    else:
+        reason = str(exc).splitlines()[0] or type(exc).__name__
+    return StoreUnavailable(store, url, reason)
+
+
+class ObjectStore:
+    """S3 buckets: data (datasets, drop folder) and artifacts (reports, exported models)."""
+
+    name = "s3"
+    _cache: ClassVar[dict[tuple[str | None, str], ObjectStore]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.aws_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com"
+        self.data_bucket = settings.data_bucket
+        self.artifacts_bucket = settings.artifacts_bucket
+        self.client = aws_client("s3", settings)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ObjectStore:
+        key = (settings.aws_endpoint_url, settings.aws_region)
+        with cls._lock:
+            store = cls._cache.get(key)
+            if store is None:
+                store = cls._cache[key] = cls(settings)
+            return store
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write an object; returns its ETag."""
+        try:
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)["ETag"].strip('"')
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+        return keys
+
+    def bucket_names(self) -> set[str]:
+        """The buckets there are; raises StoreUnavailable when the endpoint does not answer."""
+        try:
+            return {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+
+    def ping(self) -> Health:
+        """Health of the endpoint alone (buckets may not exist yet)."""
+        return timed_health(self.name, self.url, lambda: {"buckets": str(len(self.bucket_names()))})
+
+    def health(self) -> Health:
+        def probe() -> dict[str, str]:
+            names = self.bucket_names()
+            missing = [b for b in (self.data_bucket, self.artifacts_bucket) if b not in names]
+            if missing:
+                raise RuntimeError(f"bucket(s) missing: {', '.join(missing)} (run `nimbus local up`)")
+            return {"buckets": ",".join(sorted(names))}
+
+        return timed_health(self.name, self.url, probe)
+
+
+class QueueStore:
+    """The SQS queue that carries drop-folder notifications (S3 -> SQS -> batch)."""
+
+    name = "sqs"
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.aws_endpoint_url or f"https://sqs.{settings.aws_region}.amazonaws.com"
+        self.queue_name = settings.drop_queue
+        self.client = aws_client("sqs", settings)
+        self._queue_url: str | None = None
+
+    @property
+    def queue_url(self) -> str:
+        if self._queue_url is None:
+            try:
+                self._queue_url = self.client.get_queue_url(QueueName=self.queue_name)["QueueUrl"]
+            except (BotoCoreError, ClientError) as exc:
+                raise _unreachable(self.name, self.url, exc) from exc
+        return self._queue_url
+
+    def receive(self, max_messages: int = 10, wait_s: int = 1) -> list[dict[str, Any]]:
+        try:
+            answer = self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=max_messages,
+                WaitTimeSeconds=wait_s,
+                AttributeNames=["All"],
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+        return answer.get("Messages", [])
+
+    def delete(self, receipt_handle: str) -> None:
+        self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
+
+    def health(self) -> Health:
+        return timed_health(self.name, self.url, lambda: {"queue": self.queue_url.rsplit("/", 1)[-1]})

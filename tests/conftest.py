@@ -1,0 +1,77 @@
+"""Fixtures: the real services (Redis, MongoDB-wire, S3/SQS emulator, MLflow server),
+started once per test session on free loopback ports, with state cleaned between tests.
+
+Unit tests use none of them; a test that asks for ``stack_settings`` (or a fixture built
+on it) gets the whole stack, started on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nimbus.config import Settings, get_settings
+from nimbus.local.stack import LocalStack, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    """NIMBUS_* variables for a stack of our own on free ports, data under ``home``."""
+    return {
+        "NIMBUS_HOME": str(home),
+        "NIMBUS_PROJECT_ROOT": str(ROOT),
+        "NIMBUS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "NIMBUS_MONGO_URL": f"mongodb://127.0.0.1:{free_port()}/",
+        "NIMBUS_AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "NIMBUS_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The real local stack for this test session; NIMBUS_* in os.environ point at it."""
+    env = stack_env(tmp_path_factory.mktemp("nimbus-home"))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = get_settings()
+    stack = LocalStack(settings, ephemeral=True, mlflow_server=True)
+    try:
+        stack.up(timeout_s=120)
+        yield settings
+    finally:
+        stack.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def clean_stack(stack_settings: Settings) -> Settings:
+    """The session's stack with Redis, MongoDB, the buckets and the drop queue emptied."""
+    from nimbus.stores.documents import DocumentStore
+    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.objects import ObjectStore, QueueStore
+
+    FeatureStore.for_settings(stack_settings).client.flushdb()
+    documents = DocumentStore.for_settings(stack_settings)
+    for name in documents.db.list_collection_names():
+        documents.db[name].delete_many({})
+    objects = ObjectStore.for_settings(stack_settings)
+    for bucket in (stack_settings.data_bucket, stack_settings.artifacts_bucket):
+        for key in objects.list_keys(bucket):
+            objects.client.delete_object(Bucket=bucket, Key=key)
+    queue = QueueStore(stack_settings)  # drained, not purged: SQS allows one purge a minute
+    while messages := queue.receive(wait_s=0):
+        for message in messages:
+            queue.delete(message["ReceiptHandle"])
+    return stack_settings

@@ -1,0 +1,2 @@
+def handler(event, context):
+    raise ValueError("internal detail that must not reach the client")

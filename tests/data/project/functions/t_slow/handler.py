@@ -1,0 +1,6 @@
+import time
+
+
+def handler(event, context):
+    time.sleep(3)
+    return {"statusCode": 200, "body": "too late"}

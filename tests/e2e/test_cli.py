@@ -1,0 +1,127 @@
+"""The `nimbus` command as a user runs it: local up/status/down, invoke, demo, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, stack_env
+
+pytestmark = pytest.mark.e2e
+NIMBUS = [sys.executable, "-m", "nimbus.cli"]
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
+    wide = {"COLUMNS": "250"}  # rich tables fit on one line per row
+    return subprocess.run([*NIMBUS, *args], env={**os.environ, **wide, **env}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, input=stdin)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def pids_of(home: Path) -> list[int]:
+    return [json.loads(p.read_text())["pid"] for p in (home / "run").glob("*.json")]
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a second stack on its own ports, always brought down afterwards."""
+    env = stack_env(tmp_path / "home")
+    env["NIMBUS_MLFLOW_TRACKING_URI"] = ""  # the default local mode: MLflow on SQLite, no server
+    yield env
+    run(["local", "down"], env)
+
+
+@pytest.mark.slow
+def test_local_up_status_down_leaves_no_process(own_stack: dict[str, str]) -> None:
+    up = run(["local", "up"], own_stack)
+    assert up.returncode == 0, up.stderr
+    home = Path(own_stack["NIMBUS_HOME"])
+    pids = pids_of(home)
+    assert len(pids) == 3  # redis, mongodb-wire, s3/sqs; MLflow on SQLite is no process
+    status = run(["local", "status"], own_stack)
+    assert status.returncode == 0, status.stdout
+    for name in ("redis", "mongodb", "s3", "mlflow"):
+        assert name in status.stdout
+    assert status.stdout.count(" up ") == 4
+    again = run(["local", "up"], own_stack)  # idempotent: nothing restarted
+    assert again.returncode == 0 and sorted(pids_of(home)) == sorted(pids)
+
+    down = run(["local", "down"], own_stack)
+    assert down.returncode == 0 and "redis" in down.stdout
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    after = run(["local", "status"], own_stack)
+    assert after.returncode == 3 and after.stdout.count(" down ") == 3
+
+
+def test_a_taken_port_is_a_one_line_error(own_stack: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {**own_stack, "NIMBUS_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        done = run(["local", "up", "--services", "redis"], env)
+    assert_one_line_error(done, f"port {port} for redis is taken", "NIMBUS_REDIS_URL")
+
+
+def test_an_unknown_service_is_a_one_line_error(own_stack: dict[str, str]) -> None:
+    assert_one_line_error(run(["local", "up", "--services", "postgres"], own_stack), "unknown service(s) postgres")
+
+
+def test_invoke_runs_the_health_function_with_a_cloud_event(clean_stack) -> None:  # noqa: ANN001
+    done = run(["invoke", "health", "--event", "tests/data/events/apigw_v2_health.json"], {})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "ok"
+
+
+def test_invoke_reads_the_event_from_stdin(clean_stack) -> None:  # noqa: ANN001
+    event = (ROOT / "tests/data/events/apigw_v2_health.json").read_text()
+    done = run(["invoke", "health", "--event", "-"], {}, stdin=event)
+    assert done.returncode == 0 and json.loads(done.stdout)["statusCode"] == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["invoke", "health", "--data", "{not json"], ["event is not valid JSON"]),
+        (["invoke", "health", "--event", "no/such/file.json"], ["event file no/such/file.json not found"]),
+        (["invoke", "nope", "--data", "{}"], ["no function 'nope'", "health"]),
+        (["invoke", "health", "--data", '{"Records": "x"}'], ["health failed", "unable to infer"]),
+    ],
+)
+def test_bad_invocations_are_one_line_errors(args: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(run(args, {}), *fragments)
+
+
+def test_an_unreachable_store_is_named_by_nimbus_health(tmp_path: Path) -> None:
+    env = stack_env(tmp_path)
+    env["NIMBUS_STORE_TIMEOUT_S"] = "0.5"
+    done = run(["health"], env)
+    assert done.returncode == 3
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "down" in done.stdout and env["NIMBUS_REDIS_URL"] in done.stdout
+
+
+@pytest.mark.slow
+def test_demo_brings_the_stack_up_answers_health_and_brings_it_down(own_stack: dict[str, str]) -> None:
+    done = run(["demo"], own_stack, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-> HTTP 200" in done.stdout and "nimbus health: ok" in done.stdout
+    assert "stopped: redis, mongodb, s3" in done.stdout
+    assert pids_of(Path(own_stack["NIMBUS_HOME"])) == []

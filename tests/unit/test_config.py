@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nimbus.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_nimbus_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other tests' stacks set NIMBUS_* in this process; these tests are about the defaults."""
+    for name in [n for n in os.environ if n.startswith("NIMBUS_")]:
+        monkeypatch.delenv(name)
+
+
+def test_defaults_point_at_the_local_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(_env_file=None)
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.mongo_url == "mongodb://127.0.0.1:27017/"
+    assert settings.aws_endpoint_url == "http://127.0.0.1:4566"
+    assert settings.home == tmp_path / ".nimbus"
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / '.nimbus' / 'mlflow' / 'mlflow.db'}"
+
+
+def test_environment_overrides_with_the_nimbus_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIMBUS_REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("NIMBUS_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("NIMBUS_API_KEYS", "alpha, beta,,")
+    settings = Settings(_env_file=None)
+    assert settings.redis_url == "redis://cache:6380/2"
+    assert settings.tracking_uri == "http://mlflow:5000"
+    assert settings.registry_uri == "http://mlflow:5000"
+    assert [k.get_secret_value() for k in settings.api_keys] == ["alpha", "beta"]
+
+
+def test_an_empty_endpoint_means_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIMBUS_AWS_ENDPOINT_URL", "")
+    assert Settings(_env_file=None).aws_endpoint_url is None
+
+
+def test_api_keys_are_not_shown_in_repr() -> None:
+    settings = Settings(_env_file=None, api_keys="very-secret")
+    assert "very-secret" not in repr(settings)
+
+
+def test_localstack_resources_use_the_names_in_settings() -> None:
+    spec = json.loads((ROOT / "localstack" / "resources.json").read_text())
+    defaults = Settings(_env_file=None)
+    assert {defaults.data_bucket, defaults.artifacts_bucket} <= set(spec["buckets"])
+    assert defaults.drop_queue in {q["name"] for q in spec["queues"]}
+    [drop] = [n for n in spec["notifications"] if n["queue"] == defaults.drop_queue]
+    assert (drop["bucket"], drop["prefix"]) == (defaults.data_bucket, defaults.drop_prefix)
+
+
+def test_serverless_yml_uses_the_names_in_settings() -> None:
+    doc = yaml.safe_load((ROOT / "serverless.yml").read_text())
+    defaults = Settings(_env_file=None)
+    assert f"'{defaults.data_bucket}'" in doc["custom"]["dataBucket"]
+    assert f"'{defaults.artifacts_bucket}'" in doc["custom"]["artifactsBucket"]
+    assert doc["custom"]["dropPrefix"] == defaults.drop_prefix
