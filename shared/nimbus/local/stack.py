@@ -27,7 +27,7 @@ from nimbus.errors import LocalStackError
 from nimbus.stores import Health
 from nimbus.stores.documents import DocumentStore
 from nimbus.stores.features import FeatureStore
-from nimbus.stores.objects import ObjectStore
+from nimbus.stores.objects import ObjectStore, QueueStore
 from nimbus.stores.registry import Registry
 
 RESOURCES_SCRIPT = Path("localstack") / "init" / "ready.d" / "nimbus_resources.py"
@@ -124,7 +124,7 @@ class LocalStack:
                 "s3", s3_port, s.aws_endpoint_url or "", "NIMBUS_AWS_ENDPOINT_URL",
                 lambda: [self._need("moto_server", "pip install 'moto[server]' (make installs it)"),
                          "-H", "127.0.0.1", "-p", str(s3_port)],
-                ObjectStore(s).health,
+                self._s3_sqs_health,
                 after_start=self.apply_resources,
                 ready=ObjectStore(s).ping,
                 binary="moto_server",
@@ -149,6 +149,15 @@ class LocalStack:
                         after_start=self._init_mlflow_sqlite)
             )
         return services
+
+    def _s3_sqs_health(self) -> Health:
+        """S3 with its buckets, and the drop-folder queue: the emulator is up when both answer."""
+        s3 = ObjectStore(self.settings).health()
+        if not s3.up:
+            return s3
+        queue = QueueStore(self.settings).health()
+        detail = f"buckets {s3.info['buckets']}; queue {queue.info.get('queue')}" if queue.up else f"sqs: {queue.detail}"
+        return Health("s3", s3.url, queue.up, s3.latency_ms + queue.latency_ms, detail)
 
     def _need(self, name: str, hint: str) -> str:
         path = _bin(name)

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit, urlunsplit
 
+from nimbus.config import Settings
 from nimbus.stores import Health
+
+
+class PerProcess:
+    """One adapter per backend address per process, so warm invocations reuse connections.
+
+    Subclasses say what identifies their backend (``cache_key``) and how to build one
+    from settings (``from_settings``); ``for_settings`` does the caching.
+    """
+
+    _instances: ClassVar[dict[tuple[type, Hashable], Any]] = {}
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def cache_key(cls, settings: Settings) -> Hashable:
+        raise NotImplementedError
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Self:
+        key = (cls, cls.cache_key(settings))
+        with cls._instances_lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls.from_settings(settings)
+            return cls._instances[key]
 
 
 def redact(url: str) -> str:

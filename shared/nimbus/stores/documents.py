@@ -6,8 +6,7 @@ asks for ``store.collection(Collections.X)`` and never spells a name itself.
 
 from __future__ import annotations
 
-import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import pymongo
 from pymongo.collection import Collection
@@ -17,7 +16,7 @@ from pymongo.errors import PyMongoError
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.stores import Health
-from nimbus.stores._base import redact, timed_health
+from nimbus.stores._base import PerProcess, redact, timed_health
 
 
 class Collections:
@@ -32,12 +31,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
-class DocumentStore:
+class DocumentStore(PerProcess):
     """A thin adapter over one MongoClient (which pools connections itself)."""
 
     name = "mongodb"
-    _cache: ClassVar[dict[tuple[str, str], DocumentStore]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, url: str, database: str, timeout_s: float = 2.0) -> None:
         self.url = url
@@ -48,13 +45,12 @@ class DocumentStore:
         self.db: Database = self.client[database]
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> DocumentStore:
-        key = (settings.mongo_url, settings.mongo_db)
-        with cls._lock:
-            store = cls._cache.get(key)
-            if store is None:
-                store = cls._cache[key] = cls(settings.mongo_url, settings.mongo_db, settings.store_timeout_s)
-            return store
+    def cache_key(cls, settings: Settings) -> tuple[str, str]:
+        return (settings.mongo_url, settings.mongo_db)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DocumentStore:
+        return cls(settings.mongo_url, settings.mongo_db, settings.store_timeout_s)
 
     def collection(self, name: str) -> Collection:
         return self.db[name]

@@ -6,15 +6,12 @@ a key. Later layers (recommendations, experiments, monitoring) ask it for keys.
 
 from __future__ import annotations
 
-import threading
-from typing import ClassVar
-
 import redis
 
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.stores import Health
-from nimbus.stores._base import redact, timed_health
+from nimbus.stores._base import PerProcess, redact, timed_health
 
 
 class Keys:
@@ -27,12 +24,10 @@ class Keys:
         return ":".join([cls.PREFIX, *(str(p) for p in parts)])
 
 
-class FeatureStore:
+class FeatureStore(PerProcess):
     """A thin adapter over one Redis connection pool."""
 
     name = "redis"
-    _cache: ClassVar[dict[str, FeatureStore]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url
@@ -45,13 +40,12 @@ class FeatureStore:
         )
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> FeatureStore:
-        """One store per URL per process: warm invocations reuse the pool."""
-        with cls._lock:
-            store = cls._cache.get(settings.redis_url)
-            if store is None:
-                store = cls._cache[settings.redis_url] = cls(settings.redis_url, settings.store_timeout_s)
-            return store
+    def cache_key(cls, settings: Settings) -> str:
+        return settings.redis_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureStore:
+        return cls(settings.redis_url, settings.store_timeout_s)
 
     def ping(self) -> None:
         """Raise StoreUnavailable (naming the URL) unless Redis answers."""

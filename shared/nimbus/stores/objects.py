@@ -7,8 +7,7 @@ is LocalStack or moto on port 4566 and any credentials do. Same code either way.
 from __future__ import annotations
 
 import os
-import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -17,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.stores import Health
-from nimbus.stores._base import timed_health
+from nimbus.stores._base import PerProcess, timed_health
 
 
 def aws_client(service: str, settings: Settings) -> Any:
@@ -47,12 +46,10 @@ def _unreachable(store: str, url: str, exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(store, url, reason)
 
 
-class ObjectStore:
+class ObjectStore(PerProcess):
     """S3 buckets: data (datasets, drop folder) and artifacts (reports, exported models)."""
 
     name = "s3"
-    _cache: ClassVar[dict[tuple[str | None, str], ObjectStore]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, settings: Settings) -> None:
         self.url = settings.aws_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com"
@@ -61,13 +58,12 @@ class ObjectStore:
         self.client = aws_client("s3", settings)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ObjectStore:
-        key = (settings.aws_endpoint_url, settings.aws_region)
-        with cls._lock:
-            store = cls._cache.get(key)
-            if store is None:
-                store = cls._cache[key] = cls(settings)
-            return store
+    def cache_key(cls, settings: Settings) -> tuple[str | None, str, str, str]:
+        return (settings.aws_endpoint_url, settings.aws_region, settings.data_bucket, settings.artifacts_bucket)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStore:
+        return cls(settings)
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write an object; returns its ETag."""

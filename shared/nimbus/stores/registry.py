@@ -6,25 +6,22 @@ registry (health of an HTTP server, say) should not pay for it on a cold start.
 
 from __future__ import annotations
 
-import threading
 import urllib.request
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.stores import Health
-from nimbus.stores._base import redact, timed_health
+from nimbus.stores._base import PerProcess, redact, timed_health
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
-class Registry:
+class Registry(PerProcess):
     """A thin adapter over MlflowClient bound to the configured tracking/registry URIs."""
 
     name = "mlflow"
-    _cache: ClassVar[dict[tuple[str, str], Registry]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, tracking_uri: str, registry_uri: str, timeout_s: float = 2.0) -> None:
         self.url = tracking_uri
@@ -33,13 +30,12 @@ class Registry:
         self._client: MlflowClient | None = None
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Registry:
-        key = (settings.tracking_uri, settings.registry_uri)
-        with cls._lock:
-            store = cls._cache.get(key)
-            if store is None:
-                store = cls._cache[key] = cls(settings.tracking_uri, settings.registry_uri, settings.store_timeout_s)
-            return store
+    def cache_key(cls, settings: Settings) -> tuple[str, str]:
+        return (settings.tracking_uri, settings.registry_uri)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        return cls(settings.tracking_uri, settings.registry_uri, settings.store_timeout_s)
 
     @property
     def is_server(self) -> bool:
