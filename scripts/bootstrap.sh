@@ -22,9 +22,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ -z "$PYTHON" ]; then
-  for candidate in python3.13 python3.12 python3.11 python3; do
+  for candidate in python3 python3.11 python3.12 python3.13; do
     if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+       "$candidate" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
       PYTHON=$candidate; break
     fi
   done
