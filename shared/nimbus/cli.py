@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +38,7 @@ def _stack(mlflow_server: bool = False):  # noqa: ANN202
 def _status_table(rows: list[Any], title: str) -> Table:
     table = Table(title=title)
     for column in ("service", "state", "url", "pid", "detail"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a URL is worth more whole than on one line
     for row in rows:
         state = "[green]up[/green]" if row.up else "[red]down[/red]"
         table.add_row(row.name, state, row.url, str(row.pid or "-"), row.detail)
@@ -154,7 +155,7 @@ def health() -> None:
 def _print_health(report: dict[str, Any]) -> None:
     table = Table(title=f"nimbus health: {report['status']}")
     for column in ("store", "state", "url", "latency", "detail"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in report["stores"]:
         state = "[green]up[/green]" if s["up"] else "[red]down[/red]"
         table.add_row(s["store"], state, s["url"], f"{s['latency_ms']:.1f} ms", s["detail"])
@@ -198,8 +199,9 @@ def demo(
 def main() -> None:
     """Entry point: run the CLI, printing Nimbus errors as one line."""
     # MLflow and alembic narrate schema migrations at INFO; a CLI user needs none of it.
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         app()
     except NimbusError as exc:
