@@ -1,0 +1,214 @@
+"""Candidates and ranking features for one user: the code training and serving share.
+
+Numpy only (it runs on every request). A :class:`ItemTable` holds everything item-side
+(aggregates, embeddings, co-occurrence neighbours, popular lists) and is loaded once per
+feature version; a :class:`UserContext` is built per request from the user's batch
+features and real-time state. ``candidates`` unions several generators; ``features``
+builds the ranker's input for each candidate; the ranker itself is a linear model whose
+arrays are extracted from the fitted scikit-learn pipeline (see ``bundle``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+RECENT_N = 20  # items of history a user's context keeps (batch and real-time merged)
+FEATURES = ("emb_dot", "cooc", "item_pop", "item_ctr", "item_buy_rate", "cat_share", "item_price")
+N_EMB, N_COOC, N_CAT_POP, N_POP = 100, 100, 20, 40
+
+
+@dataclass(eq=False)
+class ItemTable:
+    """Item-side features of one feature version."""
+
+    version: str
+    item_ids: np.ndarray  # str
+    categories: np.ndarray  # str, index = category id
+    item_category: np.ndarray  # int32 (n_items,)
+    item_num: np.ndarray  # float32 (n_items, 4): pop, ctr, buy rate, log price
+    item_emb: np.ndarray  # float32 (n_items, D)
+    cooc_idx: np.ndarray  # int32 (n_items, M), -1 padded
+    cooc_w: np.ndarray  # float32 (n_items, M)
+    popular: np.ndarray  # int32, most popular first
+    cat_popular: np.ndarray  # int32 (n_categories, P), -1 padded
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {item: n for n, item in enumerate(self.item_ids.tolist())}
+
+    @cached_property
+    def category_index(self) -> dict[str, int]:
+        return {cat: n for n, cat in enumerate(self.categories.tolist())}
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.categories)
+
+    @property
+    def dim(self) -> int:
+        return self.item_emb.shape[1]
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        arrays = {k: getattr(self, k) for k in ("item_category", "item_num", "item_emb", "cooc_idx", "cooc_w",
+                                                "popular", "cat_popular")}
+        np.savez(buffer, version=np.asarray(self.version), item_ids=self.item_ids.astype(str),
+                 categories=self.categories.astype(str), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ItemTable:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return cls(version=str(arrays.pop("version")), item_ids=arrays.pop("item_ids").astype(object),
+                   categories=arrays.pop("categories").astype(object), **arrays)
+
+    def popular_in(self, category: int | None, limit: int) -> np.ndarray:
+        if category is None:
+            return self.popular[:limit]
+        row = self.cat_popular[category]
+        return row[row >= 0][:limit]
+
+
+@dataclass(eq=False)
+class FeatureSet:
+    """A whole feature version: the item table and every user's batch features."""
+
+    items: ItemTable
+    user_ids: np.ndarray  # str
+    user_num: np.ndarray  # float32 (n_users, 3): log1p views, clicks, purchases
+    user_cat: np.ndarray  # float32 (n_users, C): weighted counts per category
+    user_emb: np.ndarray  # float32 (n_users, D)
+    user_recent: np.ndarray  # int32 (n_users, RECENT_N), newest first, -1 padded
+
+    @property
+    def version(self) -> str:
+        return self.items.version
+
+    def user_blob(self, row: int) -> bytes:
+        """One user's batch features as stored in Redis: float32 [num, cat, emb] + int32 recent."""
+        floats = np.concatenate([self.user_num[row], self.user_cat[row], self.user_emb[row]]).astype(np.float32)
+        return floats.tobytes() + self.user_recent[row].astype(np.int32).tobytes()
+
+
+@dataclass(eq=False)
+class UserContext:
+    """What one request knows about a user."""
+
+    known: bool  # has batch features (else: a cold-start user)
+    emb: np.ndarray
+    cat_counts: np.ndarray
+    recent: np.ndarray  # item indices, newest first
+    activity: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
+
+    @property
+    def cold(self) -> bool:
+        return not self.known and len(self.recent) == 0
+
+
+def decode_user(items: ItemTable, blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    if not blob:
+        return None
+    n_float = 3 + items.n_categories + items.dim
+    floats = np.frombuffer(blob, dtype=np.float32, count=n_float)
+    recent = np.frombuffer(blob, dtype=np.int32, offset=4 * n_float)
+    c = 3 + items.n_categories
+    return floats[:3], floats[3:c], floats[c:], recent[recent >= 0]
+
+
+def user_context(
+    items: ItemTable,
+    blob: bytes | None,
+    rt_recent: list[bytes] | list[str] = (),  # type: ignore[assignment]
+    rt_counts: dict[bytes, bytes] | dict[str, float] | None = None,
+) -> UserContext:
+    """Merge batch features (``blob``) with real-time state (recent items, category counts)."""
+    decoded = decode_user(items, blob)
+    if decoded is None:
+        activity, cat_counts = np.zeros(3, np.float32), np.zeros(items.n_categories, np.float32)
+        emb, batch_recent = np.zeros(items.dim, np.float32), np.empty(0, np.int32)
+    else:
+        activity, cat_counts, emb, batch_recent = decoded
+        cat_counts = cat_counts.copy()
+    if rt_counts:
+        for key, value in rt_counts.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if name.startswith("c:") and (c := items.category_index.get(name[2:])) is not None:
+                cat_counts[c] += float(value)
+    recent: list[int] = []
+    index = items.index
+    for item in rt_recent:
+        n = index.get(item.decode() if isinstance(item, bytes) else item)
+        if n is not None and n not in recent:
+            recent.append(n)
+    for n in batch_recent.tolist():
+        if len(recent) >= RECENT_N:
+            break
+        if n not in recent:
+            recent.append(n)
+    return UserContext(decoded is not None, emb, cat_counts, np.asarray(recent[:RECENT_N], np.int32), activity)
+
+
+def cooc_scores(items: ItemTable, recent: np.ndarray) -> np.ndarray:
+    """Sum of co-occurrence weights from the user's recent items to every item (dense)."""
+    scores = np.zeros(items.n_items, np.float32)
+    if len(recent):
+        idx = items.cooc_idx[recent].ravel()
+        keep = idx >= 0
+        np.add.at(scores, idx[keep], items.cooc_w[recent].ravel()[keep])
+    return scores
+
+
+def _top(values: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:
+    if mask is not None:
+        values = np.where(mask, values, -np.inf)
+    n = min(n, len(values))
+    top = np.argpartition(values, -n)[-n:]
+    return top[np.isfinite(values[top])]
+
+
+def candidates(
+    items: ItemTable, ctx: UserContext, cooc: np.ndarray, emb_dot: np.ndarray, category: int | None = None
+) -> np.ndarray:
+    """Union of: embedding neighbours, co-occurring items, popular in the user's favourite
+    categories, and popular overall; the user's recent items are left out."""
+    mask = items.item_category == category if category is not None else None
+    parts = [items.popular_in(category, N_POP)]
+    if ctx.known:
+        parts.append(_top(emb_dot, N_EMB, mask))
+    if len(ctx.recent):
+        positive = cooc > 0 if mask is None else (cooc > 0) & mask
+        parts.append(_top(cooc, N_COOC, positive))
+    if category is None and ctx.cat_counts.any():
+        for c in np.argsort(-ctx.cat_counts)[:3]:
+            parts.append(items.popular_in(int(c), N_CAT_POP))
+    pool = np.unique(np.concatenate(parts))
+    if len(ctx.recent):
+        pool = pool[~np.isin(pool, ctx.recent)]
+    return pool
+
+
+def features(items: ItemTable, ctx: UserContext, cand: np.ndarray, cooc: np.ndarray, emb_dot: np.ndarray) -> np.ndarray:
+    """The ranker's input for each candidate, columns in FEATURES order."""
+    total = float(ctx.cat_counts.sum())
+    share = ctx.cat_counts[items.item_category[cand]] / total if total > 0 else np.zeros(len(cand), np.float32)
+    num = items.item_num[cand]
+    return np.column_stack([emb_dot[cand], cooc[cand], num[:, 0], num[:, 1], num[:, 2], share, num[:, 3]]).astype(
+        np.float32
+    )
+
+
+def score_inputs(items: ItemTable, ctx: UserContext, category: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate indices, feature matrix) for one user."""
+    emb_dot = items.item_emb @ ctx.emb if ctx.known else np.zeros(items.n_items, np.float32)
+    cooc = cooc_scores(items, ctx.recent)
+    cand = candidates(items, ctx, cooc, emb_dot, category)
+    return cand, features(items, ctx, cand, cooc, emb_dot)
