@@ -25,6 +25,9 @@ app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and
 local_app = typer.Typer(help="The local stack: real Redis, MongoDB-wire, S3/SQS and MLflow on 127.0.0.1.",
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
+recommend_app = typer.Typer(help="Real-time recommendations: data, features, training, promotion, serving.",
+                            no_args_is_help=True)
+app.add_typer(recommend_app, name="recommend")
 
 out = Console()
 
@@ -194,6 +197,103 @@ def demo(
             out.rule("3. local stack down")
             stopped = stack.down(started) if started else []
             out.print(f"stopped: {', '.join(stopped) or 'nothing (it was already running before the demo)'}")
+
+
+# ---- recommend -------------------------------------------------------------------------
+def _progress():  # noqa: ANN202 - a rich status with a say() callback
+    status = out.status("working...")
+
+    def say(message: str) -> None:
+        status.update(message)
+        out.log(message)
+
+    return status, say
+
+
+@recommend_app.command("generate")
+def recommend_generate(
+    users: Annotated[int, typer.Option(min=10, help="How many users.")] = 5000,
+    items: Annotated[int, typer.Option(min=10, help="How many items.")] = 2000,
+    days: Annotated[int, typer.Option(min=1)] = 60,
+    seed: Annotated[int, typer.Option()] = 7,
+    out_dir: Annotated[str | None, typer.Option("--out", help="A folder; default: upload to the data bucket.")] = None,
+) -> None:
+    """Make a synthetic interaction log and catalogue (Parquet), locally or in S3."""
+    from nimbus.recommend.publish import write_dataset
+    from nimbus.recommend.data import generate
+
+    with out.status("generating..."):
+        dataset = generate(users, items, days=days, seed=seed)
+        where = write_dataset(dataset, get_settings(), out_dir)
+    out.print(f"{len(dataset.interactions):,} events, {users:,} users, {items:,} items -> {where}")
+
+
+@recommend_app.command("features")
+def recommend_features(
+    logs: Annotated[str | None, typer.Option(help="Logs (file, folder or s3://); default: the data bucket.")] = None,
+    catalogue: Annotated[str | None, typer.Option(help="Catalogue (file or s3://).")] = None,
+) -> None:
+    """Recompute batch features and swap them into Redis (what the scheduled `features` function does)."""
+    from nimbus.recommend.pipeline import refresh_features
+
+    status, say = _progress()
+    with status:
+        result = refresh_features(get_settings(), logs, catalogue, progress=say)
+    out.print_json(json.dumps(result, default=str))
+
+
+@recommend_app.command("train")
+def recommend_train(
+    logs: Annotated[str | None, typer.Option(help="Logs (file, folder or s3://); default: the data bucket.")] = None,
+    catalogue: Annotated[str | None, typer.Option(help="Catalogue (file or s3://).")] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version the champion and publish it live.")] = True,
+) -> None:
+    """Train the ranker, register it in MLflow with its metrics and (by default) promote it."""
+    from nimbus.recommend.data import load_dataset
+    from nimbus.recommend.models import register
+    from nimbus.recommend.pipeline import default_sources
+    from nimbus.recommend.training import train
+
+    settings = get_settings()
+    status, say = _progress()
+    with status:
+        if logs is None:
+            logs, default_catalogue = default_sources(settings)
+            catalogue = catalogue or default_catalogue
+        say(f"reading {logs}")
+        result = train(load_dataset(logs, catalogue), progress=say)
+        say("registering in MLflow")
+        version = register(result, settings, promote=promote)
+    m = result.metrics
+    out.print(f"registered nimbus-recommender version {version}" + (" (champion, live)" if promote else ""))
+    out.print(f"recall@10 {m['recall_at_10']:.3f} vs popularity {m['popular_recall_at_10']:.3f}; "
+              f"NDCG@10 {m['ndcg_at_10']:.3f} vs {m['popular_ndcg_at_10']:.3f} ({int(m['test_users'])} test users)")
+
+
+@recommend_app.command("promote")
+def recommend_promote(
+    version: Annotated[str, typer.Argument(help="Registry version of nimbus-recommender.")],
+    alias: Annotated[str, typer.Option(help="champion, or challenger for an experiment.")] = "champion",
+) -> None:
+    """Point an alias at a version; every serving process swaps to it without a failed request."""
+    from nimbus.recommend.models import promote_version
+
+    bundle = promote_version(get_settings(), version, alias)
+    out.print(f"nimbus-recommender {alias} -> version {bundle.version} (published live)")
+
+
+@recommend_app.command("serve")
+def recommend_serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 2,
+) -> None:
+    """Serve the recommendation API with uvicorn (a container's entry point)."""
+    import uvicorn
+
+    out.print(f"serving http://{host}:{port}/recommendations/{{user_id}}  (docs: /docs)")
+    uvicorn.run("nimbus.api.recommend:create_recommend_app", factory=True, host=host, port=port,
+                workers=workers, log_level="warning", access_log=False)
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Keys accepted by admin endpoints (header X-API-Key); comma-separated in the environment.",
     )
     store_timeout_s: float = Field(default=2.0, gt=0, description="Connect/health timeout for every store.")
+    request_timeout_s: float = Field(
+        default=0.05, gt=0, description="Redis timeout on the recommendation request path; past it the answer degrades."
+    )
+    interactions_prefix: str = Field(default="logs/interactions/", description="Interaction logs in the data bucket.")
+    catalogue_key: str = Field(default="logs/catalogue.parquet", description="Item catalogue in the data bucket.")
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000

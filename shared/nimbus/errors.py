@@ -14,7 +14,15 @@ class ConfigError(NimbusError):
     """A setting or a project file (serverless.yml, localstack/resources.json) is wrong."""
 
 
-class EventError(NimbusError, ValueError):
+class InvalidInput(NimbusError, ValueError):
+    """A request names something wrong (an unknown category, a bad parameter): the caller's fault."""
+
+
+class NotFound(NimbusError):
+    """A requested thing (a model version, a job) does not exist."""
+
+
+class EventError(InvalidInput):
     """A cloud event does not have the shape its source promises."""
 
 

@@ -1,28 +1,80 @@
-"""What every Nimbus HTTP app shares: settings as a dependency and errors as clear answers."""
+"""What every Nimbus HTTP app shares: settings as a dependency, a body-size limit, and
+errors as clear JSON answers (never a stack trace)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nimbus import __version__
 from nimbus.config import Settings, get_settings
-from nimbus.errors import ConfigError, EventError, NimbusError, StoreUnavailable
+from nimbus.errors import InvalidInput, NimbusError, NotFound, StoreUnavailable
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def create_app(title: str, description: str) -> FastAPI:
-    """A FastAPI app whose Nimbus errors become JSON answers, never a stack trace."""
-    app = FastAPI(title=title, description=description, version=__version__)
+def status_for(exc: NimbusError) -> int:
+    if isinstance(exc, InvalidInput):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, StoreUnavailable):
+        return 503
+    return 500  # ConfigError and the rest: the server's fault
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether sized or chunked."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send, int(value))
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge(seen)
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge as exc:
+            await self._refuse(send, exc.size)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        body = orjson.dumps({"detail": f"request body too large: {size} bytes; the limit is {self.limit}"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, **kwargs: Any) -> FastAPI:
+    """A FastAPI app whose Nimbus errors become JSON answers and whose bodies are bounded."""
+    app = FastAPI(title=title, description=description, version=__version__, **kwargs)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:
-        status = 503 if isinstance(exc, StoreUnavailable) else 400 if isinstance(exc, EventError) else 500
-        if isinstance(exc, ConfigError):
-            status = 500
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
 
     return app

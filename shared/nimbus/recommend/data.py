@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nimbus.errors import NimbusError
+from nimbus.errors import InvalidInput
+from nimbus.recommend.ranking import EVENT_TYPES, EVENT_WEIGHT
 
-EVENT_TYPES = ("view", "click", "purchase")
-EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 5.0}
+__all__ = ["EVENT_TYPES", "EVENT_WEIGHT", "Dataset", "DataError", "generate", "load_dataset"]
+
 LOG_COLUMNS = ("user_id", "item_id", "event", "timestamp")
 
 
-class DataError(NimbusError):
+class DataError(InvalidInput):
     """An interaction log or catalogue does not have the expected shape."""
 
 

@@ -116,7 +116,7 @@ def train(dataset: Dataset, k: int = 10, progress: Progress | None = None) -> Tr
     x, y = build_examples(fs_train, relevant_items(fs_train, logs, t1, t2))
     say(f"fitting the ranker on {len(y):,} candidates ({int(y.sum()):,} positive)")
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
-    pipeline.fit(x, y)
+    pipeline.fit(pd.DataFrame(x, columns=list(FEATURES)), y)
 
     say(f"features before {t2:%Y-%m-%d %H:%M} (test)")
     fs_test = compute_features(dataset, until=t2)

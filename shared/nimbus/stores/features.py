@@ -12,7 +12,8 @@ Layout (prefix ``nimbus:v1``):
   ``c:{category}`` weighted counts), ``rt:u:{user}:recent`` (list of item ids, newest
   first) and ``rt:seen:{event_id}`` (idempotency marks);
 * live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
-  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``.
+  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``;
+* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class Keys:
     def channel(cls, topic: str) -> str:
         return cls.key("events", topic)
 
+    # monitoring seams
+    @classmethod
+    def served_samples(cls, model: str) -> str:
+        return cls.key("mon", "samples", model)
+
 
 @dataclass(frozen=True)
 class RealtimeEvent:
@@ -139,6 +145,7 @@ class FeatureStore(PerProcess):
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         self.client: redis.Redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=timeout_s,
@@ -255,6 +262,14 @@ class FeatureStore(PerProcess):
         except redis.RedisError as exc:
             raise self._unreachable(exc) from exc
 
+    def realtime(self, user_id: str, recent_n: int) -> tuple[dict[str, str], list[str]]:
+        """A user's real-time hash and recent items, decoded (for tools and tests)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(Keys.rt_user(user_id))
+        pipe.lrange(Keys.rt_recent(user_id), 0, recent_n - 1)
+        counts, recent = pipe.execute()
+        return {k.decode(): v.decode() for k, v in counts.items()}, [r.decode() for r in recent]
+
     # ---- live models -----------------------------------------------------------------
     def put_model(self, name: str, version: str, bundle: bytes) -> None:
         self.client.set(Keys.model_bundle(name, version), bundle)
@@ -270,12 +285,26 @@ class FeatureStore(PerProcess):
     def live(self, name: str) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.client.hgetall(Keys.model_live(name)).items()}
 
+    # ---- monitoring seams ------------------------------------------------------------
+    def push_samples(self, model: str, rows: Sequence[bytes], keep: int = 5000) -> None:
+        """Append served feature vectors (JSON rows) to a capped list for drift monitoring."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(Keys.served_samples(model), *rows)
+        pipe.ltrim(Keys.served_samples(model), 0, keep - 1)
+        pipe.execute()
+
+    def samples(self, model: str, limit: int = 5000) -> list[bytes]:
+        return self.client.lrange(Keys.served_samples(model), 0, limit - 1)
+
     def subscribe(self, *topics: str) -> Iterator[dict]:
         """Messages on the given channels, forever (until the connection fails)."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        # A connection of its own without a read timeout: a quiet channel is not an error.
+        listener = redis.Redis.from_url(self.url, socket_connect_timeout=self.timeout_s, socket_timeout=None,
+                                        socket_keepalive=True)
+        pubsub = listener.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(*(Keys.channel(t) for t in topics))
         try:
-            for message in pubsub.listen():
-                yield message
+            yield from pubsub.listen()
         finally:
             pubsub.close()
+            listener.close()

@@ -1,0 +1,12 @@
+"""features: on a schedule, recompute batch features from the logs in S3 and swap them in."""
+
+from nimbus.config import get_settings
+from nimbus.events import ScheduledTrigger, parse
+from nimbus.recommend.pipeline import refresh_features
+
+
+def handler(event, context):
+    trigger = parse(event)
+    if not isinstance(trigger, ScheduledTrigger):
+        raise ValueError(f"features runs on a schedule; got {type(trigger).__name__}")
+    return {"rule": trigger.rule, **refresh_features(get_settings())}

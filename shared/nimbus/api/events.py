@@ -1,0 +1,47 @@
+"""The ``events`` function's app: POST /events applies user interactions to real-time features."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, FastAPI
+
+from nimbus.api.common import create_app
+from nimbus.config import Settings, get_settings
+from nimbus.recommend.live import LiveModels
+from nimbus.recommend.realtime import EventBatch, IngestResult, ingest
+from nimbus.stores.features import FeatureStore
+
+
+class EventsService:
+    """Per-process: the store and the current item table (for each event's category)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._catalogue: LiveModels | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def catalogue(self) -> LiveModels:
+        if self._catalogue is None:
+            with self._lock:
+                if self._catalogue is None:
+                    live = LiveModels(FeatureStore.for_settings(self.settings), with_models=False)
+                    live.start()
+                    self._catalogue = live
+        return self._catalogue
+
+
+def create_events_app(settings: Settings | None = None) -> FastAPI:
+    app = create_app("Nimbus events", "User interactions in, real-time features out.", max_body_bytes=256 * 1024)
+    service = EventsService(settings or get_settings())
+    router = APIRouter(tags=["events"])
+
+    @router.post("/events", response_model=IngestResult, responses={413: {"description": "Body over 256 KiB."}})
+    def post_events(batch: EventBatch) -> IngestResult:
+        """Apply up to 500 interactions at once; idempotent on event_id."""
+        store = FeatureStore.for_settings(service.settings)
+        return ingest(store, service.catalogue.state.items, batch.events)
+
+    app.include_router(router)
+    return app

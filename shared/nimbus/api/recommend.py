@@ -1,0 +1,123 @@
+"""The ``recommend`` function's app: GET /recommendations/{user_id}, and its own health.
+
+The hot route returns pre-serialised JSON (orjson) instead of letting FastAPI validate a
+response model: the model below documents the answer in OpenAPI, and skipping its
+validation saves a good share of the request's CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from nimbus.api.common import create_app
+from nimbus.config import Settings, get_settings
+from nimbus.recommend.bundle import MODEL_NAME
+from nimbus.recommend.live import LiveModels
+from nimbus.recommend.serving import FeatureSampler, Recommender
+from nimbus.stores.features import FeatureStore
+
+ALLOWED_QUERY = frozenset({"k", "category"})
+
+
+class RecommendedItem(BaseModel):
+    item_id: str = Field(examples=["i1605"])
+    score: float = Field(examples=[0.4187], description="Ranker probability of a click or purchase (0 for popular/fallback).")
+    category: str = Field(examples=["c7"])
+
+
+class RecommendationsPublic(BaseModel):
+    request_id: str = Field(examples=["5b0d6a5e8f0e4c0c9b8f1d2a3c4e5f60"])
+    user_id: str = Field(examples=["u42"])
+    items: list[RecommendedItem]
+    model_version: str | None = Field(examples=["3"], description="Registry version of the ranker that answered.")
+    model_alias: str = Field(examples=["champion"])
+    feature_version: str | None = Field(examples=["20261126T053000-1a2b3c"])
+    strategy: Literal["personalized", "popular", "fallback"] = Field(
+        description="personalized; popular for a user with no history; fallback when Redis is unreachable.")
+    degraded: bool = Field(description="True when the answer came from the in-process fallback.")
+
+
+class RecommenderHealth(BaseModel):
+    status: Literal["ok", "degraded", "not_ready"]
+    models: dict[str, str] = Field(examples=[{"champion": "3"}], description="Live alias -> registry version.")
+    feature_version: str | None
+    redis: Literal["ok", "unreachable"]
+    swaps: int = Field(description="How many times this process swapped in a new model or feature version.")
+    last_error: str | None = Field(description="Why the last load failed (the previous state kept serving).")
+
+
+class RecommendService:
+    """The per-process serving objects, built on first use (a cold start imports nothing heavy)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._recommender: Recommender | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def recommender(self) -> Recommender:
+        if self._recommender is None:
+            with self._lock:
+                if self._recommender is None:
+                    watcher_store = FeatureStore.for_settings(self.settings)
+                    live = LiveModels(watcher_store)
+                    live.start()
+                    # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
+                    fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
+                    recommender = Recommender(fast, live)
+                    recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
+                    self._recommender = recommender
+        return self._recommender
+
+
+def build_router(service: RecommendService) -> APIRouter:
+    router = APIRouter(tags=["recommendations"])
+
+    @router.get(
+        "/recommendations/{user_id}",
+        response_model=RecommendationsPublic,
+        responses={400: {"description": "Unknown query parameter or category."},
+                   422: {"description": "A parameter is out of range (k is 1..100)."}},
+    )
+    async def recommendations(
+        request: Request,
+        user_id: Annotated[str, Path(min_length=1, max_length=128, examples=["u42"])],
+        k: Annotated[int, Query(ge=1, le=100, description="How many items.")] = 10,
+        category: Annotated[str | None, Query(min_length=1, max_length=64, description="Only this category.",
+                                              examples=["c7"])] = None,
+    ) -> Response:
+        """Top-k items for a user: personalised, popular for a new user, fallback when degraded."""
+        unknown = request.query_params.keys() - ALLOWED_QUERY
+        if unknown:
+            raise HTTPException(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}; "
+                                     f"allowed: {', '.join(sorted(ALLOWED_QUERY))}")
+        served = service.recommender.recommend(user_id, k, category)
+        return Response(served.to_json(), media_type="application/json")
+
+    def health() -> RecommenderHealth:
+        live = service.recommender.live
+        state = live.state
+        redis_ok = service.recommender.breaker.allow()
+        ready = state.items is not None and bool(state.models)
+        return RecommenderHealth(
+            status="not_ready" if not ready else "ok" if redis_ok and live.last_error is None else "degraded",
+            models={alias: bundle.version for alias, bundle in state.models.items()},
+            feature_version=state.items.version if state.items else None,
+            redis="ok" if redis_ok else "unreachable", swaps=live.swaps, last_error=live.last_error,
+        )
+
+    for path in ("/health", "/recommend/health"):
+        router.add_api_route(path, health, methods=["GET"], response_model=RecommenderHealth,
+                             summary="What this process serves: model versions, feature version, Redis state.")
+    return router
+
+
+def create_recommend_app(settings: Settings | None = None) -> FastAPI:
+    app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024)
+    app.state.service = RecommendService(settings or get_settings())
+    app.include_router(build_router(app.state.service))
+    return app

@@ -1,0 +1,144 @@
+"""What a serving process serves right now, and how it changes without a failed request.
+
+A :class:`LiveState` (the item table of the current feature version and one model bundle
+per live alias) is never mutated: the watcher builds a new one in the background —
+load, validate, warm by scoring a request — and then swaps one reference. Requests in
+flight keep the state they started with. A load that fails keeps the old state serving
+and is reported (``last_error``, logs, /health).
+
+The watcher polls Redis every ``poll_s`` and also listens on the pub/sub channels that
+``promote`` and the feature refresh announce on, so a swap usually happens within
+milliseconds and at worst within one poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
+from nimbus.recommend.ranking import ItemTable, UserContext, score_inputs
+from nimbus.stores.features import FeatureStore
+
+log = logging.getLogger("nimbus.recommend.live")
+
+
+@dataclass(frozen=True)
+class LiveState:
+    items: ItemTable | None = None
+    models: dict[str, ModelBundle] = field(default_factory=dict)  # alias -> bundle
+
+    def fallback(self, limit: int) -> list[str]:
+        """Popular item ids without Redis: the item table's list, else the model's snapshot."""
+        if self.items is not None:
+            return [str(self.items.item_ids[i]) for i in self.items.popular[:limit]]
+        for bundle in self.models.values():
+            return bundle.popular[:limit]
+        return []
+
+
+def warm(items: ItemTable, bundle: ModelBundle | None) -> None:
+    """Score one synthetic request so the first real one pays no lazy cost (and shapes are checked)."""
+    _ = items.index, items.category_index
+    ctx = UserContext(True, items.item_emb[0].copy(), np.ones(items.n_categories, np.float32),
+                      items.popular[:3].astype(np.int32))
+    cand, x = score_inputs(items, ctx)
+    if bundle is not None:
+        scores = bundle.decision(x)
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(f"model {bundle.version} gives non-finite scores")
+
+
+class LiveModels:
+    """Keeps ``state`` in step with Redis: the current feature version and live model aliases."""
+
+    def __init__(self, store: FeatureStore, model_name: str = MODEL_NAME, with_models: bool = True,
+                 poll_s: float = 2.0) -> None:
+        self.store = store
+        self.model_name = model_name
+        self.with_models = with_models
+        self.poll_s = poll_s
+        self.state = LiveState()
+        self.last_error: str | None = None
+        self.swaps = 0
+        self._lock = threading.Lock()  # one refresh at a time; readers never take it
+        self._started = False
+        self._stop = threading.Event()
+
+    # -- loading -----------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Load whatever changed in Redis; True when the state was swapped."""
+        with self._lock:
+            old = self.state
+            try:
+                version = self.store.current_feature_version()
+                live = self.store.live(self.model_name) if self.with_models else {}
+                items = old.items
+                if version and (items is None or items.version != version):
+                    blob = self.store.items_blob(version)
+                    if blob is None:
+                        raise ValueError(f"feature version {version} has no item table")
+                    items = ItemTable.from_bytes(blob)
+                models = dict(old.models)
+                for alias, model_version in live.items():
+                    if alias in models and models[alias].version == model_version:
+                        continue
+                    blob = self.store.get_model(self.model_name, model_version)
+                    if blob is None:
+                        raise ValueError(f"{self.model_name} version {model_version} is live but has no bundle")
+                    bundle = ModelBundle.from_bytes(blob)
+                    bundle.version = model_version
+                    models[alias] = bundle
+                for alias in set(models) - set(live):
+                    del models[alias]
+                if items is old.items and models == old.models:
+                    return False
+                if items is not None:
+                    for bundle in models.values() or [None]:
+                        warm(items, bundle)
+            except Exception as exc:  # report and keep serving the old state
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("live refresh failed, still serving %s: %s", self.describe(old), self.last_error)
+                return False
+            self.state = LiveState(items, models)  # the swap: one reference
+            self.swaps += 1
+            self.last_error = None
+            log.info("now serving %s", self.describe(self.state))
+            return True
+
+    @staticmethod
+    def describe(state: LiveState) -> str:
+        models = ", ".join(f"{a}=v{b.version}" for a, b in sorted(state.models.items())) or "no model"
+        return f"features {state.items.version if state.items else 'none'}, {models}"
+
+    # -- watching ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Load now (synchronously, once) and watch in the background from then on."""
+        if self._started:
+            return
+        self._started = True
+        self.refresh()
+        threading.Thread(target=self._poll, name="live-poll", daemon=True).start()
+        threading.Thread(target=self._listen, name="live-listen", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for _ in self.store.subscribe("model", "features"):
+                    self.refresh()
+                    if self._stop.is_set():
+                        return
+            except Exception as exc:  # Redis away: the poller covers; retry the subscription later
+                log.debug("live listener: %s", exc)
+                self._stop.wait(self.poll_s)
