@@ -17,7 +17,7 @@ from scipy import sparse
 from sklearn.decomposition import TruncatedSVD
 
 from nimbus.recommend.data import EVENT_WEIGHT, Dataset
-from nimbus.recommend.ranking import RECENT_N, FeatureSet, ItemTable
+from nimbus.recommend.ranking import RECENT_N, FeatureSet, ItemTable, nearest_by_embedding
 
 EMBED_DIM = 32
 COOC_NEIGHBOURS = 30
@@ -143,4 +143,5 @@ def compute_features(dataset: Dataset, until: pd.Timestamp | None = None, versio
         user_cat=user_cat,
         user_emb=user_emb,
         user_recent=recent,
+        user_emb_top=nearest_by_embedding(item_emb, user_emb),
     )

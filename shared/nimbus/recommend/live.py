@@ -45,7 +45,7 @@ def warm(items: ItemTable, bundle: ModelBundle | None) -> None:
     """Score one synthetic request so the first real one pays no lazy cost (and shapes are checked)."""
     _ = items.index, items.category_index
     ctx = UserContext(True, items.item_emb[0].copy(), np.ones(items.n_categories, np.float32),
-                      items.popular[:3].astype(np.int32))
+                      items.popular[:3].astype(np.int32), emb_top=items.popular[3:20].astype(np.int32))
     cand, x = score_inputs(items, ctx)
     if bundle is not None:
         scores = bundle.decision(x)

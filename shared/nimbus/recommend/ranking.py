@@ -90,15 +90,18 @@ class FeatureSet:
     user_cat: np.ndarray  # float32 (n_users, C): weighted counts per category
     user_emb: np.ndarray  # float32 (n_users, D)
     user_recent: np.ndarray  # int32 (n_users, RECENT_N), newest first, -1 padded
+    user_emb_top: np.ndarray  # int32 (n_users, N_EMB): nearest items by embedding, best first
 
     @property
     def version(self) -> str:
         return self.items.version
 
     def user_blob(self, row: int) -> bytes:
-        """One user's batch features as stored in Redis: float32 [num, cat, emb] + int32 recent."""
+        """One user's batch features as stored in Redis:
+        float32 [num(3), cat(C), emb(D)] + int32 recent(RECENT_N) + int32 emb_top(N_EMB)."""
         floats = np.concatenate([self.user_num[row], self.user_cat[row], self.user_emb[row]]).astype(np.float32)
-        return floats.tobytes() + self.user_recent[row].astype(np.int32).tobytes()
+        ints = np.concatenate([self.user_recent[row], self.user_emb_top[row]]).astype(np.int32)
+        return floats.tobytes() + ints.tobytes()
 
 
 @dataclass(eq=False)
@@ -110,41 +113,52 @@ class UserContext:
     cat_counts: np.ndarray
     recent: np.ndarray  # item indices, newest first
     activity: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
+    # Nearest items by embedding, computed in the batch job: the user's embedding only
+    # changes there, so the request path need not scan every item for it.
+    emb_top: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
 
     @property
     def cold(self) -> bool:
         return not self.known and len(self.recent) == 0
 
 
-def decode_user(items: ItemTable, blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+def decode_user(items: ItemTable, blob: bytes | None) -> tuple[np.ndarray, ...] | None:
+    """(activity, category counts, embedding, recent items, embedding neighbours) from a user blob."""
     if not blob:
         return None
     n_float = 3 + items.n_categories + items.dim
     floats = np.frombuffer(blob, dtype=np.float32, count=n_float)
-    recent = np.frombuffer(blob, dtype=np.int32, offset=4 * n_float)
+    ints = np.frombuffer(blob, dtype=np.int32, offset=4 * n_float)
+    recent, emb_top = ints[:RECENT_N], ints[RECENT_N:]
     c = 3 + items.n_categories
-    return floats[:3], floats[3:c], floats[c:], recent[recent >= 0]
+    return floats[:3], floats[3:c], floats[c:], recent[recent >= 0], emb_top[emb_top >= 0]
 
 
 def user_context(
     items: ItemTable,
     blob: bytes | None,
     rt_recent: list[bytes] | list[str] = (),  # type: ignore[assignment]
-    rt_counts: dict[bytes, bytes] | dict[str, float] | None = None,
+    rt_counts: list[bytes] | dict | None = None,
 ) -> UserContext:
-    """Merge batch features (``blob``) with real-time state (recent items, category counts)."""
+    """Merge batch features (``blob``) with real-time state: recent items and the real-time
+    hash (``c:{category}`` weighted counts), as a dict or Redis's flat field/value list."""
     decoded = decode_user(items, blob)
     if decoded is None:
         activity, cat_counts = np.zeros(3, np.float32), np.zeros(items.n_categories, np.float32)
         emb, batch_recent = np.zeros(items.dim, np.float32), np.empty(0, np.int32)
+        emb_top = np.empty(0, np.int32)
     else:
-        activity, cat_counts, emb, batch_recent = decoded
+        activity, cat_counts, emb, batch_recent, emb_top = decoded
         cat_counts = cat_counts.copy()
     if rt_counts:
-        for key, value in rt_counts.items():
+        pairs = rt_counts.items() if isinstance(rt_counts, dict) else zip(rt_counts[::2], rt_counts[1::2])
+        for key, value in pairs:
             name = key.decode() if isinstance(key, bytes) else key
             if name.startswith("c:") and (c := items.category_index.get(name[2:])) is not None:
                 cat_counts[c] += float(value)
+    if not rt_recent:  # the common case: the batch list is already unique, newest first
+        return UserContext(decoded is not None, emb, cat_counts, batch_recent[:RECENT_N].astype(np.int32),
+                           activity, emb_top)
     recent: list[int] = []
     index = items.index
     for item in rt_recent:
@@ -156,7 +170,8 @@ def user_context(
             break
         if n not in recent:
             recent.append(n)
-    return UserContext(decoded is not None, emb, cat_counts, np.asarray(recent[:RECENT_N], np.int32), activity)
+    return UserContext(decoded is not None, emb, cat_counts, np.asarray(recent[:RECENT_N], np.int32), activity,
+                       emb_top)
 
 
 def cooc_scores(items: ItemTable, recent: np.ndarray) -> np.ndarray:
@@ -169,28 +184,27 @@ def cooc_scores(items: ItemTable, recent: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _top(values: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:
-    if mask is not None:
-        values = np.where(mask, values, -np.inf)
-    n = min(n, len(values))
-    top = np.argpartition(values, -n)[-n:]
-    return top[values[top] > -np.inf]
+def _top_positive(values: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the (at most) ``n`` largest positive values, optionally within ``mask``."""
+    nonzero = np.flatnonzero(values > 0 if mask is None else (values > 0) & mask)
+    if len(nonzero) <= n:
+        return nonzero
+    return nonzero[np.argpartition(values[nonzero], -n)[-n:]]
 
 
-def candidates(
-    items: ItemTable, ctx: UserContext, cooc: np.ndarray, emb_dot: np.ndarray, category: int | None = None
-) -> np.ndarray:
+def candidates(items: ItemTable, ctx: UserContext, cooc: np.ndarray, category: int | None = None) -> np.ndarray:
     """Union of: embedding neighbours, co-occurring items, popular in the user's favourite
     categories, and popular overall; the user's recent items are left out."""
     # A dense mark per item: cheaper than np.unique/np.isin for a few hundred candidates.
     chosen = np.zeros(items.n_items, dtype=bool)
     chosen[items.popular_in(category, N_POP)] = True
-    mask = items.item_category == category if category is not None else None
-    if ctx.known:
-        chosen[_top(emb_dot, N_EMB, mask)] = True
+    emb_top = ctx.emb_top
+    if category is not None and len(emb_top):
+        emb_top = emb_top[items.item_category[emb_top] == category]
+    chosen[emb_top] = True
     if len(ctx.recent):
-        positive = cooc > 0 if mask is None else (cooc > 0) & mask
-        chosen[_top(cooc, N_COOC, positive)] = True
+        mask = None if category is None else items.item_category == category
+        chosen[_top_positive(cooc, N_COOC, mask)] = True
     if category is None and ctx.cat_counts.any():
         for c in np.argpartition(-ctx.cat_counts, min(2, len(ctx.cat_counts) - 1))[:3]:
             chosen[items.popular_in(int(c), N_CAT_POP)] = True
@@ -198,19 +212,31 @@ def candidates(
     return np.flatnonzero(chosen)
 
 
-def features(items: ItemTable, ctx: UserContext, cand: np.ndarray, cooc: np.ndarray, emb_dot: np.ndarray) -> np.ndarray:
+def features(items: ItemTable, ctx: UserContext, cand: np.ndarray, cooc: np.ndarray) -> np.ndarray:
     """The ranker's input for each candidate, columns in FEATURES order."""
     total = float(ctx.cat_counts.sum())
     share = ctx.cat_counts[items.item_category[cand]] / total if total > 0 else np.zeros(len(cand), np.float32)
+    emb_dot = items.item_emb[cand] @ ctx.emb if ctx.known else np.zeros(len(cand), np.float32)
     num = items.item_num[cand]
-    return np.column_stack([emb_dot[cand], cooc[cand], num[:, 0], num[:, 1], num[:, 2], share, num[:, 3]]).astype(
+    return np.column_stack([emb_dot, cooc[cand], num[:, 0], num[:, 1], num[:, 2], share, num[:, 3]]).astype(
         np.float32
     )
 
 
+def nearest_by_embedding(item_emb: np.ndarray, user_emb: np.ndarray, n: int = N_EMB) -> np.ndarray:
+    """For each user (row of ``user_emb``), the ``n`` items with the largest dot product, best first."""
+    n = min(n, item_emb.shape[0])
+    out = np.empty((user_emb.shape[0], n), np.int32)
+    for start in range(0, user_emb.shape[0], 1024):  # bounded memory: users x items per block
+        scores = user_emb[start:start + 1024] @ item_emb.T
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[start:start + 1024] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
 def score_inputs(items: ItemTable, ctx: UserContext, category: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(candidate indices, feature matrix) for one user."""
-    emb_dot = items.item_emb @ ctx.emb if ctx.known else np.zeros(items.n_items, np.float32)
     cooc = cooc_scores(items, ctx.recent)
-    cand = candidates(items, ctx, cooc, emb_dot, category)
-    return cand, features(items, ctx, cand, cooc, emb_dot)
+    cand = candidates(items, ctx, cooc, category)
+    return cand, features(items, ctx, cand, cooc)

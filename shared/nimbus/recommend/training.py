@@ -54,8 +54,8 @@ def relevant_items(fs: FeatureSet, logs: pd.DataFrame, start: pd.Timestamp, end:
 
 
 def context_for(fs: FeatureSet, row: int) -> UserContext:
-    activity, cat, emb, recent = decode_user(fs.items, fs.user_blob(row))  # type: ignore[misc]
-    return UserContext(True, emb, cat.copy(), recent, activity)
+    activity, cat, emb, recent, emb_top = decode_user(fs.items, fs.user_blob(row))  # type: ignore[misc]
+    return UserContext(True, emb, cat.copy(), recent, activity, emb_top)
 
 
 def build_examples(fs: FeatureSet, relevant: dict[int, set[int]]) -> tuple[np.ndarray, np.ndarray]:

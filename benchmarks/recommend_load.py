@@ -1,0 +1,224 @@
+"""Load, cold-start and quality benchmark of the recommendation API.
+
+    .venv/bin/python benchmarks/recommend_load.py [--seconds 10] [--levels 1000,2000,3000,4000,5000,6000]
+
+Starts its own Redis (loopback, free port) and a SQLite MLflow in a temporary folder,
+generates a synthetic log (5,000 users, 2,000 items), computes and publishes features,
+trains, registers and promotes a ranker, then serves it with `nimbus recommend serve`
+(uvicorn, 2 workers) next to a FastAPI hello-world served the same way. `hey` (Debian
+package `hey`) drives a steady request rate at each level — four hey processes, each on
+another user, their per-request latencies merged — and the figures are printed side by
+side so the ratio to the hello-world is visible. Then it measures cold start (a new
+process: import the `recommend` handler, load the model and features, answer one
+request) and prints the offline quality figures.
+
+Goals (issue 3): at 1,000 requests/s p99 <= 10 ms with no errors; the highest level
+sustained with p99 <= 50 ms >= 4,000 requests/s; cold start <= 1.0 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "shared"))
+
+from nimbus.config import Settings  # noqa: E402
+from nimbus.local.stack import LocalStack, free_port  # noqa: E402
+
+HEY_PROCESSES = 4
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer in {timeout_s} s")
+
+
+def load(urls: list[str], rate: int | None, seconds: float, connections: int = 20) -> dict[str, float]:
+    """Run one hey per URL at once (rate split evenly); merge their per-request latencies."""
+    per = max(1, connections // len(urls))
+    procs = []
+    for url in urls:
+        cmd = ["hey", "-z", f"{seconds}s", "-c", str(per), "-o", "csv", "-t", "5"]
+        if rate:
+            cmd += ["-q", str(max(1, round(rate / len(urls) / per)))]
+        procs.append(subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    latencies, errors = [], 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        for row in csv.DictReader(io.StringIO(out)):
+            latencies.append(float(row["response-time"]))
+            if row["status-code"] != "200":
+                errors += 1
+    latencies.sort()
+    n = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
+
+    return {"rps": n / seconds, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "errors": errors, "n": n}
+
+
+def serve(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_http(url)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, 9)
+
+
+COLD_START_PROBE = r"""
+import json, time
+t0 = time.perf_counter()
+from functions.recommend.handler import handler
+t1 = time.perf_counter()
+event = json.loads(EVENT)
+class Ctx:
+    function_name = "recommend"; memory_limit_in_mb = 1024; aws_request_id = "cold"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:0:function:recommend"
+    def get_remaining_time_in_millis(self): return 10000
+answer = handler(event, Ctx())
+t2 = time.perf_counter()
+import sys
+heavy = sorted(m for m in ("sklearn", "pandas", "mlflow", "pyspark", "ray", "airflow", "boto3") if m in sys.modules)
+print(json.dumps({"import_s": t1 - t0, "first_answer_s": t2 - t1, "status": answer["statusCode"], "heavy": heavy}))
+"""
+
+
+def cold_start(env: dict[str, str], runs: int) -> list[dict]:
+    event = {
+        "version": "2.0", "routeKey": "GET /recommendations/{user_id}", "rawPath": "/recommendations/u1",
+        "rawQueryString": "k=10", "headers": {"host": "localhost"}, "queryStringParameters": {"k": "10"},
+        "pathParameters": {"user_id": "u1"}, "isBase64Encoded": False,
+        "requestContext": {"http": {"method": "GET", "path": "/recommendations/u1", "sourceIp": "127.0.0.1",
+                                    "protocol": "HTTP/1.1", "userAgent": "bench"},
+                           "requestId": "cold", "routeKey": "GET /recommendations/{user_id}", "stage": "$default"},
+    }
+    probe = f"EVENT = {json.dumps(json.dumps(event))}\n{COLD_START_PROBE}"
+    results = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"cold start probe failed: {done.stderr[-2000:]}")
+        results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": wall})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load level")
+    parser.add_argument("--levels", default="1000,2000,3000,4000,5000,6000")
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--cold-runs", type=int, default=5)
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("hey not found: apt-get install hey")
+    levels = [int(x) for x in args.levels.split(",")]
+
+    home = Path(tempfile.mkdtemp(prefix="nimbus-bench-"))
+    env = {**os.environ, "NIMBUS_HOME": str(home), "NIMBUS_PROJECT_ROOT": str(ROOT),
+           "NIMBUS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "NIMBUS_MLFLOW_TRACKING_URI": "",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+    os.environ.update(env)
+    settings = Settings()
+    stack = LocalStack(settings, ephemeral=True)
+    stack.up(["redis"])
+    servers: list[subprocess.Popen] = []
+    try:
+        from nimbus.recommend.data import generate
+        from nimbus.recommend.featurize import compute_features
+        from nimbus.recommend.models import register
+        from nimbus.recommend.pipeline import publish_features
+        from nimbus.recommend.training import train
+        from nimbus.stores.features import FeatureStore
+
+        t = time.perf_counter()
+        dataset = generate(args.users, args.items)
+        result = train(dataset)
+        publish_features(FeatureStore.for_settings(settings), compute_features(dataset))
+        version = register(result, settings, promote=True)
+        print(f"setup: {len(dataset.interactions):,} events, {args.users:,} users, {args.items:,} items; "
+              f"model v{version} trained, registered and live in {time.perf_counter() - t:.1f} s\n")
+
+        rec_port, hello_port = free_port(), free_port()
+        servers.append(serve([sys.executable, "-m", "nimbus.cli", "recommend", "serve", "--port", str(rec_port),
+                              "--workers", "2"], env, f"http://127.0.0.1:{rec_port}/health"))
+        servers.append(serve([sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "benchmarks"), "hello_app:app",
+                              "--port", str(hello_port), "--workers", "2", "--log-level", "warning",
+                              "--no-access-log"], env, f"http://127.0.0.1:{hello_port}/hello"))
+        users = [f"u{n}" for n in range(1, args.users, max(1, args.users // 97))]
+        for n in range(200):  # warm both workers' caches
+            urllib.request.urlopen(f"http://127.0.0.1:{rec_port}/recommendations/{users[n % len(users)]}").read()
+
+        print(f"{'endpoint':<16}{'target/s':>9}{'got/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+              f"{'p99 x hello':>13}")
+        best = 0
+        for i, level in enumerate([*levels, None]):
+            picks = [users[(i * HEY_PROCESSES + j) % len(users)] for j in range(HEY_PROCESSES)]
+            rec = load([f"http://127.0.0.1:{rec_port}/recommendations/{u}?k=10" for u in picks], level, args.seconds,
+                       connections=20 if level else 32)
+            hello = load([f"http://127.0.0.1:{hello_port}/hello"] * HEY_PROCESSES, level, args.seconds,
+                         connections=20 if level else 32)
+            label = str(level) if level else "max"
+            for name, r in (("recommend", rec), ("hello-world", hello)):
+                ratio = f"{rec['p99'] / hello['p99']:.1f}" if name == "recommend" else ""
+                print(f"{name:<16}{label:>9}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['p99']:>9.2f}"
+                      f"{r['errors']:>8}{ratio:>13}")
+            if rec["p99"] <= 50 and rec["errors"] == 0:
+                best = max(best, int(rec["rps"]))
+        print(f"\nhighest rate sustained by recommend with p99 <= 50 ms and no errors: {best:,} requests/s")
+
+        runs = cold_start(env, args.cold_runs)
+        print(f"\ncold start of the recommend handler over {len(runs)} new processes "
+              "(interpreter + import + model/feature load + first answer):")
+        for n, r in enumerate(runs, 1):
+            print(f"  run {n}: process {r['process_s']:.3f} s = import {r['import_s']:.3f} s + first answer "
+                  f"{r['first_answer_s']:.3f} s (+ interpreter); HTTP {r['status']}; heavy modules: {r['heavy'] or 'none'}")
+        walls = [r["process_s"] for r in runs]
+        print(f"  median {statistics.median(walls):.3f} s, best {min(walls):.3f} s, worst {max(walls):.3f} s")
+
+        m = result.metrics
+        print(f"\noffline quality on the time-split holdout ({int(m['test_users'])} users):")
+        print(f"  recall@10  {m['recall_at_10']:.3f}  vs popularity {m['popular_recall_at_10']:.3f}  "
+              f"({m['recall_at_10'] / m['popular_recall_at_10']:.2f}x)")
+        print(f"  NDCG@10    {m['ndcg_at_10']:.3f}  vs popularity {m['popular_ndcg_at_10']:.3f}  "
+              f"({m['ndcg_at_10'] / m['popular_ndcg_at_10']:.2f}x)")
+    finally:
+        for proc in servers:
+            stop(proc)
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
