@@ -75,3 +75,31 @@ def clean_stack(stack_settings: Settings) -> Settings:
         for message in messages:
             queue.delete(message["ReceiptHandle"])
     return stack_settings
+
+
+@pytest.fixture(scope="session")
+def recommender_models(stack_settings: Settings):  # noqa: ANN201
+    """A small synthetic log, its features, and two registered ranker versions (not yet live)."""
+    from nimbus.recommend.data import generate
+    from nimbus.recommend.featurize import compute_features
+    from nimbus.recommend.models import register
+    from nimbus.recommend.training import train
+
+    dataset = generate(n_users=600, n_items=300, n_categories=10, days=40, seed=21)
+    result = train(dataset)
+    first = register(result, stack_settings, promote=False)
+    second = register(result, stack_settings, promote=False)
+    return {"dataset": dataset, "features": compute_features(dataset), "result": result,
+            "versions": (first, second)}
+
+
+@pytest.fixture
+def live_recommender(clean_stack: Settings, recommender_models: dict) -> dict:
+    """Features published and the first version live as champion, on a clean stack."""
+    from nimbus.recommend.models import promote_version
+    from nimbus.recommend.pipeline import publish_features
+    from nimbus.stores.features import FeatureStore
+
+    publish_features(FeatureStore.for_settings(clean_stack), recommender_models["features"])
+    promote_version(clean_stack, recommender_models["versions"][0])
+    return {**recommender_models, "settings": clean_stack}
