@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from nimbus.config import get_settings
+from nimbus.console import out, print_health, progress, status_table
 from nimbus.errors import NimbusError
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
@@ -29,23 +28,12 @@ recommend_app = typer.Typer(help="Real-time recommendations: data, features, tra
                             no_args_is_help=True)
 app.add_typer(recommend_app, name="recommend")
 
-out = Console()
 
 
 def _stack(mlflow_server: bool = False):  # noqa: ANN202
     from nimbus.local.stack import LocalStack
 
     return LocalStack(get_settings(), mlflow_server=mlflow_server)
-
-
-def _status_table(rows: list[Any], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("service", "state", "url", "pid", "detail"):
-        table.add_column(column, overflow="fold")  # a URL is worth more whole than on one line
-    for row in rows:
-        state = "[green]up[/green]" if row.up else "[red]down[/red]"
-        table.add_row(row.name, state, row.url, str(row.pid or "-"), row.detail)
-    return table
 
 
 Services = Annotated[str | None, typer.Option("--services", "-s", help="Comma-separated subset, e.g. redis,s3.")]
@@ -65,7 +53,7 @@ def local_up(
     stack = _stack(mlflow_server)
     with out.status("starting the local stack..."):
         rows = stack.up(_names(services), timeout_s=timeout)
-    out.print(_status_table(rows, f"nimbus local stack (data in {stack.home})"))
+    out.print(status_table(rows, f"nimbus local stack (data in {stack.home})"))
     if mlflow_server and not get_settings().mlflow_tracking_uri:
         out.print(f"MLflow server: export NIMBUS_MLFLOW_TRACKING_URI={rows[-1].url}")
 
@@ -81,7 +69,7 @@ def local_down(services: Services = None) -> None:
 def local_status(services: Services = None) -> None:
     """Show which local services are up; exits 3 when any is down."""
     rows = _stack().status(_names(services))
-    out.print(_status_table(rows, "nimbus local stack"))
+    out.print(status_table(rows, "nimbus local stack"))
     if not all(r.up for r in rows):
         raise typer.Exit(3)
 
@@ -150,66 +138,24 @@ def health() -> None:
     from nimbus.health import check_stores
 
     report = check_stores(get_settings())
-    _print_health(report.model_dump())
+    print_health(report.model_dump())
     if report.status != "ok":
         raise typer.Exit(3)
-
-
-def _print_health(report: dict[str, Any]) -> None:
-    table = Table(title=f"nimbus health: {report['status']}")
-    for column in ("store", "state", "url", "latency", "detail"):
-        table.add_column(column, overflow="fold")
-    for s in report["stores"]:
-        state = "[green]up[/green]" if s["up"] else "[red]down[/red]"
-        table.add_row(s["store"], state, s["url"], f"{s['latency_ms']:.1f} ms", s["detail"])
-    out.print(table)
 
 
 @app.command("demo")
 def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+    users: Annotated[int, typer.Option(min=50, help="Synthetic users for the recommendation demo.")] = 2000,
+    items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 1000,
 ) -> None:
-    """The main job on the local stack: stack up, the health function through the gateway, stack down."""
-    import httpx
+    """The main job on the local stack: features, training, serving and live updates of recommendations."""
+    from nimbus.demo import run_demo
 
-    from nimbus.local.gateway import Gateway, GatewayOptions, serving
-    from nimbus.local.serverless import load_project
-
-    settings = get_settings()
-    stack = _stack()
-    already = {r.name for r in stack.status() if r.up and r.managed}
-    out.rule("1. local stack up")
-    with out.status("starting Redis, MongoDB-wire, S3/SQS, MLflow..."):
-        rows = stack.up()
-    out.print(_status_table(rows, "local stack"))
-    started = [r.name for r in rows if r.name not in already]
-    try:
-        out.rule("2. the health function, through the local gateway")
-        gateway = Gateway(load_project(settings.project_root), settings, GatewayOptions(schedules=False))
-        with serving(gateway) as base_url:
-            answer = httpx.get(f"{base_url}/health", timeout=30)
-        out.print(f"GET {base_url}/health -> HTTP {answer.status_code}")
-        _print_health(answer.json())
-        if answer.status_code != 200:
-            raise NimbusError(f"health answered {answer.status_code}: some store is down")
-    finally:
-        if not keep:
-            out.rule("3. local stack down")
-            stopped = stack.down(started) if started else []
-            out.print(f"stopped: {', '.join(stopped) or 'nothing (it was already running before the demo)'}")
+    run_demo(get_settings(), out, keep=keep, users=users, items=items)
 
 
 # ---- recommend -------------------------------------------------------------------------
-def _progress():  # noqa: ANN202 - a rich status with a say() callback
-    status = out.status("working...")
-
-    def say(message: str) -> None:
-        status.update(message)
-        out.log(message)
-
-    return status, say
-
-
 @recommend_app.command("generate")
 def recommend_generate(
     users: Annotated[int, typer.Option(min=10, help="How many users.")] = 5000,
@@ -236,7 +182,7 @@ def recommend_features(
     """Recompute batch features and swap them into Redis (what the scheduled `features` function does)."""
     from nimbus.recommend.pipeline import refresh_features
 
-    status, say = _progress()
+    status, say = progress()
     with status:
         result = refresh_features(get_settings(), logs, catalogue, progress=say)
     out.print_json(json.dumps(result, default=str))
@@ -255,7 +201,7 @@ def recommend_train(
     from nimbus.recommend.training import train
 
     settings = get_settings()
-    status, say = _progress()
+    status, say = progress()
     with status:
         if logs is None:
             logs, default_catalogue = default_sources(settings)

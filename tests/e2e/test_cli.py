@@ -18,9 +18,9 @@ pytestmark = pytest.mark.e2e
 NIMBUS = [sys.executable, "-m", "nimbus.cli"]
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
     wide = {"COLUMNS": "250"}  # rich tables fit on one line per row
-    return subprocess.run([*NIMBUS, *args], env={**os.environ, **wide, **env}, cwd=ROOT, capture_output=True,
+    return subprocess.run([*NIMBUS, *args], env={**os.environ, **wide, **(env or {})}, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, input=stdin)
 
 
@@ -122,6 +122,7 @@ def test_an_unreachable_store_is_named_by_nimbus_health(tmp_path: Path) -> None:
 def test_demo_brings_the_stack_up_answers_health_and_brings_it_down(own_stack: dict[str, str]) -> None:
     done = run(["demo"], own_stack, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "-> HTTP 200" in done.stdout and "nimbus health: ok" in done.stdout
+    assert "nimbus-recommender v1 is live" in done.stdout and "personalized" in done.stdout
+    assert "POST /events: 3 clicks" in done.stdout and "nimbus health: ok" in done.stdout
     assert "stopped: redis, mongodb, s3" in done.stdout
     assert pids_of(Path(own_stack["NIMBUS_HOME"])) == []

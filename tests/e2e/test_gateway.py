@@ -31,7 +31,7 @@ def drop_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def test_gateway(clean_stack: Settings, drop_log: Path) -> Iterator[tuple[Gateway, str]]:
     gateway = Gateway(load_project(TEST_PROJECT), clean_stack, GatewayOptions(schedules=False))
-    with serving(gateway) as url:
+    with serving(gateway.app) as url:
         yield gateway, url
 
 
@@ -50,7 +50,7 @@ def wait_for(check, timeout_s: float = 20.0):  # noqa: ANN001, ANN201
 
 def test_health_through_the_gateway_reports_every_store(clean_stack: Settings) -> None:
     gateway = Gateway(load_project(ROOT), clean_stack, GatewayOptions(schedules=False, watch=False))
-    with serving(gateway) as url:
+    with serving(gateway.app) as url:
         answer = httpx.get(f"{url}/health", timeout=30)
         missing = httpx.get(f"{url}/nope", timeout=30)
     assert answer.status_code == 200
@@ -127,7 +127,7 @@ def test_schedules_fire_their_function_with_an_eventbridge_event(
     # rate(1 minute) in the project; shorten the clock so the test need not wait a minute.
     monkeypatch.setattr(gateway_module, "next_fire", lambda schedule, after: after + 0.3)
     gateway = Gateway(load_project(TEST_PROJECT), clean_stack, GatewayOptions(watch=False))
-    with serving(gateway):
+    with serving(gateway.app):
         events = wait_for(lambda: len(logged(drop_log)) >= 2 and logged(drop_log), timeout_s=10)
     assert events, "the schedule never fired"
     assert events[0]["source"] == "aws.events" and events[0]["detail-type"] == "Scheduled Event"

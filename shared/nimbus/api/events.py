@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
@@ -31,10 +33,21 @@ class EventsService:
                     self._catalogue = live
         return self._catalogue
 
+    def close(self) -> None:
+        if self._catalogue is not None:
+            self._catalogue.stop()
+
 
 def create_events_app(settings: Settings | None = None) -> FastAPI:
-    app = create_app("Nimbus events", "User interactions in, real-time features out.", max_body_bytes=256 * 1024)
     service = EventsService(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = create_app("Nimbus events", "User interactions in, real-time features out.", max_body_bytes=256 * 1024,
+                     lifespan=lifespan)
     router = APIRouter(tags=["events"])
 
     @router.post("/events", response_model=IngestResult, responses={413: {"description": "Body over 256 KiB."}})

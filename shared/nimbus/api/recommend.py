@@ -8,6 +8,8 @@ validation saves a good share of the request's CPU.
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl
 
@@ -77,6 +79,13 @@ class RecommendService:
                     recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
                     self._recommender = recommender
         return self._recommender
+
+    def close(self) -> None:
+        """Stop the background threads (the app's shutdown; a Lambda just freezes them)."""
+        if self._recommender is not None:
+            self._recommender.live.stop()
+            for listener in self._recommender.listeners:
+                getattr(listener, "stop", lambda: None)()
 
 
 def fast_params(user_id: str, query: bytes) -> tuple[int, str | None] | None:
@@ -176,8 +185,16 @@ def build_router(service: RecommendService) -> APIRouter:
 
 
 def create_recommend_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
-    app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024)
-    app.state.service = RecommendService(settings or get_settings())
+    service = RecommendService(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024,
+                     lifespan=lifespan)
+    app.state.service = service
     app.include_router(build_router(app.state.service))
     if fast_path:
         app.add_middleware(FastPath, service=app.state.service)

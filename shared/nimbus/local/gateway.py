@@ -305,20 +305,20 @@ class Gateway:
 
 
 @contextmanager
-def serving(gateway: Gateway, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run ``gateway`` with uvicorn in a background thread; yields its base URL."""
+def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run an ASGI ``app`` (a gateway's, or any function's) with uvicorn in a thread; yields its URL."""
     import uvicorn
 
     from nimbus.local.stack import free_port
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(gateway.app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="gateway-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise NimbusError(f"the local gateway could not start on {host}:{port}")
+            raise NimbusError(f"could not serve on {host}:{port}")
         time.sleep(0.02)
     try:
         yield f"http://{host}:{port}"

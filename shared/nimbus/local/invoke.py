@@ -81,9 +81,6 @@ def load_handler(project: Project, fn: FunctionSpec) -> Handler:
     return handler
 
 
-def _thread_with_loop() -> None:
-    # Mangum (and Lambda's runtime) expect an event loop in the invoking thread.
-    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class Invoker:
@@ -91,8 +88,15 @@ class Invoker:
 
     def __init__(self, project: Project, max_workers: int = 16) -> None:
         self.project = project
+        self._loops: list[asyncio.AbstractEventLoop] = []
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lambda",
-                                        initializer=_thread_with_loop)
+                                        initializer=self._thread_with_loop)
+
+    def _thread_with_loop(self) -> None:
+        # Mangum (and Lambda's runtime) expect an event loop in the invoking thread.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loops.append(loop)
 
     def invoke(self, name: str, event: Any) -> InvokeResult:
         fn = self.project.function(name)
@@ -115,4 +119,9 @@ class Invoker:
         return InvokeResult(ok, payload, (time.perf_counter() - start) * 1000, context.aws_request_id)
 
     def close(self) -> None:
+        """Stop the workers and close their loops (a handler still past its timeout keeps its own)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for loop in self._loops:
+            if not loop.is_running():
+                loop.close()
+        self._loops.clear()

@@ -90,12 +90,16 @@ class LiveModels:
                     blob = self.store.get_model(self.model_name, model_version)
                     if blob is None:
                         raise ValueError(f"{self.model_name} version {model_version} is live but has no bundle")
-                    bundle = ModelBundle.from_bytes(blob)
+                    try:
+                        bundle = ModelBundle.from_bytes(blob)
+                    except Exception as exc:
+                        raise ValueError(f"{self.model_name} version {model_version}: unreadable bundle: {exc}") from exc
                     bundle.version = model_version
                     models[alias] = bundle
                 for alias in set(models) - set(live):
                     del models[alias]
                 if items is old.items and models == old.models:
+                    self.last_error = None  # Redis and this process agree again
                     return False
                 if items is not None:
                     for bundle in models.values() or [None]:

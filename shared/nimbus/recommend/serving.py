@@ -180,7 +180,11 @@ class FeatureSampler:
     def __init__(self, store: FeatureStore, model: str, rate: float = 0.01, flush_s: float = 1.0) -> None:
         self.store, self.model, self.rate, self.flush_s = store, model, rate, flush_s
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._stop = threading.Event()
         threading.Thread(target=self._flush_loop, name="feature-sampler", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def __call__(self, served: Served) -> None:
         if served.features is None or random.random() >= self.rate:
@@ -192,8 +196,7 @@ class FeatureSampler:
         }))
 
     def _flush_loop(self) -> None:
-        while True:
-            time.sleep(self.flush_s)
+        while not self._stop.wait(self.flush_s):
             rows = []
             while not self._queue.empty() and len(rows) < 1000:
                 rows.append(self._queue.get_nowait())

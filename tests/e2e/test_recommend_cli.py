@@ -1,0 +1,73 @@
+"""Recommendations from the command line and through the function runner, as a user drives them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nimbus.recommend.publish import write_dataset
+from tests.conftest import ROOT
+from tests.e2e.test_cli import assert_one_line_error, run
+
+pytestmark = pytest.mark.e2e
+
+
+def test_train_from_local_files_registers_and_promote_moves_the_champion(
+    clean_stack, recommender_models: dict, tmp_path: Path  # noqa: ANN001
+) -> None:
+    folder = write_dataset(recommender_models["dataset"], clean_stack, str(tmp_path / "logs"))
+    trained = run(["recommend", "train", "--logs", f"{folder}/interactions", "--catalogue",
+                   f"{folder}/catalogue.parquet", "--no-promote"], {})
+    assert trained.returncode == 0, trained.stderr
+    assert "registered nimbus-recommender version" in trained.stdout and "recall@10" in trained.stdout
+    version = trained.stdout.split("registered nimbus-recommender version ")[1].split()[0]
+    promoted = run(["recommend", "promote", version], {})
+    assert promoted.returncode == 0 and f"champion -> version {version}" in promoted.stdout
+
+
+def test_promoting_an_unknown_version_is_a_one_line_error(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001
+    assert_one_line_error(run(["recommend", "promote", "4242"]), "nimbus-recommender has no version '4242'")
+
+
+def test_training_on_a_missing_file_is_a_one_line_error(clean_stack, tmp_path: Path) -> None:  # noqa: ANN001
+    assert_one_line_error(run(["recommend", "train", "--logs", str(tmp_path / "nope.parquet")], {}),
+                          "nope.parquet: no such file or folder")
+
+
+def test_the_features_function_runs_on_its_schedule_event(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001
+    write_dataset(recommender_models["dataset"], clean_stack)
+    done = run(["invoke", "features", "--event", "tests/data/events/eventbridge_scheduled.json"], {})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["users"] == recommender_models["dataset"].interactions["user_id"].nunique()
+    assert answer["rule"] and answer["version"]
+
+
+def test_the_features_function_refuses_an_http_event(clean_stack) -> None:  # noqa: ANN001
+    assert_one_line_error(run(["invoke", "features", "--event", "tests/data/events/apigw_v2_health.json"], {}),
+                          "features runs on a schedule; got HttpRequest")
+
+
+def test_the_recommend_handler_answers_an_api_gateway_event(live_recommender: dict) -> None:
+    event = json.loads((ROOT / "tests/data/events/apigw_v2_health.json").read_text())
+    user = str(live_recommender["features"].user_ids[0])
+    event.update(rawPath=f"/recommendations/{user}", rawQueryString="k=4", routeKey="GET /recommendations/{user_id}",
+                 pathParameters={"user_id": user}, queryStringParameters={"k": "4"})
+    event["requestContext"].update(http={**event["requestContext"]["http"], "path": f"/recommendations/{user}"})
+    done = run(["invoke", "recommend", "--data", json.dumps(event)], {})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["statusCode"] == 200 and len(json.loads(answer["body"])["items"]) == 4
+
+
+def test_the_recommend_handler_imports_nothing_heavy() -> None:
+    probe = ("import sys; import functions.recommend.handler, functions.events.handler; "
+             "print(sorted(m for m in ('sklearn', 'pandas', 'mlflow', 'pyspark', 'ray', 'airflow', 'scipy') "
+             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
