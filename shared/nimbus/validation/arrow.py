@@ -46,11 +46,11 @@ def _typed(column: pa.ChunkedArray | pa.Array, kind: str) -> tuple[pa.Array, pa.
             values = pc.cast(parsed, target)
         else:
             values = pc.cast(clean, target)
-        return values, pc.and_(present, pc.invert(ok))
+        return values, pc.fill_null(pc.and_(present, pc.invert(ok)), False)
     try:
         return pc.cast(column, target), pa.array(np.zeros(len(column), bool))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.nulls(len(column), target), pc.is_valid(column)
+        return pa.nulls(len(column), target), pc.fill_null(pc.is_valid(column), False)
 
 
 @dataclass
