@@ -83,8 +83,9 @@ def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None
     failures: dict[str, np.ndarray] = {}
     for rule in rules:
         values = typed[rule.column]
-        if rule.kind == "required":
-            failed = pc.is_null(values)
+        if rule.kind == "required":  # absent; a present but unreadable value is a type failure
+            failures[rule.name] = pc.is_null(values).to_numpy(zero_copy_only=False) & ~type_fail[rule.column]
+            continue
         elif rule.kind == "type":
             failures[rule.name] = type_fail[rule.column]
             continue
@@ -93,9 +94,9 @@ def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None
         elif rule.kind == "max":
             failed = pc.greater(values, rule.value)
         elif rule.kind == "allowed":
-            failed = pc.invert(pc.is_in(values, pa.array(rule.value)))
+            failed = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, pa.array(rule.value))))
         elif rule.kind == "regex":
-            failed = pc.invert(pc.match_substring_regex(values, rule.value))
+            failed = pc.and_(pc.is_valid(values), pc.invert(pc.match_substring_regex(values, rule.value)))
         else:
             other = typed[rule.other] if isinstance(rule.other, str) else rule.other
             failed = pc.invert(_OPS[rule.op](values, other))

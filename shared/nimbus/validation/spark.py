@@ -60,8 +60,8 @@ def failure_columns(df: DataFrame, schema: RecordSchema, rules: list[Rule] | Non
     out: dict[str, Column] = {}
     for rule in rules:
         v = typed[rule.column]
-        if rule.kind == "required":
-            failed = v.isNull()
+        if rule.kind == "required":  # absent; a present but unreadable value is a type failure
+            failed = v.isNull() & ~unreadable[rule.column]
         elif rule.kind == "type":
             failed = unreadable[rule.column]
         elif rule.kind == "min":
