@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     )
     interactions_prefix: str = Field(default="logs/interactions/", description="Interaction logs in the data bucket.")
     catalogue_key: str = Field(default="logs/catalogue.parquet", description="Item catalogue in the data bucket.")
+    batch_models: str = Field(default="churn-lr@champion,churn-hgb@champion",
+                              description="Models a dropped file is scored with: name@alias or name@version, comma-separated.")
+    batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
+    batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000

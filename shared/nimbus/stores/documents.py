@@ -23,11 +23,17 @@ class Collections:
     """Collection names, one place. Later layers add theirs here with their indexes."""
 
     AUDIT = "audit"
+    BATCH_RUNS = "batch_runs"
+    BATCH_PREDICTIONS = "batch_predictions"
+    MODEL_PERFORMANCE = "model_performance"
 
 
 # name -> list of (keys, options) passed to create_index
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.AUDIT: [([("at", pymongo.DESCENDING)], {}), ([("subject", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
+    Collections.BATCH_RUNS: [([("status", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {})],
+    Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_id", pymongo.ASCENDING)], {})],
+    Collections.MODEL_PERFORMANCE: [([("model", pymongo.ASCENDING), ("version", pymongo.ASCENDING)], {})],
 }
 
 

@@ -1,0 +1,1 @@
+"""Batch predictions: read -> validate -> score with N registry models -> write -> report -> audit."""

@@ -1,0 +1,101 @@
+"""The example models and data of the batch demo, tests and benchmark: customer churn.
+
+Twenty numeric features drive a hidden churn probability (linear part plus an
+interaction the boosted model can learn); a logistic regression and a
+HistGradientBoosting classifier are registered as ``churn-lr`` and ``churn-hgb`` with a
+signature, an input example and the histogram of their training scores (the drift
+reference of every batch report).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from nimbus.config import Settings
+
+FEATURES = [f"f{j}" for j in range(20)]
+SEGMENTS = ["consumer", "business", "enterprise"]
+
+
+def _truth(x: np.ndarray, seed: int = 42) -> np.ndarray:
+    w = np.random.default_rng(seed).normal(size=x.shape[1])
+    z = x @ w * 0.5 + 1.5 * np.sin(x[:, 0] * x[:, 1])
+    return 1 / (1 + np.exp(-z))
+
+
+def make_records(n: int, seed: int = 0, bad_rows: int = 0, start: int = 0) -> tuple[pa.Table, np.ndarray]:
+    """(records, their hidden labels). ``bad_rows`` rows get planted errors (see ``plant``)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    labels = (rng.random(n) < _truth(x)).astype(np.int8)
+    signup = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D")
+    seen = signup + pd.to_timedelta(rng.integers(0, 300, n), unit="D")
+    columns = {"record_id": pa.array(np.char.add("r", np.arange(start, start + n).astype(str)))}
+    columns.update({f: pa.array(x[:, j]) for j, f in enumerate(FEATURES)})
+    columns["segment"] = pa.array(rng.choice(SEGMENTS, n))
+    columns["signup_date"] = pa.array(signup.date)
+    columns["last_seen"] = pa.array(seen.date)
+    table = pa.table(columns)
+    return (plant(table, bad_rows, seed) if bad_rows else table), labels
+
+
+def plant(table: pa.Table, count: int, seed: int = 0) -> pa.Table:
+    """Break ``count`` rows in known ways (cycling: out of range, bad segment, seen before signup)."""
+    frame = table.to_pandas()
+    rows = np.random.default_rng(seed + 1).choice(len(frame), size=count, replace=False)
+    for k, row in enumerate(sorted(rows)):
+        kind = k % 3
+        if kind == 0:
+            frame.loc[row, "f3"] = 99.0
+        elif kind == 1:
+            frame.loc[row, "segment"] = "martian"
+        else:
+            frame.loc[row, "last_seen"] = frame.loc[row, "signup_date"] - pd.Timedelta(days=10)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> dict[str, str]:
+    """Fit, log and register churn-lr and churn-hgb; returns name -> version."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from nimbus.batch.report import REFERENCE_PATH
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    mlflow.set_experiment("nimbus-batch-models")
+    table, y = make_records(n, seed=123)
+    x = table.select(FEATURES).to_pandas().astype(np.float64)
+    versions = {}
+    for name, model in (("churn-lr", LogisticRegression(max_iter=500)),
+                        ("churn-hgb", HistGradientBoostingClassifier(max_iter=100, random_state=0))):
+        model.fit(x, y)
+        scores = model.predict_proba(x)[:, 1]
+        with mlflow.start_run(run_name=name), tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_params({"model": type(model).__name__, "rows": n})
+            mlflow.log_metric("train_accuracy", float(((scores >= 0.5) == y).mean()))
+            # MLflow saves scikit-learn models with skops; the boosted trees' node arrays are a
+            # type skops asks us to vouch for (we built them here).
+            trusted = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"] \
+                if isinstance(model, HistGradientBoostingClassifier) else None
+            info = mlflow.sklearn.log_model(model, name="model", input_example=x.head(5),
+                                            signature=infer_signature(x.head(5), scores[:5]),
+                                            pyfunc_predict_fn="predict_proba", registered_model_name=name,
+                                            skops_trusted_types=trusted)
+            ref = Path(tmp) / "scores.json"
+            ref.write_text(json.dumps({"hist": np.histogram(scores, 20, range=(0, 1))[0].tolist()}))
+            mlflow.log_artifact(str(ref), artifact_path=REFERENCE_PATH.rsplit("/", 1)[0])
+        versions[name] = str(info.registered_model_version)
+        if promote:
+            from nimbus.governance import promote as promote_alias
+
+            promote_alias(settings, name, versions[name], reason="example model")
+    return versions
