@@ -27,6 +27,11 @@ app.add_typer(local_app, name="local")
 recommend_app = typer.Typer(help="Real-time recommendations: data, features, training, promotion, serving.",
                             no_args_is_help=True)
 app.add_typer(recommend_app, name="recommend")
+batch_app = typer.Typer(help="Batch predictions with Spark: run, validate, labels, example models and data.",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+models_app = typer.Typer(help="The model registry: list, promote, roll back (audited).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 
@@ -240,6 +245,135 @@ def recommend_serve(
     out.print(f"serving http://{host}:{port}/recommendations/{{user_id}}  (docs: /docs)")
     uvicorn.run("nimbus.api.recommend:create_recommend_app", factory=True, host=host, port=port,
                 workers=workers, log_level="warning", access_log=False)
+
+
+# ---- batch -----------------------------------------------------------------------------
+@batch_app.command("run")
+def batch_run(
+    input_uri: Annotated[str, typer.Argument(help="CSV/Parquet file or folder, local or s3://.")],
+    models: Annotated[str | None, typer.Option(help="name@alias or name@version, comma-separated.")] = None,
+    schema: Annotated[str | None, typer.Option(help="Bundled schema name or a YAML file.")] = None,
+    sinks: Annotated[str | None, typer.Option(help="parquet,mongodb")] = None,
+    max_bad_share: Annotated[float | None, typer.Option(help="Fail past this share of bad records.")] = None,
+) -> None:
+    """Score a file with registry models on Spark: validate, score, write, report, audit."""
+    from nimbus.batch.job import RunRequest, run_batch
+
+    settings = get_settings()
+    request = RunRequest(input_uri, models or settings.batch_models, schema or settings.batch_schema,
+                         tuple((sinks or settings.batch_sinks).split(",")), max_bad_share)
+    status, say = progress()
+    with status:
+        result = run_batch(settings, request, progress=say)
+    out.print_json(json.dumps(result.as_dict(), default=str))
+
+
+@batch_app.command("validate")
+def batch_validate(
+    input_uri: Annotated[str, typer.Argument(help="CSV/Parquet file or folder, local or s3://.")],
+    schema: Annotated[str | None, typer.Option(help="Bundled schema name or a YAML file.")] = None,
+) -> None:
+    """Count validation failures by rule with Spark, without scoring (fails past the threshold)."""
+    from nimbus.batch.job import BatchJob, RunRequest
+
+    settings = get_settings()
+    job = BatchJob(settings, RunRequest(input_uri, settings.batch_models, schema or settings.batch_schema))
+    with out.status("validating with Spark..."):
+        key, _ = job.prepare()
+        counts = job.validate(key)
+    out.print_json(json.dumps({"run_key": key, **counts}))
+
+
+@batch_app.command("make-models")
+def batch_make_models(
+    rows: Annotated[int, typer.Option(help="Training rows.")] = 50_000,
+) -> None:
+    """Train and register the example churn models (churn-lr, churn-hgb) as champions."""
+    from nimbus.batch.examples import train_models
+
+    with out.status("training churn-lr and churn-hgb..."):
+        versions = train_models(get_settings(), rows)
+    out.print(f"registered and promoted: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
+
+
+@batch_app.command("generate")
+def batch_generate(
+    target: Annotated[str, typer.Argument(help="A .parquet or .csv path, or s3://bucket/key.")],
+    rows: Annotated[int, typer.Option(min=1)] = 100_000,
+    bad_rows: Annotated[int, typer.Option(min=0, help="Rows with planted errors.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    labels: Annotated[str | None, typer.Option(help="Also write the hidden labels here.")] = None,
+) -> None:
+    """Make example churn records (and their labels) to score."""
+    from nimbus.batch.examples import write_records
+
+    where = write_records(get_settings(), target, rows, bad_rows, seed, labels)
+    out.print(f"{rows:,} records ({bad_rows} planted bad) -> {where}")
+
+
+@batch_app.command("labels")
+def batch_labels(
+    labels_uri: Annotated[str, typer.Argument(help="CSV/Parquet with record_id, label.")],
+    run: Annotated[str, typer.Option(help="The run key the labels belong to.")],
+) -> None:
+    """Score a run's predictions against labels that arrived later (AUC, accuracy or RMSE)."""
+    from nimbus.batch.performance import score_labels
+
+    out.print_json(json.dumps(score_labels(get_settings(), labels_uri, run), default=str))
+
+
+@batch_app.command("performance")
+def batch_performance(model: Annotated[str, typer.Argument()]) -> None:
+    """A model's measured performance over runs and versions."""
+    from nimbus.batch.performance import performance_history
+
+    out.print_json(json.dumps(performance_history(get_settings(), model), default=str))
+
+
+# ---- models ----------------------------------------------------------------------------
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models, their versions and aliases."""
+    from nimbus.governance import list_models
+
+    out.print_json(json.dumps(list_models(get_settings())))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option()] = "champion",
+    reason: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Point an alias at a version (audited)."""
+    from nimbus.governance import promote
+
+    record = promote(get_settings(), name, version, alias, reason)
+    out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option()] = "champion",
+) -> None:
+    """Return an alias to the version before its last promotion (audited)."""
+    from nimbus.governance import rollback
+
+    record = rollback(get_settings(), name, alias)
+    out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']} (rolled back)")
+
+
+@models_app.command("history")
+def models_history(
+    subject: Annotated[str | None, typer.Argument(help="e.g. model:churn-lr or batch:RUNKEY")] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """The audit trail, newest first."""
+    from nimbus.audit import history
+
+    out.print_json(json.dumps(history(get_settings(), subject, limit=limit), default=str))
 
 
 def main() -> None:

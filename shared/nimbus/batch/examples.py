@@ -99,3 +99,28 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
 
             promote_alias(settings, name, versions[name], reason="example model")
     return versions
+
+
+def write_records(settings: Settings, target: str, rows: int, bad_rows: int = 0, seed: int = 0,
+                  labels: str | None = None) -> str:
+    """Write example records (Parquet or CSV by extension) locally or to S3; optionally their labels."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from nimbus.batch.io import FsConfig
+
+    table, y = make_records(rows, seed=seed, bad_rows=bad_rows)
+    fs_config = FsConfig.from_settings(settings)
+    for uri, data in ((target, table), (labels, pa.table({"record_id": table.column("record_id"),
+                                                           "label": pa.array(y)}) if labels else None)):
+        if uri is None or data is None:
+            continue
+        fs, path = fs_config.filesystem(uri)
+        if not uri.startswith("s3://"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_output_stream(path) as sink:
+            if uri.endswith(".csv"):
+                pacsv.write_csv(data, sink)
+            else:
+                pq.write_table(data, sink, row_group_size=250_000)
+    return target

@@ -1,0 +1,9 @@
+"""batch: a file in the S3 drop folder, or a schedule -> Spark batch predictions."""
+
+from nimbus.batch.trigger import handle
+from nimbus.config import get_settings
+from nimbus.events import parse
+
+
+def handler(event, context):
+    return {"runs": handle(parse(event), get_settings())}
