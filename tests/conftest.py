@@ -103,3 +103,17 @@ def live_recommender(clean_stack: Settings, recommender_models: dict) -> dict:
     publish_features(FeatureStore.for_settings(clean_stack), recommender_models["features"])
     promote_version(clean_stack, recommender_models["versions"][0])
     return {**recommender_models, "settings": clean_stack}
+
+
+@pytest.fixture(scope="session")
+def churn_models(stack_settings: Settings) -> dict[str, str]:
+    """The example churn models, registered and promoted once per session."""
+    from nimbus.batch.examples import train_models
+
+    return train_models(stack_settings, n=4000)
+
+
+@pytest.fixture
+def batch_stack(clean_stack: Settings, churn_models: dict[str, str]) -> Settings:
+    """A clean stack with the churn models as champions (the batch runs' defaults)."""
+    return clean_stack

@@ -114,8 +114,8 @@ def input_schema(fs_config: FsConfig, file: InputFile) -> dict[str, str]:
             schema = pq.ParquetFile(handle).schema_arrow
         return {f.name: str(f.type) for f in schema}
     with fs.open_input_stream(path, compression="detect") as handle:
-        header = handle.read(64 * 1024).decode("utf-8", errors="replace").splitlines()[0]
-    return {name.strip(): "string" for name in header.split(",")}
+        names = pacsv.open_csv(handle).schema.names
+    return {name: "string" for name in names}
 
 
 def plan_splits(fs_config: FsConfig, files: list[InputFile], rows_per_split: int = ROWS_PER_SPLIT) -> list[Split]:
