@@ -36,8 +36,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-echo "bootstrap: pip install -e '.[local,dev]' (first time: several minutes)"
-"$VENV/bin/python" -m pip install -q -e '.[local,dev]'
+echo "bootstrap: pip install -e '.[local,dev,airflow]' (first time: several minutes)"
+"$VENV/bin/python" -m pip install -q -e '.[local,dev,airflow]'
 
 if command -v npm >/dev/null 2>&1; then
   echo "bootstrap: npm ci (Serverless Framework v3, to check serverless.yml)"

@@ -202,6 +202,16 @@ class BatchJob:
         base = f"s3://{settings.artifacts_bucket}/batch"
         self.base = base
 
+    @classmethod
+    def resume(cls, settings: Settings, key: str, progress: Progress | None = None) -> BatchJob:
+        """The job of an existing run, rebuilt from its document (each Airflow task is a new process)."""
+        doc = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS).find_one({"_id": key})
+        if doc is None:
+            raise NimbusError(f"no batch run {key}")
+        request = RunRequest(doc["input"]["uri"], ",".join(f"{n}@{v}" for n, v in doc["models"].items()),
+                             doc.get("schema", settings.batch_schema), tuple(doc.get("sinks", ("parquet",))))
+        return cls(settings, request, progress)
+
     # -- step 1: identify the run, pin the models --
     def prepare(self) -> tuple[str, dict[str, Any] | None]:
         """(run key, existing succeeded run or None). Creates or resumes the run document."""

@@ -17,12 +17,29 @@ def _request(settings: Settings, uri: str) -> RunRequest:
                       actor="drop-folder")
 
 
+def pending_files(settings: Settings) -> list[str]:
+    """Files in the drop folder that no run has scored yet, oldest key first."""
+    from nimbus.batch.io import FsConfig, etag_fingerprints, list_inputs
+    from nimbus.batch.job import run_key_for
+    from nimbus.stores.documents import Collections, DocumentStore
+
+    keys = ObjectStore.for_settings(settings).list_keys(settings.data_bucket, settings.drop_prefix)
+    runs = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS)
+    fs = FsConfig.from_settings(settings)
+    pending = []
+    for key in sorted(k for k in keys if k.endswith((".csv", ".csv.gz", ".parquet"))):
+        uri = f"s3://{settings.data_bucket}/{key}"
+        run = runs.find_one({"_id": run_key_for(etag_fingerprints(settings, list_inputs(fs, uri)))}, {"status": 1})
+        if run is None or run.get("status") not in ("succeeded", "failed"):
+            pending.append(uri)
+    return pending
+
+
 def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
     if isinstance(event, ObjectsCreated):
         uris = [f"s3://{o.bucket}/{o.key}" for o in event.objects]
     elif isinstance(event, ScheduledTrigger):
-        keys = ObjectStore.for_settings(settings).list_keys(settings.data_bucket, settings.drop_prefix)
-        uris = [f"s3://{settings.data_bucket}/{k}" for k in keys if k.endswith((".csv", ".csv.gz", ".parquet"))]
+        uris = pending_files(settings)
     else:
         raise InvalidInput(f"batch runs on a drop-folder file or a schedule; got {type(event).__name__}")
     results = []
