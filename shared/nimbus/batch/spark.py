@@ -21,12 +21,14 @@ def spark_session(settings: Settings) -> SparkSession:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
+    from pyspark import SparkContext
+
     with _lock:
-        active = SparkSession.getActiveSession()
-        if active is not None and active.sparkContext.master == settings.spark_master:
-            return active
-        if active is not None:
-            active.stop()
+        context = SparkContext._active_spark_context
+        if context is not None and context.master == settings.spark_master:
+            return SparkSession(context)
+        if context is not None:  # another master was asked for: one context per process
+            context.stop()
         builder = (
             SparkSession.builder.master(settings.spark_master).appName("nimbus-batch")
             .config("spark.ui.enabled", "false")
