@@ -84,14 +84,19 @@ def _score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models
     from nimbus.batch.io import read_split, write_parquet
     from nimbus.validation.arrow import check
 
+    clock = time.perf_counter()
     table = read_split(fs_config, split)
+    seconds = {"read": time.perf_counter() - clock}
+    clock = time.perf_counter()
     rules = schema.compiled()
     verdict = check(table, schema, rules)
+    seconds["validate"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     valid = verdict.valid
     n, n_valid = table.num_rows, int(valid.sum())
     out: dict[str, Any] = {"records": n, "scored": n_valid, "quarantined": n - n_valid,
                            "failures": {r.name: int(verdict.failures[r.name].sum()) for r in rules},
-                           "stats": {}, "agree": {}}
+                           "stats": {}, "agree": {}, "seconds": seconds}
     scores: dict[str, np.ndarray] = {}
     if n_valid:
         idx = np.flatnonzero(valid)
@@ -120,6 +125,8 @@ def _score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models
             for b in names[i + 1:]:
                 same = np.sum((scores[a] >= 0.5) == (scores[b] >= 0.5))
                 out["agree"][f"{a}|{b}"] = {"same_side": int(same), "sum_ab": float((scores[a] * scores[b]).sum())}
+        seconds["score"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         write_parquet(fs_config, pa.table(columns), f"{staging}/scored/part-{split.index:05d}.parquet")
     if n - n_valid:
         bad = np.flatnonzero(~valid)
@@ -127,12 +134,16 @@ def _score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models
             "reasons", pa.array(verdict.reasons(schema, rules), pa.list_(pa.string())))
         quarantine = quarantine.append_column("run_key", pa.array([run_key] * len(bad)))
         write_parquet(fs_config, quarantine, f"{staging}/quarantine/part-{split.index:05d}.parquet")
+    seconds["write"] = time.perf_counter() - clock
     return out
 
 
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {"records": 0, "scored": 0, "quarantined": 0, "failures": {}, "stats": {}, "agree": {}}
+    total: dict[str, Any] = {"records": 0, "scored": 0, "quarantined": 0, "failures": {}, "stats": {}, "agree": {},
+                             "task_seconds": {}}
     for part in parts:
+        for stage, sec in part.get("seconds", {}).items():
+            total["task_seconds"][stage] = total["task_seconds"].get(stage, 0.0) + sec
         for key in ("records", "scored", "quarantined"):
             total[key] += part[key]
         for rule, count in part["failures"].items():
@@ -323,6 +334,7 @@ class BatchJob:
                               f"{total['quarantined']}")
         self.runs.update_one({"_id": key}, {"$set": {"counts": {k: total[k] for k in ("records", "scored",
                                                                                       "quarantined")},
+                                                      "task_seconds": total["task_seconds"],
                                                       "failures": total["failures"],
                                                       "stats": {"scores": total["stats"], "agree": total["agree"]}}})
         try:
@@ -339,12 +351,15 @@ class BatchJob:
         doc = self._doc(key)
         staging = f"{self.base}/staging/{key}"
         results, quarantine = f"{self.base}/results/{key}", f"{self.base}/quarantine/{key}"
+        clock = time.perf_counter()
         self._delete_prefix(results)
         self._delete_prefix(quarantine)
         moved = {"results": self._move_prefix(f"{staging}/scored", results),
                  "quarantine": self._move_prefix(f"{staging}/quarantine", quarantine)}
-        written: dict[str, Any] = {"results_uri": results, "quarantine_uri": quarantine, "parts": moved}
+        written: dict[str, Any] = {"results_uri": results, "quarantine_uri": quarantine, "parts": moved,
+                                   "seconds": {"commit": time.perf_counter() - clock}}
         if "mongodb" in doc.get("sinks", []):
+            clock = time.perf_counter()
             spark = spark_session(self.settings)
             parts = [f"s3://{self.settings.artifacts_bucket}/{k}" for k in
                      ObjectStore.for_settings(self.settings).list_keys(self.settings.artifacts_bucket,
@@ -354,6 +369,7 @@ class BatchJob:
             counts = spark.sparkContext.parallelize(parts, max(1, len(parts))).map(
                 lambda uri: _write_mongo_part(uri, fs, url, db, id_col, models)).collect()
             written["mongodb"] = {"inserted": sum(c[0] for c in counts), "duplicates": sum(c[1] for c in counts)}
+            written["seconds"]["mongodb"] = time.perf_counter() - clock
         self.runs.update_one({"_id": key}, {"$set": {"outputs": written}})
         return written
 

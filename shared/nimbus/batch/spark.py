@@ -32,6 +32,7 @@ def spark_session(settings: Settings) -> SparkSession:
         builder = (
             SparkSession.builder.master(settings.spark_master).appName("nimbus-batch")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
             # One Python worker per core: scikit-learn's own threads would only oversubscribe it.
             .config("spark.executorEnv.OMP_NUM_THREADS", "1")
