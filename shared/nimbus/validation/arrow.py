@@ -21,6 +21,9 @@ def _typed(column: pa.ChunkedArray | pa.Array, kind: str) -> tuple[pa.Array, pa.
     """(values cast to ``kind`` with unreadable ones null, mask of present-but-unreadable values)."""
     target = _ARROW_TYPES[kind]
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if kind == "string" and pa.types.is_string(column.type):  # an empty text is a missing value
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), False)
+        return pc.if_else(blank, pa.scalar(None, pa.string()), column), pa.array(np.zeros(len(column), bool))
     if column.type == target:
         return column, pa.array(np.zeros(len(column), bool))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):

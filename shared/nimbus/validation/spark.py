@@ -51,6 +51,9 @@ def failure_columns(df: DataFrame, schema: RecordSchema, rules: list[Rule] | Non
             else:
                 typed[name] = clean.cast(_SPARK_TYPES[col.type])
             unreadable[name] = is_present & ~ok
+        elif col.type == "string":  # an empty text is a missing value
+            typed[name] = F.when(F.trim(raw.cast("string")) != "", raw.cast("string"))
+            unreadable[name] = F.lit(False)
         else:
             typed[name] = raw.cast(_SPARK_TYPES[col.type])
             unreadable[name] = raw.isNotNull() & typed[name].isNull()
