@@ -34,6 +34,34 @@ def _recommendation_table(body: dict[str, Any], title: str) -> Table:
     return table
 
 
+def _batch(settings: Settings, out: Console) -> None:
+    """Register the example churn models, drop a file, wait for the drop folder to score it."""
+    from nimbus.batch.examples import train_models, write_records
+    from nimbus.stores.documents import Collections, DocumentStore
+
+    with out.status("training churn-lr and churn-hgb, registering them as champions..."):
+        versions = train_models(settings, n=20_000)
+    out.print(f"registered: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
+    uri = f"s3://{settings.data_bucket}/{settings.drop_prefix}demo/customers-{int(time.time())}.parquet"
+    write_records(settings, uri, 20_000, bad_rows=40, seed=int(time.time()) % 1000)
+    out.print(f"dropped {uri} (20,000 records, 40 of them broken on purpose)")
+    runs = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS)
+    deadline = time.monotonic() + 240
+    with out.status("S3 -> SQS -> batch function -> Spark..."):
+        while time.monotonic() < deadline:
+            run = runs.find_one({"input.uri": uri, "status": {"$in": ["succeeded", "failed"]}})
+            if run:
+                break
+            time.sleep(0.5)
+        else:
+            raise NimbusError("the dropped file was not scored within 4 minutes")
+    counts = run["counts"]
+    out.print(f"run {run['_id']}: {run['status']}; {counts['records']:,} records = {counts['scored']:,} scored + "
+              f"{counts['quarantined']:,} quarantined; failures by rule: "
+              + ", ".join(f"{r} {c}" for r, c in run["failures"].items() if c))
+    out.print(f"results: {run['outputs']['results_uri']}/   report: {run.get('report_uri')}")
+
+
 def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 2000, items: int = 1000) -> None:
     from nimbus.recommend.data import generate, load_dataset
     from nimbus.recommend.models import register
@@ -78,7 +106,7 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
                   f"(popularity {m['popular_ndcg_at_10']:.3f})")
 
         out.rule("5. recommendations through the local gateway")
-        gateway = Gateway(project, settings, GatewayOptions(schedules=False, watch=False))
+        gateway = Gateway(project, settings, GatewayOptions(schedules=False, watch=True))
         with serving(gateway.app) as base, httpx.Client(base_url=base, timeout=30) as http:
             user = "u1"
             first = http.get(f"/recommendations/{user}", params={"k": 5}).json()
@@ -94,13 +122,16 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             out.print(f"POST /events: {len(clicked)} clicks by {user} in {category} -> {ingest}")
             after = http.get(f"/recommendations/{user}", params={"k": 5}).json()
             out.print(_recommendation_table(after, f"GET /recommendations/{user}?k=5 (after the clicks)"))
+
+            out.rule("6. batch predictions: a file dropped in S3, scored on Spark by the batch function")
+            _batch(settings, out)
             health = http.get("/health")
-        out.rule("6. the health function")
+        out.rule("7. the health function")
         print_health(health.json())
         if health.status_code != 200:
             raise NimbusError(f"health answered {health.status_code}: some store is down")
     finally:
         if not keep:
-            out.rule("7. local stack down")
+            out.rule("8. local stack down")
             stopped = stack.down(started) if started else []
             out.print(f"stopped: {', '.join(stopped) or 'nothing (it was already running before the demo)'}")

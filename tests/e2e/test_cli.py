@@ -124,5 +124,6 @@ def test_demo_brings_the_stack_up_answers_health_and_brings_it_down(own_stack: d
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nimbus-recommender v1 is live" in done.stdout and "personalized" in done.stdout
     assert "POST /events: 3 clicks" in done.stdout and "nimbus health: ok" in done.stdout
+    assert "20,000 records = 19,960 scored + 40 quarantined" in done.stdout
     assert "stopped: redis, mongodb, s3" in done.stdout
     assert pids_of(Path(own_stack["NIMBUS_HOME"])) == []
