@@ -1,0 +1,282 @@
+"""AutoML jobs: submitted (checked before a job exists), run on Ray, tracked in MLflow,
+kept in MongoDB (status, progress, leaderboard, winner)."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from nimbus.automl.profile import Profile, check_metric, profile
+from nimbus.automl.search import LOWER_IS_BETTER, SearchData, plan_steps, run_search, scorer_name
+from nimbus.automl.space import algorithms, pipeline
+from nimbus.config import Settings
+from nimbus.errors import InvalidInput, NimbusError, NotFound
+from nimbus.stores.documents import DocumentStore
+
+COLLECTION = "automl_jobs"
+SEARCH_MAX_ROWS = 200_000  # the search works on a stratified sample this size; the winner refits on more
+
+
+class JobRequest(BaseModel):
+    dataset: str = Field(description="s3://bucket/key or a local path (CSV or Parquet).",
+                         examples=["s3://nimbus-data/datasets/churn.csv"])
+    target: str = Field(min_length=1, examples=["churned"])
+    task: str | None = Field(default=None, pattern="^(classification|regression)$",
+                             description="Inferred from the target when absent.")
+    metric: str | None = Field(default=None, examples=["roc_auc"])
+    budget_s: float = Field(default=60, ge=10, le=6 * 3600, description="Wall-clock budget of the whole job.")
+    max_trials: int | None = Field(default=None, ge=1, le=10_000)
+    include: list[str] | None = Field(default=None, examples=[["hist_gb", "logistic"]])
+    exclude: list[str] | None = None
+    gpu: bool | None = Field(default=None, description="Use a GPU when present (default: when present).")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+                             description="Registered model name (default automl-<job id>).")
+
+
+def read_dataset(settings: Settings, location: str) -> pd.DataFrame:
+    from nimbus.recommend.data import DataError, read_table
+
+    try:
+        return read_table(location)
+    except DataError as exc:
+        raise InvalidInput(str(exc)) from exc
+    except Exception as exc:  # unreadable bytes, a parser's complaint
+        raise InvalidInput(f"{location}: cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from exc
+
+
+def _jobs(settings: Settings):  # noqa: ANN202
+    return DocumentStore.for_settings(settings).collection(COLLECTION)
+
+
+def submit(settings: Settings, request: JobRequest) -> dict[str, Any]:
+    """Check the request against the data, then record a queued job; bad input makes no job."""
+    frame = read_dataset(settings, request.dataset)
+    prof = profile(frame, request.target, request.task)  # type: ignore[arg-type]
+    metric = check_metric(prof.task, request.metric, prof.classes)
+    algorithms(prof, request.include, request.exclude)
+    job_id = uuid.uuid4().hex[:12]
+    doc = {"_id": job_id, "status": "queued", "request": request.model_dump(), "metric": metric,
+           "profile": prof.as_dict(), "created_at": datetime.now(UTC),
+           "progress": {"trials": 0, "best": None}}
+    _jobs(settings).insert_one(doc)
+    return doc
+
+
+def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
+    doc = _jobs(settings).find_one({"_id": job_id})
+    if doc is None:
+        raise NotFound(f"no AutoML job {job_id!r}")
+    return doc
+
+
+def ray_session(settings: Settings) -> None:
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+class _Progress:
+    """A Tune callback writing progress to the job document at most once a second."""
+
+    def __new__(cls, settings: Settings, job_id: str, lower_is_better: bool):  # noqa: ANN204
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def __init__(self) -> None:
+                self.trials: set[str] = set()
+                self.best: float | None = None
+                self.last = 0.0
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN003
+                self.trials.add(trial.trial_id)
+                score = result.get("score")
+                if score is not None and (self.best is None or score > self.best):
+                    self.best = score
+                if time.monotonic() - self.last > 1.0:
+                    self.last = time.monotonic()
+                    best = None if self.best is None else (-self.best if lower_is_better else self.best)
+                    _jobs(settings).update_one({"_id": job_id}, {"$set": {
+                        "progress": {"trials": len(self.trials), "best": best}}})
+
+        return Progress()
+
+
+def run_job(settings: Settings, job_id: str) -> dict[str, Any]:
+    """Search, track, refit, evaluate, register. Ends within the budget (it reserves refit time)."""
+    start = time.monotonic()
+    job = get_job(settings, job_id)
+    request = JobRequest.model_validate(job["request"])
+    jobs = _jobs(settings)
+    jobs.update_one({"_id": job_id}, {"$set": {"status": "running", "started_at": datetime.now(UTC)}})
+    try:
+        result = _run(settings, job_id, request, job["metric"], start)
+    except Exception as exc:
+        jobs.update_one({"_id": job_id}, {"$set": {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                                    "finished_at": datetime.now(UTC)}})
+        raise
+    jobs.update_one({"_id": job_id}, {"$set": {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
+                                                "elapsed_s": time.monotonic() - start}})
+    return get_job(settings, job_id)
+
+
+def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, start: float) -> dict[str, Any]:
+    import os
+
+    from sklearn.model_selection import train_test_split
+
+    frame = read_dataset(settings, request.dataset)
+    prof = profile(frame, request.target, request.task)  # type: ignore[arg-type]
+    y = frame[request.target]
+    x = frame.drop(columns=[request.target])
+    stratify = y if prof.task == "classification" else None
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=stratify)
+    if len(x_train) > SEARCH_MAX_ROWS:  # search on a stratified sample sized to memory
+        x_search, _, y_search, _ = train_test_split(x_train, y_train, train_size=SEARCH_MAX_ROWS, random_state=0,
+                                                    stratify=y_train if prof.task == "classification" else None)
+    else:
+        x_search, y_search = x_train, y_train
+    x_search, y_search = x_search.reset_index(drop=True), y_search.reset_index(drop=True)
+    data = SearchData(x_search, y_search, plan_steps(y_search, prof), prof, metric)
+
+    ray_session(settings)
+    import ray
+
+    concurrency = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+    elapsed = time.monotonic() - start
+    # Keep a fifth of the budget (at least 5 s) for the refit, test and registration.
+    search_budget = max(5.0, request.budget_s * 0.8 - elapsed)
+    pool = algorithms(prof, request.include, request.exclude)
+    storage = settings.home / "automl" / job_id  # Tune's own bookkeeping, next to the other local state
+    storage.mkdir(parents=True, exist_ok=True)
+    trials = run_search(data, pool, search_budget, request.max_trials, concurrency,
+                        _Progress(settings, job_id, metric in LOWER_IS_BETTER), storage=str(storage))
+    if not trials:
+        raise NimbusError("no trial finished within the budget; give the job a larger budget")
+    winner = trials[0]
+    model = pipeline(winner["params"], prof)
+    model.fit(x_train, y_train)
+    test = evaluate(model, x_test, y_test, metric)
+    importances = permutation_importances(model, x_test, y_test, metric)
+    version, run_id = track(settings, job_id, request, prof, metric, trials, model, x_train, test, importances)
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    leaderboard = [{"rank": n + 1, "algorithm": t["params"]["algorithm"], "params": t["params"],
+                    "score": sign * t["score"], "complete": t["complete"], "fit_s": round(t["fit_s"], 3),
+                    "node": t["node"]} for n, t in enumerate(trials)]
+    return {"leaderboard": leaderboard, "trials": len(trials), "winner": leaderboard[0], "test": test,
+            "importances": importances, "model": {"name": request.name or f"automl-{job_id}", "version": version,
+                                                    "run_id": run_id},
+            "progress": {"trials": len(trials), "best": leaderboard[0]["score"]}}
+
+
+def evaluate(model: Any, x: pd.DataFrame, y: pd.Series, metric: str, rounds: int = 200) -> dict[str, Any]:
+    """The held-out metric with a 95% bootstrap interval."""
+    from sklearn.metrics import get_scorer
+
+    scorer = get_scorer(scorer_name(metric))
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    value = sign * float(scorer(model, x, y))
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(y), len(y))
+        try:
+            samples.append(sign * float(scorer(model, x.iloc[rows], y.iloc[rows])))
+        except ValueError:  # a resample with one class: skip it
+            continue
+    low, high = np.percentile(samples, [2.5, 97.5]) if samples else (value, value)
+    return {"metric": metric, "value": value, "ci95": [float(low), float(high)], "rows": int(len(y))}
+
+
+def permutation_importances(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> list[dict[str, Any]]:
+    from sklearn.inspection import permutation_importance
+
+    sample = min(len(x), 2000)
+    result = permutation_importance(model, x.iloc[:sample], y.iloc[:sample], scoring=scorer_name(metric),
+                                    n_repeats=5, random_state=0)
+    order = np.argsort(-result.importances_mean)
+    return [{"feature": str(x.columns[i]), "importance": float(result.importances_mean[i]),
+             "std": float(result.importances_std[i])} for i in order]
+
+
+def track(settings: Settings, job_id: str, request: JobRequest, prof: Profile, metric: str,
+          trials: list[dict[str, Any]], model: Any, x_train: pd.DataFrame, test: dict[str, Any],
+          importances: list[dict[str, Any]]) -> tuple[str, str]:
+    """One MLflow experiment per job: a run per trial, and the winner's run with its model, registered."""
+    import json
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    experiment = mlflow.set_experiment(f"automl-{job_id}")
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+    for t in trials:
+        run = client.create_run(experiment.experiment_id, run_name=f"trial-{t['params']['algorithm']}",
+                                tags={"nimbus.job": job_id, "nimbus.complete": str(t["complete"])})
+        for key, value in t["params"].items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, f"cv_{metric}", -t["score"] if metric in LOWER_IS_BETTER else t["score"])
+        client.log_metric(run.info.run_id, "fit_s", t["fit_s"])
+        client.log_metric(run.info.run_id, "steps", t["steps"])
+        client.set_terminated(run.info.run_id)
+    name = request.name or f"automl-{job_id}"
+    example = x_train.head(5)
+    output = model.predict_proba(example)[:, -1] if hasattr(model, "predict_proba") else model.predict(example)
+    with mlflow.start_run(run_name="winner", tags={"nimbus.job": job_id}) as run, \
+            tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({f"winner_{k}": v for k, v in trials[0]["params"].items()})
+        mlflow.log_metric(f"test_{metric}", test["value"])
+        mlflow.log_metric(f"test_{metric}_ci_low", test["ci95"][0])
+        mlflow.log_metric(f"test_{metric}_ci_high", test["ci95"][1])
+        info = mlflow.sklearn.log_model(model, name="model", input_example=example,
+                                        signature=infer_signature(example, output), registered_model_name=name,
+                                        skops_trusted_types=_trusted_types(model))
+        report = Path(tmp) / "report.json"
+        report.write_text(json.dumps({"profile": prof.as_dict(), "test": test, "importances": importances,
+                                      "trials": len(trials)}, default=str))
+        mlflow.log_artifact(str(report), artifact_path="report")
+    return str(info.registered_model_version), run.info.run_id
+
+
+def _trusted_types(model: Any) -> list[str] | None:
+    """Types skops asks us to vouch for when saving (we built these models ourselves)."""
+    try:
+        import skops.io as sio
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.skops"
+            sio.dump(model, path)
+            return sio.get_untrusted_types(file=path) or None
+    except Exception:
+        return None
+
+
+def run_in_background(settings: Settings, job_id: str) -> threading.Thread:
+    """Run a job in this process (the local API); on a cluster a worker does the same call."""
+    def target() -> None:
+        try:
+            run_job(settings, job_id)
+        except Exception:  # recorded in the job document by run_job
+            pass
+
+    thread = threading.Thread(target=target, name=f"automl-{job_id}", daemon=True)
+    thread.start()
+    return thread

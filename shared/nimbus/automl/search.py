@@ -1,0 +1,136 @@
+"""The search on Ray Tune: Optuna proposes configurations across algorithms, ASHA stops
+weak ones early, and actors are reused so a trial costs a fit, not a process start.
+
+A trial's iterations are its evaluation steps: cross-validation folds on small data,
+growing training fractions (25%, 50%, 100%) against one holdout on larger data — so
+ASHA can drop a configuration after its first, cheapest step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nimbus.automl.profile import Profile
+from nimbus.automl.space import define_space, pipeline
+
+CV_MAX_ROWS = 5_000
+FRACTIONS = (0.25, 0.5, 1.0)
+LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+
+
+def scorer_name(metric: str) -> str:
+    return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error",
+            "log_loss": "neg_log_loss"}.get(metric, metric)
+
+
+def plan_steps(y: pd.Series, profile: Profile, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, validation rows) per iteration."""
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+    n = len(y)
+    index = np.arange(n)
+    if n <= CV_MAX_ROWS:
+        splitter = StratifiedKFold(3, shuffle=True, random_state=seed) if profile.task == "classification" \
+            else KFold(3, shuffle=True, random_state=seed)
+        return [(tr, va) for tr, va in splitter.split(index, y if profile.task == "classification" else None)]
+    strat = y if profile.task == "classification" else None
+    train, valid = train_test_split(index, test_size=0.2, random_state=seed, stratify=strat)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(train)
+    return [(shuffled[: max(20, int(len(shuffled) * f))], valid) for f in FRACTIONS]
+
+
+@dataclass
+class SearchData:
+    x: pd.DataFrame
+    y: pd.Series
+    steps: list[tuple[np.ndarray, np.ndarray]]
+    profile: Profile
+    metric: str
+
+
+def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
+    from ray import tune
+    from sklearn.metrics import get_scorer
+
+    class EvaluateConfig(tune.Trainable):
+        def setup(self, config: dict[str, Any], data: SearchData | None = None) -> None:
+            self.data = data
+            self._configure(config)
+
+        def _configure(self, config: dict[str, Any]) -> None:
+            self.params = config["params"]
+            self.step_no, self.scores, self.fit_s = 0, [], 0.0
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:  # actor reuse: no new process
+            self._configure(new_config)
+            return True
+
+        def step(self) -> dict[str, Any]:
+            d = self.data
+            train, valid = d.steps[self.step_no]
+            model = pipeline(self.params, d.profile)
+            start = time.perf_counter()
+            model.fit(d.x.iloc[train], d.y.iloc[train])
+            self.fit_s += time.perf_counter() - start
+            score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
+            self.scores.append(score)
+            self.step_no += 1
+            done = self.step_no >= len(d.steps)
+            # folds: the mean so far; fractions: the latest (largest) fit is the estimate
+            estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
+            return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
+                    "algorithm": self.params["algorithm"]}
+
+    return EvaluateConfig
+
+
+class Space:
+    """The define-by-run space for a pool of algorithms (a class: Tune pickles its searcher)."""
+
+    def __init__(self, pool: list[str]) -> None:
+        self.pool = pool
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return {"params": define_space(trial, self.pool)}
+
+
+def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
+               on_result: Any = None, seed: int = 0, storage: str | None = None) -> list[dict[str, Any]]:
+    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    import optuna
+
+    searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool), metric="score", mode="max",
+                                               sampler=optuna.samplers.TPESampler(seed=seed)),
+                                  max_concurrent=concurrency)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(data.steps), grace_period=1,
+                              reduction_factor=2)
+    callbacks = [on_result] if on_result is not None else []
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(make_trainable(), data=data), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max_trials or -1,
+                                    time_budget_s=budget_s, reuse_actors=True, metric="score", mode="max"),
+        run_config=tune.RunConfig(callbacks=callbacks, verbose=0, log_to_file=False, storage_path=storage,
+                                  checkpoint_config=None),
+    )
+    grid = tuner.fit()
+    trials = []
+    for result in grid:
+        if result.metrics is None or "score" not in result.metrics:
+            continue
+        m = result.metrics
+        trials.append({"trial_id": m.get("trial_id"), "params": result.config["params"], "score": m["score"],
+                       "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
+                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node_ip", m.get("hostname"))})
+    trials.sort(key=lambda t: (t["complete"], t["score"]), reverse=True)
+    return trials
