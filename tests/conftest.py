@@ -117,3 +117,15 @@ def churn_models(stack_settings: Settings) -> dict[str, str]:
 def batch_stack(clean_stack: Settings, churn_models: dict[str, str]) -> Settings:
     """A clean stack with the churn models as champions (the batch runs' defaults)."""
     return clean_stack
+
+
+@pytest.fixture(scope="session")
+def ray_ready(stack_settings: Settings) -> Iterator[None]:
+    """A local Ray for the session (a serving process keeps one too), shut down at the end."""
+    import ray
+
+    from nimbus.automl.jobs import ray_session
+
+    ray_session(stack_settings)
+    yield
+    ray.shutdown()

@@ -30,6 +30,9 @@ app.add_typer(recommend_app, name="recommend")
 batch_app = typer.Typer(help="Batch predictions with Spark: run, validate, labels, example models and data.",
                         no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
+automl_app = typer.Typer(help="AutoML on Ray: search scikit-learn algorithms, track in MLflow, register the winner.",
+                         no_args_is_help=True)
+app.add_typer(automl_app, name="automl")
 models_app = typer.Typer(help="The model registry: list, promote, roll back (audited).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -328,6 +331,83 @@ def batch_performance(model: Annotated[str, typer.Argument()]) -> None:
     from nimbus.batch.performance import performance_history
 
     out.print_json(json.dumps(performance_history(get_settings(), model), default=str))
+
+
+# ---- automl ----------------------------------------------------------------------------
+@automl_app.command("run")
+def automl_run(
+    dataset: Annotated[str, typer.Argument(help="CSV/Parquet, local or s3://.")],
+    target: Annotated[str, typer.Option(help="The column to predict.")],
+    budget: Annotated[float, typer.Option(min=10, help="Seconds for the whole job.")] = 60,
+    metric: Annotated[str | None, typer.Option(help="e.g. roc_auc, accuracy, r2, rmse.")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression (inferred).")] = None,
+    max_trials: Annotated[int | None, typer.Option(min=1)] = None,
+    include: Annotated[str | None, typer.Option(help="Only these algorithms, comma-separated.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="Not these algorithms, comma-separated.")] = None,
+) -> None:
+    """Search, track, register — with a live progress bar and the leaderboard at the end."""
+    import time as _time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from nimbus.automl.jobs import JobRequest, get_job, run_in_background, submit
+
+    settings = get_settings()
+    request = JobRequest(dataset=dataset, target=target, budget_s=budget, metric=metric, task=task,
+                         max_trials=max_trials, include=include.split(",") if include else None,
+                         exclude=exclude.split(",") if exclude else None)
+    job = submit(settings, request)
+    out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, metric {job['metric']}")
+    thread = run_in_background(settings, job["_id"])
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out) as bar:
+        task_id = bar.add_task("searching", total=budget)
+        start = _time.monotonic()
+        while thread.is_alive():
+            doc = get_job(settings, job["_id"])
+            p = doc.get("progress", {})
+            best = "-" if p.get("best") is None else f"{p['best']:.4f}"
+            bar.update(task_id, completed=min(budget, _time.monotonic() - start),
+                       description=f"{doc['status']}: {p.get('trials', 0)} trials, best {best}")
+            _time.sleep(0.5)
+    doc = get_job(settings, job["_id"])
+    if doc["status"] != "succeeded":
+        raise NimbusError(f"job {job['_id']} failed: {doc.get('error')}")
+    table = Table(title=f"leaderboard ({doc['trials']} configurations, {doc['elapsed_s']:.0f} s)")
+    for column in ("#", "algorithm", doc["metric"], "complete"):
+        table.add_column(column)
+    for row in doc["leaderboard"][:10]:
+        table.add_row(str(row["rank"]), row["algorithm"], f"{row['score']:.4f}", "yes" if row["complete"] else "early stop")
+    out.print(table)
+    t = doc["test"]
+    out.print(f"held-out {t['metric']} {t['value']:.4f} (95% CI {t['ci95'][0]:.4f}-{t['ci95'][1]:.4f}); registered "
+              f"{doc['model']['name']} v{doc['model']['version']}; report {doc['exports']['report_html']}")
+
+
+@automl_app.command("worker")
+def automl_worker(
+    once: Annotated[bool, typer.Option(help="Run the queued jobs, then stop.")] = False,
+) -> None:
+    """Run queued jobs (submitted through the API of a function that cannot run them itself)."""
+    import time as _time
+
+    from nimbus.automl.jobs import COLLECTION, run_job
+    from nimbus.stores.documents import DocumentStore
+
+    settings = get_settings()
+    jobs = DocumentStore.for_settings(settings).collection(COLLECTION)
+    while True:
+        job = jobs.find_one_and_update({"status": "queued"}, {"$set": {"status": "running"}})
+        if job is None:
+            if once:
+                return
+            _time.sleep(2)
+            continue
+        out.print(f"running job {job['_id']}")
+        try:
+            run_job(settings, job["_id"])
+        except Exception as exc:  # recorded in the job; the worker goes on
+            out.print(f"job {job['_id']} failed: {exc}")
 
 
 # ---- models ----------------------------------------------------------------------------

@@ -92,30 +92,68 @@ def ray_session(settings: Settings) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-class _Progress:
-    """A Tune callback writing progress to the job document at most once a second."""
+class TrialLogger:
+    """Logs each finished trial as an MLflow run while the search goes on (overlapping the two),
+    and measures what a trial costs to log, so the search can stop in time for the rest."""
 
-    def __new__(cls, settings: Settings, job_id: str, lower_is_better: bool):  # noqa: ANN204
-        from ray.tune import Callback
+    THREADS = 4  # a trial is three small HTTP calls: several in flight hide the round trips
 
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.trials: set[str] = set()
-                self.best: float | None = None
-                self.last = 0.0
+    def __init__(self, settings: Settings, job_id: str, metric: str) -> None:
+        import queue
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN003
-                self.trials.add(trial.trial_id)
-                score = result.get("score")
-                if score is not None and (self.best is None or score > self.best):
-                    self.best = score
-                if time.monotonic() - self.last > 1.0:
-                    self.last = time.monotonic()
-                    best = None if self.best is None else (-self.best if lower_is_better else self.best)
-                    _jobs(settings).update_one({"_id": job_id}, {"$set": {
-                        "progress": {"trials": len(self.trials), "best": best}}})
+        import mlflow
 
-        return Progress()
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        self.client = mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+        self.experiment_id = mlflow.set_experiment(f"automl-{job_id}").experiment_id
+        self.job_id, self.metric = job_id, metric
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.submitted: set[str] = set()
+        self.pending = 0
+        self.cost_s = 0.05  # per trial and thread, refined as trials are logged
+        self._threads = [threading.Thread(target=self._drain, name=f"mlflow-{job_id}-{n}", daemon=True)
+                         for n in range(self.THREADS)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, trial: dict[str, Any]) -> None:
+        if trial["trial_id"] in self.submitted:  # seen by the callback already
+            return
+        self.submitted.add(trial["trial_id"])
+        self.pending += 1
+        self.queue.put(trial)
+
+    def _drain(self) -> None:
+        while (trial := self.queue.get()) is not None:
+            start = time.monotonic()
+            self._log(trial)
+            self.cost_s = 0.8 * self.cost_s + 0.2 * (time.monotonic() - start)
+            self.pending -= 1
+
+    def _log(self, t: dict[str, Any]) -> None:  # three calls a trial: create, one batch, end
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{t['params']['algorithm']}",
+                                     tags={"nimbus.job": self.job_id, "nimbus.complete": str(t["complete"])})
+        value = -t["score"] if self.metric in LOWER_IS_BETTER else t["score"]
+        self.client.log_batch(run.info.run_id,
+                              metrics=[Metric(f"cv_{self.metric}", value, now, 0), Metric("fit_s", t["fit_s"], now, 0),
+                                       Metric("steps", t["steps"], now, 0)],
+                              params=[Param(k, str(v)) for k, v in t["params"].items()])
+        self.client.set_terminated(run.info.run_id)
+
+    def backlog_s(self) -> float:
+        return self.pending * self.cost_s / self.THREADS
+
+    def finish(self, trials: list[dict[str, Any]]) -> None:
+        """Log whatever the callbacks did not see, then wait for the queue to empty."""
+        for trial in trials:
+            self.submit(trial)
+        for _ in self._threads:
+            self.queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def run_job(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -160,29 +198,52 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
 
     concurrency = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
     elapsed = time.monotonic() - start
-    # Keep a fifth of the budget (at least 5 s) for the refit, test and registration.
-    search_budget = max(5.0, request.budget_s * 0.8 - elapsed)
+    # Keep a fifth of the budget (at least 6 s) for the refit, test and registration; the trial
+    # logging overlaps the search, whose stopper also leaves time for the logging backlog.
+    search_budget = max(5.0, request.budget_s - max(6.0, request.budget_s * 0.2) - elapsed)
     pool = algorithms(prof, request.include, request.exclude)
     storage = settings.home / "automl" / job_id  # Tune's own bookkeeping, next to the other local state
     storage.mkdir(parents=True, exist_ok=True)
-    trials = run_search(data, pool, search_budget, request.max_trials, concurrency,
-                        _Progress(settings, job_id, metric in LOWER_IS_BETTER), storage=str(storage))
+    clock = time.monotonic()
+    from nimbus.automl import hooks
+
+    logger = TrialLogger(settings, job_id, metric)
+    hooks.ACTIVE[job_id] = {"logger": logger, "steps": len(data.steps), "deadline": clock + search_budget,
+                            "lower": metric in LOWER_IS_BETTER,
+                            "progress": lambda p: _jobs(settings).update_one({"_id": job_id}, {"$set": {"progress": p}})}
+    try:
+        trials = run_search(data, pool, search_budget, request.max_trials, concurrency, hooks.Progress(job_id),
+                            storage=str(storage), stopper=hooks.Budget(job_id))
+    finally:
+        hooks.ACTIVE.pop(job_id, None)
+    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
     winner = trials[0]
+    clock = time.monotonic()
     model = pipeline(winner["params"], prof)
     model.fit(x_train, y_train)
     test = evaluate(model, x_test, y_test, metric)
     importances = permutation_importances(model, x_test, y_test, metric)
+    timings["refit_evaluate_s"] = time.monotonic() - clock
+    clock = time.monotonic()
+    logger.finish(trials)
     version, run_id = track(settings, job_id, request, prof, metric, trials, model, x_train, test, importances)
+    timings["track_s"] = time.monotonic() - clock
+    from nimbus.automl.report import diagnostics, publish
+
     sign = -1 if metric in LOWER_IS_BETTER else 1
     leaderboard = [{"rank": n + 1, "algorithm": t["params"]["algorithm"], "params": t["params"],
                     "score": sign * t["score"], "complete": t["complete"], "fit_s": round(t["fit_s"], 3),
                     "node": t["node"]} for n, t in enumerate(trials)]
-    return {"leaderboard": leaderboard, "trials": len(trials), "winner": leaderboard[0], "test": test,
+    report = {"job": job_id, "profile": prof.as_dict(), "metric": metric, "leaderboard": leaderboard,
+              "trials": len(trials), "test": test, "importances": importances,
+              "diagnostics": diagnostics(model, x_test, y_test, prof.task)}
+    exports = publish(settings, job_id, report, model)
+    return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": leaderboard[0], "test": test,
             "importances": importances, "model": {"name": request.name or f"automl-{job_id}", "version": version,
                                                     "run_id": run_id},
-            "progress": {"trials": len(trials), "best": leaderboard[0]["score"]}}
+            "exports": exports, "progress": {"trials": len(trials), "best": leaderboard[0]["score"]}}
 
 
 def evaluate(model: Any, x: pd.DataFrame, y: pd.Series, metric: str, rounds: int = 200) -> dict[str, Any]:
@@ -218,7 +279,7 @@ def permutation_importances(model: Any, x: pd.DataFrame, y: pd.Series, metric: s
 def track(settings: Settings, job_id: str, request: JobRequest, prof: Profile, metric: str,
           trials: list[dict[str, Any]], model: Any, x_train: pd.DataFrame, test: dict[str, Any],
           importances: list[dict[str, Any]]) -> tuple[str, str]:
-    """One MLflow experiment per job: a run per trial, and the winner's run with its model, registered."""
+    """The winner's run in the job's experiment (trials are logged by TrialLogger): model, metrics, report."""
     import json
 
     import mlflow
@@ -226,17 +287,7 @@ def track(settings: Settings, job_id: str, request: JobRequest, prof: Profile, m
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
-    experiment = mlflow.set_experiment(f"automl-{job_id}")
-    client = mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
-    for t in trials:
-        run = client.create_run(experiment.experiment_id, run_name=f"trial-{t['params']['algorithm']}",
-                                tags={"nimbus.job": job_id, "nimbus.complete": str(t["complete"])})
-        for key, value in t["params"].items():
-            client.log_param(run.info.run_id, key, value)
-        client.log_metric(run.info.run_id, f"cv_{metric}", -t["score"] if metric in LOWER_IS_BETTER else t["score"])
-        client.log_metric(run.info.run_id, "fit_s", t["fit_s"])
-        client.log_metric(run.info.run_id, "steps", t["steps"])
-        client.set_terminated(run.info.run_id)
+    mlflow.set_experiment(f"automl-{job_id}")
     name = request.name or f"automl-{job_id}"
     example = x_train.head(5)
     output = model.predict_proba(example)[:, -1] if hasattr(model, "predict_proba") else model.predict(example)
@@ -267,6 +318,24 @@ def _trusted_types(model: Any) -> list[str] | None:
             return sio.get_untrusted_types(file=path) or None
     except Exception:
         return None
+
+
+def compare(settings: Settings, job_ids: list[str]) -> list[dict[str, Any]]:
+    """Finished jobs side by side: winner, held-out metric with its interval, trials, time."""
+    if not job_ids:
+        raise InvalidInput("give at least one job id to compare")
+    rows = []
+    for job_id in job_ids:
+        job = get_job(settings, job_id)
+        if job["status"] != "succeeded":
+            raise InvalidInput(f"job {job_id} is {job['status']}; only finished jobs can be compared")
+        rows.append({"job": job_id, "dataset": job["request"]["dataset"], "target": job["request"]["target"],
+                     "winner": job["winner"]["algorithm"], "test": job["test"], "trials": job["trials"],
+                     "elapsed_s": job.get("elapsed_s"), "model": job["model"]})
+    metrics = {r["test"]["metric"] for r in rows}
+    lower = next(iter(metrics)) in LOWER_IS_BETTER if len(metrics) == 1 else False
+    rows.sort(key=lambda r: r["test"]["value"], reverse=not lower)
+    return rows
 
 
 def run_in_background(settings: Settings, job_id: str) -> threading.Thread:

@@ -67,6 +67,14 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             self.params = config["params"]
             self.step_no, self.scores, self.fit_s = 0, [], 0.0
 
+        def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
+            # Tune checkpoints trials it pauses or stops at the budget: the state is tiny.
+            return {"params": self.params, "step_no": self.step_no, "scores": self.scores, "fit_s": self.fit_s}
+
+        def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.params, self.step_no = checkpoint["params"], checkpoint["step_no"]
+            self.scores, self.fit_s = checkpoint["scores"], checkpoint["fit_s"]
+
         def reset_config(self, new_config: dict[str, Any]) -> bool:  # actor reuse: no new process
             self._configure(new_config)
             return True
@@ -101,7 +109,8 @@ class Space:
 
 
 def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
-               on_result: Any = None, seed: int = 0, storage: str | None = None) -> list[dict[str, Any]]:
+               on_result: Any = None, seed: int = 0, storage: str | None = None,
+               stopper: Any = None) -> list[dict[str, Any]]:
     """Search until ``budget_s`` or ``max_trials``; returns every trial, best first."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -121,7 +130,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max_trials or -1,
                                     time_budget_s=budget_s, reuse_actors=True, metric="score", mode="max"),
         run_config=tune.RunConfig(callbacks=callbacks, verbose=0, log_to_file=False, storage_path=storage,
-                                  checkpoint_config=None),
+                                  checkpoint_config=None, stop=stopper),
     )
     grid = tuner.fit()
     trials = []
@@ -129,7 +138,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         if result.metrics is None or "score" not in result.metrics:
             continue
         m = result.metrics
-        trials.append({"trial_id": m.get("trial_id"), "params": result.config["params"], "score": m["score"],
+        trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1], "params": result.config["params"], "score": m["score"],
                        "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
                        "fit_s": m.get("fit_s", 0.0), "node": m.get("node_ip", m.get("hostname"))})
     trials.sort(key=lambda t: (t["complete"], t["score"]), reverse=True)

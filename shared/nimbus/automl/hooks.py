@@ -1,0 +1,58 @@
+"""Ray Tune hooks of an AutoML job: progress into MongoDB, trials to the MLflow logger, and a
+stopper that ends the search when the rest of the job would not fit in the budget.
+
+They live in a module of their own (imported only when a search runs) and reach the job's
+live objects through ``ACTIVE`` by job id: Tune pickles callbacks and stoppers with its
+experiment state, and a logger thread or a database client does not pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.stopper import Stopper
+
+ACTIVE: dict[str, dict[str, Any]] = {}
+
+
+class Progress(Callback):
+    def __init__(self, job: str) -> None:
+        self.job, self.trials, self.best, self.last = job, set(), None, 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN003, ANN201
+        state = ACTIVE.get(self.job)
+        if state is None:
+            return
+        self.trials.add(trial.trial_id)
+        score = result.get("score")
+        if score is not None and (self.best is None or score > self.best):
+            self.best = score
+        if time.monotonic() - self.last > 1.0:
+            self.last = time.monotonic()
+            best = None if self.best is None else (-self.best if state["lower"] else self.best)
+            state["progress"]({"trials": len(self.trials), "best": best})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN003, ANN201
+        state = ACTIVE.get(self.job)
+        r = trial.last_result or {}
+        if state is not None and "score" in r:
+            state["logger"].submit({
+                "trial_id": trial.trial_id, "params": trial.config["params"], "score": r["score"],
+                "steps": r.get("steps", 0), "complete": r.get("steps", 0) >= state["steps"],
+                "fit_s": r.get("fit_s", 0.0), "node": r.get("node_ip")})
+
+
+class Budget(Stopper):
+    """Stop when the trials still to log would not fit before the search's deadline."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        state = ACTIVE.get(self.job)
+        return state is not None and time.monotonic() + state["logger"].backlog_s() >= state["deadline"]

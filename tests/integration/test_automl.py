@@ -1,0 +1,141 @@
+"""AutoML through its REST API, on a real local Ray, MLflow, MongoDB-wire server and S3 emulator."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_breast_cancer
+
+from nimbus.api.automl import create_automl_app
+from nimbus.automl.jobs import COLLECTION
+from nimbus.config import Settings
+from nimbus.stores.documents import DocumentStore
+from nimbus.stores.objects import ObjectStore
+
+pytestmark = pytest.mark.integration
+
+
+def put_csv(settings: Settings, key: str, frame: pd.DataFrame) -> str:
+    ObjectStore.for_settings(settings).put_bytes(settings.data_bucket, key, frame.to_csv(index=False).encode())
+    return f"s3://{settings.data_bucket}/{key}"
+
+
+@pytest.fixture
+def client(clean_stack: Settings, ray_ready: None) -> TestClient:
+    with TestClient(create_automl_app()) as c:
+        yield c
+
+
+def jobs_count(settings: Settings) -> int:
+    return DocumentStore.for_settings(settings).collection(COLLECTION).count_documents({})
+
+
+def wait_done(client: TestClient, job_id: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = client.get(f"/automl/jobs/{job_id}").json()
+        if body["status"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {body['status']} after {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestClient, clean_stack: Settings) -> None:
+    frame = load_breast_cancer(as_frame=True).frame
+    frame["target"] = np.where(frame["target"] == 1, "benign", "malignant")
+    uri = put_csv(clean_stack, "datasets/cancer.csv", frame)
+    accepted = client.post("/automl/jobs", json={"dataset": uri, "target": "target", "budget_s": 30})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["task"] == "classification" and accepted.json()["metric"] == "roc_auc"
+    job = wait_done(client, accepted.json()["job_id"], 90)
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["elapsed_s"] <= 30 * 1.1, job  # the budget is honoured
+    assert job["progress"]["trials"] >= 5 and 0.9 < job["test"]["value"] <= 1
+    assert job["test"]["ci95"][0] <= job["test"]["value"] <= job["test"]["ci95"][1]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(clean_stack.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{job['model']['name']}/{job['model']['version']}")
+    predictions = model.predict(frame.drop(columns=["target"]).head(10))
+    assert set(np.asarray(predictions).tolist()) <= {"benign", "malignant"}
+
+    report_key = job["exports"]["report"].split("/", 3)[3]
+    report = json.loads(ObjectStore.for_settings(clean_stack).get_bytes(clean_stack.artifacts_bucket, report_key))
+    assert report["importances"] and {"feature", "importance"} <= set(report["importances"][0])
+    assert sum(map(sum, report["diagnostics"]["confusion_matrix"])) == job["test"]["rows"]
+    board = client.get(f"/automl/jobs/{job['job_id']}/leaderboard").json()
+    assert board[0]["algorithm"] == job["winner"]["algorithm"] and len(board) == job["progress"]["trials"]
+
+    second = client.post("/automl/jobs", json={"dataset": uri, "target": "target", "budget_s": 15,
+                                               "include": ["logistic"]}).json()
+    assert wait_done(client, second["job_id"], 60)["status"] == "succeeded"
+    ranked = client.post("/automl/compare", json={"jobs": [second["job_id"], job["job_id"]]}).json()
+    assert {r["job"] for r in ranked} == {job["job_id"], second["job_id"]}
+    assert ranked[0]["test"]["value"] >= ranked[1]["test"]["value"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "body", "fragment"),
+    [
+        (pd.DataFrame({"a": range(50), "y": [0, 1] * 25}), {"target": "label"}, "target column 'label' is not in"),
+        (pd.DataFrame({"a": range(50), "y": [1] * 50}), {"target": "y"}, "has one class"),
+        (pd.DataFrame({"a": range(10), "y": [0, 1] * 5}), {"target": "y"}, "has 10 rows; at least 20"),
+        (pd.DataFrame({"a": range(50), "y": [0, 1] * 25}), {"target": "y", "metric": "r2"}, "does not fit a classification"),
+        (pd.DataFrame({"a": range(50), "y": [0, 1] * 25}), {"target": "y", "include": ["deep_net"]}, "unknown algorithm"),
+    ],
+)
+def test_bad_submissions_get_a_400_and_make_no_job(client: TestClient, clean_stack: Settings, frame: pd.DataFrame,
+                                                   body: dict, fragment: str) -> None:
+    uri = put_csv(clean_stack, "datasets/bad.csv", frame)
+    answer = client.post("/automl/jobs", json={"dataset": uri, "budget_s": 10, **body})
+    assert answer.status_code == 400 and fragment in answer.json()["detail"]
+    assert jobs_count(clean_stack) == 0
+
+
+def test_an_unreadable_file_gets_a_400(client: TestClient, clean_stack: Settings) -> None:
+    ObjectStore.for_settings(clean_stack).put_bytes(clean_stack.data_bucket, "datasets/x.parquet", b"not parquet")
+    answer = client.post("/automl/jobs", json={"dataset": f"s3://{clean_stack.data_bucket}/datasets/x.parquet",
+                                               "target": "y"})
+    assert answer.status_code == 400 and "cannot be read" in answer.json()["detail"]
+    assert client.post("/automl/jobs", json={"dataset": "s3://nimbus-data/none.csv", "target": "y"}).status_code == 400
+    assert client.post("/automl/jobs", json={"target": "y"}).status_code == 422
+    assert jobs_count(clean_stack) == 0
+
+
+def test_an_uploaded_file_can_be_submitted(client: TestClient, clean_stack: Settings) -> None:
+    data = io.BytesIO(pd.DataFrame({"a": range(30), "y": [0, 1, 1] * 10}).to_csv(index=False).encode())
+    answer = client.post("/automl/uploads", files={"file": ("small.csv", data, "text/csv")})
+    assert answer.status_code == 200 and answer.json()["dataset"].endswith("datasets/uploads/small.csv")
+    assert client.post("/automl/uploads", files={"file": ("x.txt", b"hi", "text/plain")}).status_code == 400
+
+
+def test_an_unknown_job_is_a_404(client: TestClient) -> None:
+    assert client.get("/automl/jobs/nope").status_code == 404
+
+
+@pytest.mark.slow
+def test_every_trial_is_an_mlflow_run_of_the_jobs_experiment(clean_stack: Settings, ray_ready: None) -> None:
+    import mlflow
+
+    from nimbus.automl.jobs import JobRequest, run_job, submit
+
+    frame = pd.DataFrame({"x1": np.arange(300) % 17, "x2": np.sin(np.arange(300)), "y": np.arange(300) % 7 * 1.5})
+    uri = put_csv(clean_stack, "datasets/reg.csv", frame)
+    job = run_job(clean_stack, submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=15, max_trials=12))["_id"])
+    assert job["profile"]["task"] == "regression" and job["metric"] == "r2"
+    client = mlflow.MlflowClient(clean_stack.tracking_uri)
+    experiment = client.get_experiment_by_name(f"automl-{job['_id']}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    trials = [r for r in runs if r.info.run_name.startswith("trial-")]
+    assert len(trials) == job["trials"] <= 12
+    assert all("cv_r2" in r.data.metrics and "algorithm" in r.data.params for r in trials)
+    [winner] = [r for r in runs if r.info.run_name == "winner"]
+    assert winner.data.metrics["test_r2"] == pytest.approx(job["test"]["value"])
