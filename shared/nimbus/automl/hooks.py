@@ -41,7 +41,7 @@ class Progress(Callback):
             state["logger"].submit({
                 "trial_id": trial.trial_id, "params": trial.config["params"], "score": r["score"],
                 "steps": r.get("steps", 0), "complete": r.get("steps", 0) >= state["steps"],
-                "fit_s": r.get("fit_s", 0.0), "node": r.get("node_ip")})
+                "fit_s": r.get("fit_s", 0.0), "node": r.get("node")})
 
 
 class Budget(Stopper):

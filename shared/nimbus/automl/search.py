@@ -92,8 +92,10 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             done = self.step_no >= len(d.steps)
             # folds: the mean so far; fractions: the latest (largest) fit is the estimate
             estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
+            import ray
+
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
-                    "algorithm": self.params["algorithm"]}
+                    "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id()}
 
     return EvaluateConfig
 
@@ -140,6 +142,6 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         m = result.metrics
         trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1], "params": result.config["params"], "score": m["score"],
                        "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
-                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node_ip", m.get("hostname"))})
+                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node")})
     trials.sort(key=lambda t: (t["complete"], t["score"]), reverse=True)
     return trials

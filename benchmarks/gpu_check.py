@@ -1,0 +1,85 @@
+"""Prove the GPU path of AutoML on a GPU machine: the same scikit-learn estimators fitted on
+the CPU (numpy) and on the GPU (torch CUDA tensors through the array API), timed, and
+their results compared.
+
+    SCIPY_ARRAY_API=1 PYTHONPATH=shared python3 benchmarks/gpu_check.py [--rows 2000000 --cols 100]
+
+Needs numpy, scikit-learn and torch only. On a machine without a GPU it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("SCIPY_ARRAY_API", "1")  # before scipy/sklearn are imported
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "shared"))
+
+import numpy as np  # noqa: E402
+
+from nimbus.automl.gpu import fit_predict, gpu_available  # noqa: E402
+
+
+def timed(fn, repeat: int = 3) -> tuple[float, object]:  # noqa: ANN001
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--cols", type=int, default=100)
+    args = parser.parse_args()
+    if not gpu_available():
+        print("no CUDA GPU here (torch.cuda.is_available() is False): nothing to check")
+        return
+    import sklearn
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import Ridge
+
+    print(f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}; scikit-learn {sklearn.__version__}; "
+          f"{os.cpu_count()} CPU cores; {args.rows:,} x {args.cols} float32")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.rows, args.cols)).astype(np.float32)
+    w = rng.normal(size=args.cols).astype(np.float32)
+    y_reg = x @ w + rng.normal(size=args.rows).astype(np.float32)
+    y_cls = (y_reg > 0).astype(np.int64)
+    cases = [
+        ("Ridge (svd solver)", lambda: Ridge(alpha=1.0, solver="svd"), y_reg),  # the solver the GPU path uses
+        ("PCA(10)", lambda: PCA(n_components=10, svd_solver="full"), None),
+        ("LinearDiscriminantAnalysis", lambda: LinearDiscriminantAnalysis(), y_cls),
+    ]
+    print(f"{'estimator':<28}{'CPU s':>9}{'GPU s':>9}{'speed-up':>10}  agreement")
+    for name, make, y in cases:
+        def cpu():  # noqa: ANN202
+            model = make()
+            return model.fit_transform(x) if y is None else model.fit(x, y).predict(x)
+
+        def gpu():  # noqa: ANN202
+            out = fit_predict(make(), x, y)
+            torch.cuda.synchronize()
+            return out
+
+        gpu()  # warm-up: CUDA context, kernels
+        cpu_s, cpu_out = timed(cpu, repeat=1)
+        gpu_s, gpu_out = timed(gpu)
+        if y is None:  # PCA components are defined up to sign
+            agree = f"max |corr| diff {np.max(np.abs(np.abs(np.sum(cpu_out * gpu_out, 0)) / (np.linalg.norm(cpu_out, axis=0) * np.linalg.norm(gpu_out, axis=0)) - 1)):.1e}"
+        elif y.dtype == np.int64:
+            agree = f"{np.mean(cpu_out == gpu_out):.4%} same labels"
+        else:
+            agree = f"max rel diff {np.max(np.abs(cpu_out - gpu_out)) / np.max(np.abs(cpu_out)):.1e}"
+        print(f"{name:<28}{cpu_s:>9.2f}{gpu_s:>9.3f}{cpu_s / gpu_s:>9.0f}x  {agree}")
+
+
+if __name__ == "__main__":
+    main()
