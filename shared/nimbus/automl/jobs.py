@@ -89,7 +89,8 @@ def ray_session(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": always a fresh in-process cluster, never one `ray start` left on this machine.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 class TrialLogger:
