@@ -72,7 +72,10 @@ def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestCli
     assert report["importances"] and {"feature", "importance"} <= set(report["importances"][0])
     assert sum(map(sum, report["diagnostics"]["confusion_matrix"])) == job["test"]["rows"]
     board = client.get(f"/automl/jobs/{job['job_id']}/leaderboard").json()
-    assert board[0]["algorithm"] == job["winner"]["algorithm"] and len(board) == job["progress"]["trials"]
+    [chosen] = [row for row in board if row["chosen"]]
+    assert chosen == job["winner"] and len(board) == job["progress"]["trials"]
+    complete = [row["score"] for row in board if row["complete"]]  # fully evaluated ones first, best first
+    assert complete == sorted(complete, reverse=True) and board[: len(complete)] == [r for r in board if r["complete"]]
 
     second = client.post("/automl/jobs", json={"dataset": uri, "target": "target", "budget_s": 15,
                                                "include": ["logistic"]}).json()

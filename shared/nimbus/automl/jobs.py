@@ -220,7 +220,8 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
-    winner = trials[0]
+    winner = _affordable_winner(trials, request.budget_s - (time.monotonic() - start) - 4.0,
+                                scale=1.5 * len(x_train) / max(1, len(x_search)))
     clock = time.monotonic()
     model = pipeline(winner["params"], prof)
     model.fit(x_train, y_train)
@@ -236,15 +237,28 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     sign = -1 if metric in LOWER_IS_BETTER else 1
     leaderboard = [{"rank": n + 1, "algorithm": t["params"]["algorithm"], "params": t["params"],
                     "score": sign * t["score"], "complete": t["complete"], "fit_s": round(t["fit_s"], 3),
-                    "node": t["node"]} for n, t in enumerate(trials)]
+                    "node": t["node"], "chosen": t is winner} for n, t in enumerate(trials)]
     report = {"job": job_id, "profile": prof.as_dict(), "metric": metric, "leaderboard": leaderboard,
               "trials": len(trials), "test": test, "importances": importances,
               "diagnostics": diagnostics(model, x_test, y_test, prof.task)}
     exports = publish(settings, job_id, report, model)
-    return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": leaderboard[0], "test": test,
+    chosen = next(row for row in leaderboard if row["chosen"])
+    return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": chosen, "test": test,
             "importances": importances, "model": {"name": request.name or f"automl-{job_id}", "version": version,
                                                     "run_id": run_id},
             "exports": exports, "progress": {"trials": len(trials), "best": leaderboard[0]["score"]}}
+
+
+def _affordable_winner(trials: list[dict[str, Any]], seconds_left: float, scale: float) -> dict[str, Any]:
+    """The best trial whose refit on all training rows should fit in the time left.
+
+    The refit is estimated from the trial's own fit time, scaled to the full training set;
+    when none fits, the quickest of the five best is taken, so the budget still holds."""
+    complete = [t for t in trials if t["complete"]] or trials
+    for trial in complete:
+        if trial["fit_s"] / max(1, trial["steps"]) * scale <= seconds_left:
+            return trial
+    return min(complete[:5], key=lambda t: t["fit_s"] / max(1, t["steps"]))
 
 
 def _metric(metric: str, y: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None, classes: Any) -> float:

@@ -57,7 +57,7 @@ def to_html(report: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>AutoML job {esc(report['job'])}</h1>
-<p>Winner: {esc(report['leaderboard'][0]['algorithm'])}; held-out {esc(test['metric'])} {test['value']:.4f}
+<p>Winner (refit and registered): {esc(next(r for r in report['leaderboard'] if r.get('chosen'))['algorithm'])}; held-out {esc(test['metric'])} {test['value']:.4f}
 (95% CI {test['ci95'][0]:.4f} – {test['ci95'][1]:.4f}, {test['rows']} rows); {report['trials']} configurations tried.</p>
 <h2>Leaderboard (validation score)</h2><table><tr><th>#</th><th>algorithm</th><th>score</th><th>complete</th>
 <th>parameters</th></tr>{rows}</table>{cm}
