@@ -52,6 +52,7 @@ class SearchData:
     steps: list[tuple[np.ndarray, np.ndarray]]
     profile: Profile
     metric: str
+    deadline: float = float("inf")  # wall clock (time.time()): no step starts that would end after it
 
 
 def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
@@ -82,6 +83,12 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
         def step(self) -> dict[str, Any]:
             d = self.data
             train, valid = d.steps[self.step_no]
+            if self.scores:  # a step whose fit would end after the deadline is not started
+                done_rows = sum(len(d.steps[i][0]) for i in range(self.step_no))
+                expected = self.fit_s / max(1, done_rows) * len(train)
+                if time.time() + expected > d.deadline:
+                    return self._result(float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else self.scores[-1],
+                                        done=True)
             model = pipeline(self.params, d.profile)
             start = time.perf_counter()
             model.fit(d.x.iloc[train], d.y.iloc[train])
@@ -89,9 +96,11 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
             self.scores.append(score)
             self.step_no += 1
-            done = self.step_no >= len(d.steps)
             # folds: the mean so far; fractions: the latest (largest) fit is the estimate
             estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
+            return self._result(estimate, done=self.step_no >= len(d.steps))
+
+        def _result(self, estimate: float, done: bool) -> dict[str, Any]:
             import ray
 
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
@@ -103,11 +112,11 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
 class Space:
     """The define-by-run space for a pool of algorithms (a class: Tune pickles its searcher)."""
 
-    def __init__(self, pool: list[str]) -> None:
-        self.pool = pool
+    def __init__(self, pool: list[str], rows: int) -> None:
+        self.pool, self.rows = pool, rows
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        return {"params": define_space(trial, self.pool)}
+        return {"params": define_space(trial, self.pool, self.rows)}
 
 
 def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
@@ -121,7 +130,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
 
     import optuna
 
-    searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool), metric="score", mode="max",
+    searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool, len(data.y)), metric="score", mode="max",
                                                sampler=optuna.samplers.TPESampler(seed=seed)),
                                   max_concurrent=concurrency)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(data.steps), grace_period=1,

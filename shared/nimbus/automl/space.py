@@ -41,8 +41,10 @@ def algorithms(profile: Profile, include: list[str] | None = None, exclude: list
     return pool
 
 
-def define_space(trial: Any, pool: list[str]) -> dict[str, Any]:
-    """Optuna define-by-run: the algorithm, then only its own parameters."""
+def define_space(trial: Any, pool: list[str], rows: int = 0) -> dict[str, Any]:
+    """Optuna define-by-run: the algorithm, then only its own parameters.
+
+    On larger data the ensembles are kept smaller, so one fit cannot eat the budget."""
     algo = trial.suggest_categorical("algorithm", pool)
     p: dict[str, Any] = {"algorithm": algo}
     if algo in ("logistic", "ridge", "elastic_net"):
@@ -50,7 +52,7 @@ def define_space(trial: Any, pool: list[str]) -> dict[str, Any]:
         if algo == "elastic_net":
             p["l1_ratio"] = trial.suggest_float("l1_ratio", 0.05, 0.95)
     elif algo in ("random_forest", "extra_trees"):
-        p["n_estimators"] = trial.suggest_int(f"{algo}_trees", 50, 300, step=50)
+        p["n_estimators"] = trial.suggest_int(f"{algo}_trees", 50, 300 if rows <= 50_000 else 100, step=50)
         p["max_depth"] = trial.suggest_categorical(f"{algo}_depth", [None, 6, 12, 20])
         p["min_samples_leaf"] = trial.suggest_int(f"{algo}_leaf", 1, 10)
         p["max_features"] = trial.suggest_categorical(f"{algo}_features", ["sqrt", 0.5, 1.0])
@@ -58,7 +60,7 @@ def define_space(trial: Any, pool: list[str]) -> dict[str, Any]:
         p["learning_rate"] = trial.suggest_float("hgb_lr", 0.02, 0.3, log=True)
         p["max_leaf_nodes"] = trial.suggest_int("hgb_leaves", 8, 64, log=True)
         p["l2_regularization"] = trial.suggest_float("hgb_l2", 1e-6, 1.0, log=True)
-        p["max_iter"] = trial.suggest_int("hgb_iter", 50, 300, step=50)
+        p["max_iter"] = trial.suggest_int("hgb_iter", 50, 300 if rows <= 50_000 else 150, step=50)
     elif algo == "knn":
         p["n_neighbors"] = trial.suggest_int("knn_k", 3, 50, log=True)
         p["weights"] = trial.suggest_categorical("knn_weights", ["uniform", "distance"])

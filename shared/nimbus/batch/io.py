@@ -84,8 +84,7 @@ def list_inputs(fs_config: FsConfig, uri: str) -> list[InputFile]:
         if not i.path.endswith(FORMATS):
             raise InvalidInput(f"{uri}: expected .csv, .csv.gz or .parquet")
         prefix = "s3://" if uri.startswith("s3://") else ""
-        stamp = f"{i.size}:{i.mtime_ns}" if not prefix else f"{i.size}:{i.mtime_ns}"
-        files.append(InputFile(prefix + i.path, i.size, stamp))
+        files.append(InputFile(prefix + i.path, i.size, f"{i.size}:{i.mtime_ns}"))  # refined by etag_fingerprints
     return files
 
 
