@@ -3,7 +3,9 @@ errors as clear JSON answers (never a stack trace)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, Request
@@ -15,6 +17,26 @@ from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput, NimbusError, NotFound, StoreUnavailable
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+T = TypeVar("T")
+
+
+class Once(Generic[T]):
+    """A per-process object built on first use (so a cold start imports and connects nothing
+    it does not need), exactly once even when the first requests arrive together."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build, self._value, self._lock = build, None, threading.Lock()
+
+    def get(self) -> T:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+        return self._value
+
+    @property
+    def built(self) -> T | None:
+        return self._value
 
 
 def status_for(exc: NimbusError) -> int:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from nimbus.api.common import create_app
+from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.realtime import EventBatch, IngestResult, ingest
@@ -16,26 +15,24 @@ from nimbus.stores.features import FeatureStore
 
 
 class EventsService:
-    """Per-process: the store and the current item table (for each event's category)."""
+    """Per-process: the current item table (for each event's category), loaded on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._catalogue: LiveModels | None = None
-        self._lock = threading.Lock()
+        self._catalogue: Once[LiveModels] = Once(self._build)
+
+    def _build(self) -> LiveModels:
+        live = LiveModels(FeatureStore.for_settings(self.settings), with_models=False)
+        live.start()
+        return live
 
     @property
     def catalogue(self) -> LiveModels:
-        if self._catalogue is None:
-            with self._lock:
-                if self._catalogue is None:
-                    live = LiveModels(FeatureStore.for_settings(self.settings), with_models=False)
-                    live.start()
-                    self._catalogue = live
-        return self._catalogue
+        return self._catalogue.get()
 
     def close(self) -> None:
-        if self._catalogue is not None:
-            self._catalogue.stop()
+        if (live := self._catalogue.built) is not None:
+            live.stop()
 
 
 def create_events_app(settings: Settings | None = None) -> FastAPI:

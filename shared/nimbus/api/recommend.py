@@ -7,7 +7,6 @@ validation saves a good share of the request's CPU.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
@@ -16,7 +15,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from nimbus.api.common import create_app
+from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput
 from nimbus.recommend.bundle import MODEL_NAME
@@ -62,29 +61,27 @@ class RecommendService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._recommender: Recommender | None = None
-        self._lock = threading.Lock()
+        self._recommender: Once[Recommender] = Once(self._build)
+
+    def _build(self) -> Recommender:
+        watcher_store = FeatureStore.for_settings(self.settings)
+        live = LiveModels(watcher_store)
+        live.start()
+        # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
+        fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
+        recommender = Recommender(fast, live)
+        recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
+        return recommender
 
     @property
     def recommender(self) -> Recommender:
-        if self._recommender is None:
-            with self._lock:
-                if self._recommender is None:
-                    watcher_store = FeatureStore.for_settings(self.settings)
-                    live = LiveModels(watcher_store)
-                    live.start()
-                    # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
-                    fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
-                    recommender = Recommender(fast, live)
-                    recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
-                    self._recommender = recommender
-        return self._recommender
+        return self._recommender.get()
 
     def close(self) -> None:
         """Stop the background threads (the app's shutdown; a Lambda just freezes them)."""
-        if self._recommender is not None:
-            self._recommender.live.stop()
-            for listener in self._recommender.listeners:
+        if (recommender := self._recommender.built) is not None:
+            recommender.live.stop()
+            for listener in recommender.listeners:
                 getattr(listener, "stop", lambda: None)()
 
 

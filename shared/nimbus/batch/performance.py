@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nimbus.batch.io import FsConfig, Split, list_inputs, read_split
+from nimbus.batch.io import FsConfig, list_inputs, read_split
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.stores.documents import Collections, DocumentStore

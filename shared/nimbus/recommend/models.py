@@ -80,9 +80,9 @@ def load_bundle(settings: Settings, version: str) -> ModelBundle:
     return bundle
 
 
-def publish(settings: Settings, version: str, alias: str = "champion") -> ModelBundle:
+def publish(settings: Settings, version: str, alias: str = "champion", bundle: ModelBundle | None = None) -> ModelBundle:
     """Put the bundle of ``version`` in Redis and point ``alias`` at it (serving processes swap)."""
-    bundle = load_bundle(settings, version)
+    bundle = bundle or load_bundle(settings, version)
     store = FeatureStore.for_settings(settings)
     store.put_model(MODEL_NAME, bundle.version, bundle.to_bytes())
     store.set_live(MODEL_NAME, alias, bundle.version)
@@ -93,7 +93,7 @@ def promote_version(settings: Settings, version: str, alias: str = "champion") -
     """Move the registry alias to ``version``, then publish it live."""
     bundle = load_bundle(settings, version)  # fails before the alias moves if the version is unusable
     Registry.for_settings(settings).client.set_registered_model_alias(MODEL_NAME, alias, version)
-    return publish(settings, version, alias)
+    return publish(settings, version, alias, bundle)
 
 
 def sync_live(settings: Settings) -> dict[str, str]:

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 import redis
 
-from nimbus.errors import InvalidInput, NimbusError
+from nimbus.errors import InvalidInput
 from nimbus.recommend.live import LiveModels, LiveState
 from nimbus.recommend.ranking import FEATURES, RECENT_N, score_inputs, user_context
 from nimbus.stores.features import FeatureStore
@@ -36,10 +36,6 @@ log = logging.getLogger("nimbus.recommend.serving")
 
 class UnknownCategory(InvalidInput):
     """The requested category is not in the current item catalogue."""
-
-
-class NotReady(NimbusError):
-    """Nothing to serve yet: no feature version and no model have been published."""
 
 
 @dataclass
