@@ -1,0 +1,1 @@
+"""A/B testing: experiments, deterministic assignment, exposures and outcomes, statistics."""

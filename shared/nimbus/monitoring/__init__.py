@@ -1,0 +1,1 @@
+"""Monitoring: recommendation performance, traffic and latency, drift, Prometheus metrics, the dashboard."""
