@@ -24,7 +24,7 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -36,6 +36,7 @@ from nimbus.stores.features import FeatureStore, ServedRow
 log = logging.getLogger("nimbus.experiments")
 
 SURFACE = "recommendations"
+CACHE_USERS = 200_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Compiled:
     names: tuple[str, ...]
     aliases: tuple[str, ...]
     ranges: tuple[tuple[float, float], ...]
+    cache: dict[str, int] = field(default_factory=dict, compare=False)  # user -> variant index
 
 
 def intra_list_diversity(categories: Sequence[str]) -> float | None:
@@ -72,7 +74,11 @@ class RunningExperiments:
         exp = self.current
         if exp is None:
             return None
-        i = assign(exp.seed, user_id, exp.ranges)
+        i = exp.cache.get(user_id)
+        if i is None:  # the pure-Python hash costs a few microseconds; a repeat visitor, a dict lookup
+            if len(exp.cache) >= CACHE_USERS:
+                exp.cache.clear()
+            i = exp.cache[user_id] = assign(exp.seed, user_id, exp.ranges)
         return None if i < 0 else (exp.id, exp.names[i], exp.aliases[i])
 
     def refresh(self) -> None:
@@ -136,7 +142,7 @@ class ExposureTracker:
         self._stop.set()
         self.flush()
 
-    def flush(self, limit: int = 20_000) -> int:
+    def flush(self, limit: int = 5_000) -> int:
         """Write what is buffered (at most ``limit`` answers); returns how many were written."""
         rows = []
         while len(rows) < limit:
@@ -158,5 +164,5 @@ class ExposureTracker:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.exposure_flush_s):
-            while self.flush() == 20_000:
+            while self.flush() == 5_000:
                 pass
