@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
 
+    # A/B experiments and recommendation performance tracking
+    attribution_window_s: int = Field(
+        default=1800, gt=0, description="A click/purchase without a request_id counts for the user's latest "
+                                        "recommendation answer served within this many seconds.")
+    experiment_min_exposures: int = Field(default=100, ge=1,
+                                          description="Exposures every variant needs before any verdict.")
+    exposure_flush_s: float = Field(default=1.0, gt=0,
+                                    description="How often a serving process writes buffered exposures to Redis.")
+    perf_bucket_s: int = Field(default=60, gt=0, description="Time-bucket size of performance counters in Redis.")
+    perf_keep_s: int = Field(default=2 * 86400, gt=0, description="How long performance buckets stay in Redis "
+                                                                  "(the rollup keeps them in MongoDB).")
+
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput
+from nimbus.experiments.exposures import ExposureTracker, RunningExperiments
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.serving import FeatureSampler, Recommender
@@ -45,6 +46,9 @@ class RecommendationsPublic(BaseModel):
     strategy: Literal["personalized", "popular", "fallback"] = Field(
         description="personalized; popular for a user with no history; fallback when Redis is unreachable.")
     degraded: bool = Field(description="True when the answer came from the in-process fallback.")
+    experiment: str | None = Field(default=None, examples=["exp-3f2a9c1b7d"],
+                                   description="The running A/B experiment that chose the model, if any.")
+    variant: str | None = Field(default=None, examples=["treatment"], description="This user's variant in it.")
 
 
 class RecommenderHealth(BaseModel):
@@ -71,6 +75,10 @@ class RecommendService:
         fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
         recommender = Recommender(fast, live)
         recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
+        experiments = RunningExperiments(watcher_store)
+        experiments.start()
+        recommender.assigner = experiments
+        recommender.listeners.append(ExposureTracker(watcher_store, self.settings))
         return recommender
 
     @property
@@ -81,6 +89,7 @@ class RecommendService:
         """Stop the background threads (the app's shutdown; a Lambda just freezes them)."""
         if (recommender := self._recommender.built) is not None:
             recommender.live.stop()
+            getattr(recommender.assigner, "stop", lambda: None)()
             for listener in recommender.listeners:
                 getattr(listener, "stop", lambda: None)()
 
