@@ -26,6 +26,8 @@ class Collections:
     BATCH_RUNS = "batch_runs"
     BATCH_PREDICTIONS = "batch_predictions"
     MODEL_PERFORMANCE = "model_performance"
+    DRIFT_CHECKS = "drift_checks"  # one document per scheduled drift check and model version
+    DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
 
 
 # name -> list of (keys, options) passed to create_index
@@ -34,6 +36,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.BATCH_RUNS: [([("status", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {})],
     Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_id", pymongo.ASCENDING)], {})],
     Collections.MODEL_PERFORMANCE: [([("model", pymongo.ASCENDING), ("version", pymongo.ASCENDING)], {})],
+    Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
+    Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
 }
 
 
