@@ -76,6 +76,7 @@ class Rollup:
         self.settings = settings
         self.bucket_s = settings.traffic_bucket_s
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time: a flush returns once its counts are in
         self._pending: dict[tuple[str, int], list[int]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -113,17 +114,19 @@ class Rollup:
 
     def flush(self) -> int:
         """Add the pending counts to Redis now; returns how many (function, bucket) rows went."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return 0
-        counts = {key: {name: value for name, value in zip(_FIELDS, row) if value} for key, row in pending.items()}
-        try:
-            FeatureStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
-        except (redis.RedisError, OSError) as exc:  # monitoring never fails a request; the counts are lost
-            log.warning("traffic rollup dropped %d rows: %s", len(counts), exc)
-            return 0
-        return len(counts)
+        with self._flushing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            if not pending:
+                return 0
+            counts = {key: {name: value for name, value in zip(_FIELDS, row) if value}
+                      for key, row in pending.items()}
+            try:
+                FeatureStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
+            except (redis.RedisError, OSError) as exc:  # monitoring never fails a request; the counts are lost
+                log.warning("traffic rollup dropped %d rows: %s", len(counts), exc)
+                return 0
+            return len(counts)
 
     def stop(self) -> None:
         self._stop.set()
