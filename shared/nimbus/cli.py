@@ -38,6 +38,9 @@ app.add_typer(models_app, name="models")
 experiments_app = typer.Typer(help="A/B experiments of recommendation models: create, start, stop, list, results.",
                               no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
+monitor_app = typer.Typer(help="Monitoring: drift of the live models, traffic and latency of the functions.",
+                          no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
 
 
 
@@ -556,6 +559,56 @@ def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None
               f"chi2 {srm['chi2']:.2f} p {srm['p_value']:.3g}" + ("  [red]MISMATCH[/red]" if srm["flagged"] else "  ok"))
     out.print(f"verdict: {r['verdict']['status']}" + (f" ({r['verdict']['winner']})" if r["verdict"]["winner"] else "")
               + f" - {r['verdict']['reason']}")
+# ---- monitor ---------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    model: Annotated[str | None, typer.Option(help="Registered model; default: the recommender.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
+) -> None:
+    """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
+    from rich.table import Table
+
+    from nimbus.monitoring.drift import run_check
+
+    checks = run_check(get_settings(), model)
+    if as_json:
+        out.print_json(json.dumps(checks, default=str))
+        return
+    if not checks:
+        out.print("no live version to check")
+    for check in checks:
+        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases'])}): "
+                            f"{check['status']}, {check['samples']} samples, "
+                            f"{'DRIFT' if check['drifted'] else 'no drift'}")
+        for column in ("feature", "kind", "PSI", "KS p", "chi2 p", "drifted"):
+            table.add_column(column)
+        for f in [*check["features"], {"name": "(score)", "kind": "numeric", "chi2_p": None, **check["score"]}]:
+            table.add_row(f["name"], f["kind"], _fmt(f["psi"]), _fmt(f["ks_p"], ".3g"), _fmt(f["chi2_p"], ".3g"),
+                          "yes" if f["drifted"] else "")
+        out.print(table)
+
+
+@monitor_app.command("traffic")
+def monitor_traffic(
+    window: Annotated[int, typer.Option(min=1, help="Seconds back from now.")] = 900,
+) -> None:
+    """Requests, errors, degraded answers and latency percentiles per function (all processes)."""
+    from rich.table import Table
+
+    from nimbus.monitoring.traffic import summary
+
+    report = summary(get_settings(), window_s=window, bucket_s=get_settings().traffic_bucket_s)
+    table = Table(title=f"last {window} s")
+    for column in ("function", "requests", "errors", "degraded", "req/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column)
+    for name, f in report["functions"].items():
+        table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), _fmt(f["rps"], ".1f"),
+                      _fmt(f["p50_ms"], ".2f"), _fmt(f["p95_ms"], ".2f"), _fmt(f["p99_ms"], ".2f"))
+    out.print(table)
 
 
 def main() -> None:

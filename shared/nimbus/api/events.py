@@ -45,7 +45,7 @@ def create_events_app(settings: Settings | None = None) -> FastAPI:
         service.close()
 
     app = create_app("Nimbus events", "User interactions in, real-time features out.", max_body_bytes=256 * 1024,
-                     lifespan=lifespan)
+                     lifespan=lifespan, function="events", settings=settings)
     router = APIRouter(tags=["events"])
 
     @router.post("/events", response_model=IngestResult, responses={413: {"description": "Body over 256 KiB."}})

@@ -207,6 +207,7 @@ class FeatureSampler:
         self._queue.put(orjson.dumps({
             "ts": time.time(), "model_version": served.model_version, "feature_version": served.feature_version,
             "score": served.scores[0], "features": dict(zip(FEATURES, row.tolist())),
+            "categorical": {"category": served.categories[0]},
         }))
 
     def _flush_loop(self) -> None:

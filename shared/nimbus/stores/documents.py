@@ -30,6 +30,8 @@ class Collections:
     EXPOSURES = "experiment_exposures"
     OUTCOMES = "experiment_outcomes"
     RECOMMEND_PERFORMANCE = "recommend_performance"
+    DRIFT_CHECKS = "drift_checks"  # one document per scheduled drift check and model version
+    DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
 
 
 # name -> list of (keys, options) passed to create_index
@@ -44,6 +46,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
                             ([("user_id", pymongo.ASCENDING), ("ts", pymongo.DESCENDING)], {})],
     Collections.OUTCOMES: [([("experiment", pymongo.ASCENDING), ("variant", pymongo.ASCENDING)], {})],
     Collections.RECOMMEND_PERFORMANCE: [([("bucket", pymongo.ASCENDING)], {})],
+    Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
+    Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
 }
 
 

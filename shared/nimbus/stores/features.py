@@ -14,6 +14,9 @@ Layout (prefix ``nimbus:v1``):
 * live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
   ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``;
 * monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
+  ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
+  histogram counts for one function in one time bucket, epoch seconds) and
+  ``mon:traffic:functions`` (set of the functions that reported);
 * A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
   HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
   ``ab:{experiment}:n`` (hash ``{variant}:exposures|clicks|purchases`` -> count),
@@ -146,6 +149,13 @@ class Keys:
     @classmethod
     def perf_items(cls, bucket: int) -> str:
         return cls.key("perf", bucket, "items")
+    @classmethod
+    def traffic(cls, function: str, bucket: int) -> str:
+        return cls.key("mon", "traffic", function, bucket)
+
+    @classmethod
+    def traffic_functions(cls) -> str:
+        return cls.key("mon", "traffic", "functions")
 
 
 @dataclass(frozen=True)
@@ -408,6 +418,29 @@ class FeatureStore(PerProcess):
 
     def samples(self, model: str, limit: int = 5000) -> list[bytes]:
         return self.client.lrange(Keys.served_samples(model), 0, limit - 1)
+
+    def add_traffic(self, counts: dict[tuple[str, int], dict[str, int]], ttl_s: int) -> None:
+        """Add per-(function, bucket) field counts to the traffic rollup, one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for (function, bucket), fields in counts.items():
+            key = Keys.traffic(function, bucket)
+            for name, value in fields.items():
+                pipe.hincrby(key, name, value)
+            pipe.expire(key, ttl_s)
+        pipe.sadd(Keys.traffic_functions(), *{function for function, _ in counts})
+        pipe.execute()
+
+    def traffic(self, functions: Sequence[str], buckets: Sequence[int]) -> dict[tuple[str, int], dict[str, int]]:
+        """The rollup hashes of every (function, bucket) asked for (empty ones left out)."""
+        pipe = self.client.pipeline(transaction=False)
+        pairs = [(f, b) for f in functions for b in buckets]
+        for function, bucket in pairs:
+            pipe.hgetall(Keys.traffic(function, bucket))
+        return {pair: {k.decode(): int(v) for k, v in raw.items()}
+                for pair, raw in zip(pairs, pipe.execute()) if raw}
+
+    def traffic_functions(self) -> list[str]:
+        return sorted(m.decode() for m in self.client.smembers(Keys.traffic_functions()))
 
     def subscribe(self, *topics: str) -> Iterator[dict]:
         """Messages on the given channels, forever (until the connection fails)."""
