@@ -68,6 +68,22 @@ def to_onnx(model: Any, profile: Profile, x_check: pd.DataFrame) -> OnnxExport:
         f"{name}: {why}" for name, why in zip(("float64", "float32"), reasons, strict=False)))})
 
 
+def to_onnx_within(model: Any, profile: Profile, x_check: pd.DataFrame, seconds: float) -> OnnxExport:
+    """``to_onnx``, given up (recorded as the reason) when it has not finished in ``seconds``: a
+    large forest takes skl2onnx seconds to walk. The abandoned conversion ends on its own."""
+    import concurrent.futures
+
+    if seconds <= 0:
+        return OnnxExport(None, {"error": "not attempted: no time left in the job's budget"})
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnx")
+    future = pool.submit(to_onnx, model, profile, x_check)
+    pool.shutdown(wait=False)
+    try:
+        return future.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        return OnnxExport(None, {"error": f"not finished within the {seconds:.1f} s left in the job's budget"})
+
+
 def onnx_inputs(frame: pd.DataFrame, profile: Profile, precision: Any = np.float64) -> dict[str, np.ndarray]:
     """The ONNX model's feed for a DataFrame: one [N, 1] array per used column."""
     feed = {}
