@@ -83,14 +83,19 @@ def ray_session(settings: Settings) -> None:
 
     import ray
 
+    from nimbus.automl.gpu import WORKER_ENV
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
+    # Workers import scipy with its array-API support on, so GPU trials can dispatch to torch.
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if settings.ray_address:  # a cluster: "host:port" (started with `ray start`) or "ray://host:10001"
+        ray.init(address=settings.ray_address, log_to_driver=False, runtime_env=runtime_env)
     else:
         # "local": always a fresh in-process cluster, never one `ray start` left on this machine.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env=runtime_env)
 
 
 class TrialLogger:
@@ -197,7 +202,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     ray_session(settings)
     import ray
 
-    concurrency = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+    from nimbus.automl.gpu import search_device
+
+    resources = ray.cluster_resources()
+    concurrency = max(1, int(resources.get("CPU", os.cpu_count() or 1)))  # a trial takes a CPU (GPU ones too)
+    device = search_device(request.gpu, resources.get("GPU", 0.0))
     elapsed = time.monotonic() - start
     # Keep a fifth of the budget (at least 6 s) for the refit, test and registration; the trial
     # logging overlaps the search, whose stopper also leaves time for the logging backlog.
@@ -214,10 +223,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
                             "progress": lambda p: _jobs(settings).update_one({"_id": job_id}, {"$set": {"progress": p}})}
     try:
         trials = run_search(data, pool, search_budget, request.max_trials, concurrency, hooks.Progress(job_id),
-                            storage=str(storage), stopper=hooks.Budget(job_id))
+                            storage=str(storage), stopper=hooks.Budget(job_id), device=device)
     finally:
         hooks.ACTIVE.pop(job_id, None)
-    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock}
+    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock,
+               "gpu_trials": sum(1 for t in trials if t["gpu"] > 0)}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
     winner = _affordable_winner(trials, request.budget_s - (time.monotonic() - start) - 4.0,

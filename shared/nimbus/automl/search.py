@@ -9,12 +9,13 @@ ASHA can drop a configuration after its first, cheapest step.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nimbus.automl import gpu
 from nimbus.automl.profile import Profile
 from nimbus.automl.space import define_space, pipeline
 
@@ -53,6 +54,7 @@ class SearchData:
     profile: Profile
     metric: str
     deadline: float = float("inf")  # wall clock (time.time()): no step starts that would end after it
+    device: str | None = None  # where the GPU family is fitted (gpu.py), None: the CPU
 
 
 def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
@@ -91,7 +93,10 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
                                         done=True)
             model = pipeline(self.params, d.profile)
             start = time.perf_counter()
-            model.fit(d.x.iloc[train], d.y.iloc[train])
+            if self._on_device():
+                gpu.fit_on_device(model, d.x.iloc[train], d.y.iloc[train], d.device)
+            else:
+                model.fit(d.x.iloc[train], d.y.iloc[train])
             self.fit_s += time.perf_counter() - start
             score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
             self.scores.append(score)
@@ -100,13 +105,35 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
             return self._result(estimate, done=self.step_no >= len(d.steps))
 
+        def _on_device(self) -> bool:
+            return self.data.device is not None and gpu.on_device(self.params)
+
         def _result(self, estimate: float, done: bool) -> dict[str, Any]:
             import ray
 
+            context = ray.get_runtime_context()
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
-                    "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id()}
+                    "algorithm": self.params["algorithm"], "node": context.get_node_id(),
+                    "gpu": float(context.get_assigned_resources().get("GPU", 0.0)),
+                    "device": self.data.device if self._on_device() else "cpu"}
 
     return EvaluateConfig
+
+
+class TrialResources:
+    """What a trial asks Ray for: a CPU, and a fraction of a GPU when its configuration runs on the
+    device (Tune calls this per configuration; a class, so that it pickles)."""
+
+    def __init__(self, device: str | None) -> None:
+        self.device = device
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        from ray.tune import PlacementGroupFactory
+
+        bundle = {"CPU": 1.0}
+        if self.device is not None and gpu.on_device(config["params"]):
+            bundle["GPU"] = gpu.GPU_PER_TRIAL
+        return PlacementGroupFactory([bundle])
 
 
 class Space:
@@ -121,8 +148,10 @@ class Space:
 
 def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
                on_result: Any = None, seed: int = 0, storage: str | None = None,
-               stopper: Any = None) -> list[dict[str, Any]]:
-    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first."""
+               stopper: Any = None, device: str | None = None) -> list[dict[str, Any]]:
+    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first.
+
+    With a ``device``, the GPU family's trials take a fraction of a GPU each and fit there."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -130,6 +159,8 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
 
     import optuna
 
+    if device is not None:
+        data = replace(data, device=device)
     searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool, len(data.y)), metric="score", mode="max",
                                                sampler=optuna.samplers.TPESampler(seed=seed)),
                                   max_concurrent=concurrency)
@@ -137,7 +168,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
                               reduction_factor=2)
     callbacks = [on_result] if on_result is not None else []
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(make_trainable(), data=data), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(make_trainable(), data=data), TrialResources(data.device)),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max_trials or -1,
                                     time_budget_s=budget_s, reuse_actors=True, metric="score", mode="max"),
         run_config=tune.RunConfig(callbacks=callbacks, verbose=0, log_to_file=False, storage_path=storage,
@@ -151,6 +182,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         m = result.metrics
         trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1], "params": result.config["params"], "score": m["score"],
                        "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
-                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node")})
+                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node"), "gpu": m.get("gpu", 0.0),
+                       "device": m.get("device", "cpu")})
     trials.sort(key=lambda t: (t["complete"], t["score"]), reverse=True)
     return trials
