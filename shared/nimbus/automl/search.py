@@ -57,18 +57,36 @@ class SearchData:
     device: str | None = None  # where the GPU family is fitted (gpu.py), None: the CPU
 
 
+def fit_on_the_device(data: SearchData, params: dict[str, Any], rows: np.ndarray) -> tuple[Any, float]:
+    """A Ray task holding a fraction of a GPU: the configuration fitted there; (model, GPU share held)."""
+    import ray
+
+    model = pipeline(params, data.profile)
+    gpu.fit_on_device(model, data.x.iloc[rows], data.y.iloc[rows], data.device)
+    return model, float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
 def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
+    import ray
     from ray import tune
     from sklearn.metrics import get_scorer
 
+    # GPU fits are tasks of their own (0 CPU: the trial's CPU waits for them; a GPU share), so every
+    # trial actor asks for the same single CPU and Tune keeps reusing them across both families.
+    # "DEFAULT": outside the trial's placement group, which Tune makes for its CPU alone.
+    # max_calls=0: a worker serves many fits (Ray's default for GPU tasks, 1, starts a process a fit).
+    device_fit = ray.remote(num_cpus=0, num_gpus=gpu.GPU_PER_TRIAL, max_retries=0, max_calls=0,
+                            scheduling_strategy="DEFAULT")(fit_on_the_device)
+
     class EvaluateConfig(tune.Trainable):
-        def setup(self, config: dict[str, Any], data: SearchData | None = None) -> None:
-            self.data = data
+        def setup(self, config: dict[str, Any], shared: list | None = None) -> None:
+            self.data_ref = shared[0]  # one copy of the data in the object store, for actors and GPU tasks
+            self.data: SearchData = ray.get(self.data_ref)
             self._configure(config)
 
         def _configure(self, config: dict[str, Any]) -> None:
             self.params = config["params"]
-            self.step_no, self.scores, self.fit_s = 0, [], 0.0
+            self.step_no, self.scores, self.fit_s, self.gpu_share = 0, [], 0.0, 0.0
 
         def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
             # Tune checkpoints trials it pauses or stops at the budget: the state is tiny.
@@ -91,12 +109,11 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
                 if time.time() + expected > d.deadline:
                     return self._result(float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else self.scores[-1],
                                         done=True)
-            model = pipeline(self.params, d.profile)
             start = time.perf_counter()
             if self._on_device():
-                gpu.fit_on_device(model, d.x.iloc[train], d.y.iloc[train], d.device)
+                model, self.gpu_share = ray.get(device_fit.remote(self.data_ref, self.params, train))
             else:
-                model.fit(d.x.iloc[train], d.y.iloc[train])
+                model = pipeline(self.params, d.profile).fit(d.x.iloc[train], d.y.iloc[train])
             self.fit_s += time.perf_counter() - start
             score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
             self.scores.append(score)
@@ -109,31 +126,11 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             return self.data.device is not None and gpu.on_device(self.params)
 
         def _result(self, estimate: float, done: bool) -> dict[str, Any]:
-            import ray
-
-            context = ray.get_runtime_context()
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
-                    "algorithm": self.params["algorithm"], "node": context.get_node_id(),
-                    "gpu": float(context.get_assigned_resources().get("GPU", 0.0)),
-                    "device": self.data.device if self._on_device() else "cpu"}
+                    "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id(),
+                    "gpu": self.gpu_share, "device": self.data.device if self._on_device() else "cpu"}
 
     return EvaluateConfig
-
-
-class TrialResources:
-    """What a trial asks Ray for: a CPU, and a fraction of a GPU when its configuration runs on the
-    device (Tune calls this per configuration; a class, so that it pickles)."""
-
-    def __init__(self, device: str | None) -> None:
-        self.device = device
-
-    def __call__(self, config: dict[str, Any]) -> Any:
-        from ray.tune import PlacementGroupFactory
-
-        bundle = {"CPU": 1.0}
-        if self.device is not None and gpu.on_device(config["params"]):
-            bundle["GPU"] = gpu.GPU_PER_TRIAL
-        return PlacementGroupFactory([bundle])
 
 
 class Space:
@@ -151,7 +148,8 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
                stopper: Any = None, device: str | None = None) -> list[dict[str, Any]]:
     """Search until ``budget_s`` or ``max_trials``; returns every trial, best first.
 
-    With a ``device``, the GPU family's trials take a fraction of a GPU each and fit there."""
+    With a ``device``, the GPU family's configurations are fitted there, in Ray tasks that take a
+    fraction of a GPU each."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -159,8 +157,11 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
 
     import optuna
 
+    import ray
+
     if device is not None:
         data = replace(data, device=device)
+    shared = [ray.put(data)]  # a list: Tune hands the reference itself to the trials
     searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool, len(data.y)), metric="score", mode="max",
                                                sampler=optuna.samplers.TPESampler(seed=seed)),
                                   max_concurrent=concurrency)
@@ -168,7 +169,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
                               reduction_factor=2)
     callbacks = [on_result] if on_result is not None else []
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(make_trainable(), data=data), TrialResources(data.device)),
+        tune.with_resources(tune.with_parameters(make_trainable(), shared=shared), {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max_trials or -1,
                                     time_budget_s=budget_s, reuse_actors=True, metric="score", mode="max"),
         run_config=tune.RunConfig(callbacks=callbacks, verbose=0, log_to_file=False, storage_path=storage,
