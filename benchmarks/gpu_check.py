@@ -98,7 +98,6 @@ def search_check(seconds: float, rows: int, cols: int, device: str = "cuda", num
     except ImportError as exc:
         print(f"search: skipped ({exc.name} is not installed; `pip install -e .` brings ray[tune], optuna, pandas)")
         return
-    from nimbus.automl.gpu import WORKER_ENV
     from nimbus.automl.profile import profile
     from nimbus.automl.search import SearchData, plan_steps, run_search
 
@@ -109,7 +108,7 @@ def search_check(seconds: float, rows: int, cols: int, device: str = "cuda", num
     y = frame["y"]
     x = frame.drop(columns=["y"])
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-             num_gpus=num_gpus, runtime_env={"env_vars": dict(WORKER_ENV)})
+             num_gpus=num_gpus)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         print(f"\nAutoML search, {rows:,} x {cols}, ridge/elastic_net/hist_gb, {seconds:.0f} s each, "

@@ -53,7 +53,7 @@ def ray_with_a_gpu():  # noqa: ANN201
     if ray.is_initialized():  # a session-wide local Ray (no GPU): this module needs its own
         ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": dict(WORKER_ENV)})
+             configure_logging=False)
     yield ray
     ray.shutdown()  # the next job's ray_session starts the usual local Ray
 
@@ -87,9 +87,9 @@ def test_a_pipeline_fitted_on_the_device_is_a_plain_pipeline_that_predicts_like_
     frame = mixed_frame(task)
     prof = profile(frame, "y")
     x, y = frame.drop(columns=["y"]), frame["y"]
-    # Fitted in a Ray worker (SCIPY_ARRAY_API=1 from the runtime environment), as a trial is.
-    on_device_model = ray_with_a_gpu.get(ray_with_a_gpu.remote(num_gpus=GPU_PER_TRIAL)(fit_on_device).remote(
-        pipeline(params, prof), x, y, device))
+    # Fitted in a Ray worker with SCIPY_ARRAY_API=1 from its runtime environment, as in a search.
+    remote = ray_with_a_gpu.remote(num_gpus=GPU_PER_TRIAL, runtime_env={"env_vars": dict(WORKER_ENV)})
+    on_device_model = ray_with_a_gpu.get(remote(fit_on_device).remote(pipeline(params, prof), x, y, device))
     on_cpu = pipeline(params, prof).fit(x, y)
     model = pickle.loads(pickle.dumps(on_device_model))  # exportable like any other
     assert type(model) is type(on_cpu) and type(model[-1]) is type(on_cpu[-1])

@@ -3,8 +3,8 @@
 Only numpy, scikit-learn and (when present) torch are imported, so this module runs on a
 GPU machine that has nothing else of Nimbus's stack. ``SCIPY_ARRAY_API=1`` must be set
 before scipy or scikit-learn is first imported; ``enable()`` does it when it can and
-says so when it is too late. Ray workers get it from the job's runtime environment
-(``WORKER_ENV``), so the search's trials can dispatch whatever the driver imported.
+says so when it is too late. The search's GPU fits are Ray tasks whose runtime environment
+sets it (``WORKER_ENV``), so their workers dispatch whatever the driver imported.
 
 In a search, the preprocessing (imputer, scaler, one-hot) is fitted on the CPU; only the
 numeric matrix goes to the device for the estimator, and the fitted estimator's arrays come

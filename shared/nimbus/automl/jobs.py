@@ -83,19 +83,14 @@ def ray_session(settings: Settings) -> None:
 
     import ray
 
-    from nimbus.automl.gpu import WORKER_ENV
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    # Workers import scipy with its array-API support on, so GPU trials can dispatch to torch.
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
     if settings.ray_address:  # a cluster: "host:port" (started with `ray start`) or "ray://host:10001"
-        ray.init(address=settings.ray_address, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(address=settings.ray_address, log_to_driver=False)
     else:
         # "local": always a fresh in-process cluster, never one `ray start` left on this machine.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env=runtime_env)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 class TrialLogger:

@@ -75,8 +75,10 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
     # trial actor asks for the same single CPU and Tune keeps reusing them across both families.
     # "DEFAULT": outside the trial's placement group, which Tune makes for its CPU alone.
     # max_calls=0: a worker serves many fits (Ray's default for GPU tasks, 1, starts a process a fit).
+    # Their workers, and only theirs, import scipy with its array-API support on (WORKER_ENV).
     device_fit = ray.remote(num_cpus=0, num_gpus=gpu.GPU_PER_TRIAL, max_retries=0, max_calls=0,
-                            scheduling_strategy="DEFAULT")(fit_on_the_device)
+                            scheduling_strategy="DEFAULT",
+                            runtime_env={"env_vars": dict(gpu.WORKER_ENV)})(fit_on_the_device)
 
     class EvaluateConfig(tune.Trainable):
         def setup(self, config: dict[str, Any], shared: list | None = None) -> None:
