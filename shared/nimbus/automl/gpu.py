@@ -113,6 +113,7 @@ def fit_predict(estimator: Any, x: Any, y: Any | None, device: str = "cuda") -> 
 def fit_on_device(model: Any, x: Any, y: Any, device: str) -> Any:
     """Fit a Pipeline whose last step is array-API capable: its other steps on the CPU, the last on
     ``device``; the fitted last step's arrays are brought back as numpy. Returns ``model``, fitted."""
+    from sklearn.base import is_classifier
     from sklearn.utils._array_api import _estimator_with_converted_arrays  # documented in the array API guide
 
     name, estimator = model.steps[-1]
@@ -120,7 +121,7 @@ def fit_on_device(model: Any, x: Any, y: Any, device: str) -> Any:
     if hasattr(xt, "toarray"):
         xt = xt.toarray()
     target, classes = np.asarray(y), None
-    if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(estimator, "predict_proba"):
+    if is_classifier(estimator):
         classes, target = np.unique(target, return_inverse=True)  # labels (strings too) as codes on the device
     if "solver" in estimator.get_params() and estimator.get_params()["solver"] == "auto":
         estimator.set_params(solver="svd")  # what Ridge uses under the array API anyway, said outright
