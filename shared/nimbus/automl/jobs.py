@@ -87,7 +87,7 @@ def ray_session(settings: Settings) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if settings.ray_address:
+    if settings.ray_address:  # a cluster: "host:port" (started with `ray start`) or "ray://host:10001"
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
         # "local": always a fresh in-process cluster, never one `ray start` left on this machine.
@@ -201,7 +201,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     ray_session(settings)
     import ray
 
-    concurrency = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+    from nimbus.automl.gpu import search_device
+
+    resources = ray.cluster_resources()
+    concurrency = max(1, int(resources.get("CPU", os.cpu_count() or 1)))  # a trial takes a CPU (GPU ones too)
+    device = search_device(request.gpu, resources.get("GPU", 0.0))
     elapsed = time.monotonic() - start
     # Keep 30% of the budget (at least 10 s) for the refit, test, explanations, ONNX and registration;
     # the trial logging overlaps the search, whose stopper also leaves time for the logging backlog.
@@ -218,10 +222,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
                             "progress": lambda p: _jobs(settings).update_one({"_id": job_id}, {"$set": {"progress": p}})}
     try:
         trials = run_search(data, pool, search_budget, request.max_trials, concurrency, hooks.Progress(job_id),
-                            storage=str(storage), stopper=hooks.Budget(job_id))
+                            storage=str(storage), stopper=hooks.Budget(job_id), device=device)
     finally:
         hooks.ACTIVE.pop(job_id, None)
-    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock}
+    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock,
+               "gpu_trials": sum(1 for t in trials if t["gpu"] > 0)}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
     winner = _affordable_winner(trials, request.budget_s - (time.monotonic() - start) - 4.0,
