@@ -92,7 +92,8 @@ def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestCli
 
     second = client.post("/automl/jobs", json={"dataset": uri, "target": "target", "budget_s": 15,
                                                "include": ["logistic"]}).json()
-    assert wait_done(client, second["job_id"], 60)["status"] == "succeeded"
+    finished = wait_done(client, second["job_id"], 60)
+    assert finished["status"] == "succeeded", finished.get("error")
     ranked = client.post("/automl/compare", json={"jobs": [second["job_id"], job["job_id"]]}).json()
     assert {r["job"] for r in ranked} == {job["job_id"], second["job_id"]}
     assert ranked[0]["test"]["value"] >= ranked[1]["test"]["value"]

@@ -207,9 +207,10 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     concurrency = max(1, int(resources.get("CPU", os.cpu_count() or 1)))  # a trial takes a CPU (GPU ones too)
     device = search_device(request.gpu, resources.get("GPU", 0.0))
     elapsed = time.monotonic() - start
-    # Keep 30% of the budget (at least 10 s) for the refit, test, explanations, ONNX and registration;
+    # Keep 30% of the budget (at least 6 s; a short job skips what does not fit) for the refit, test,
+    # explanations, ONNX and registration;
     # the trial logging overlaps the search, whose stopper also leaves time for the logging backlog.
-    search_budget = max(5.0, request.budget_s - max(10.0, request.budget_s * 0.3) - elapsed)
+    search_budget = max(5.0, request.budget_s - max(6.0, request.budget_s * 0.3) - elapsed)
     pool = algorithms(prof, request.include, request.exclude)
     storage = settings.home / "automl" / job_id  # Tune's own bookkeeping, next to the other local state
     storage.mkdir(parents=True, exist_ok=True)
