@@ -74,8 +74,7 @@ def jsonable(value: Any) -> Any:
 def traffic_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     from nimbus.monitoring import traffic
 
-    summary = traffic.summary(settings, window_s=query.traffic_window_s, bucket_s=query.traffic_bucket_s)
-    return {"window_s": query.traffic_window_s, "bucket_s": query.traffic_bucket_s, **summary}
+    return traffic.summary(settings, window_s=query.traffic_window_s, bucket_s=query.traffic_bucket_s)
 
 
 def experiments_section(settings: Settings, query: DashboardQuery) -> list[dict[str, Any]]:
@@ -90,8 +89,7 @@ def experiments_section(settings: Settings, query: DashboardQuery) -> list[dict[
 def performance_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     from nimbus.monitoring import performance
 
-    summary = performance.summary(settings, window_s=query.performance_window_s, bucket_s=query.performance_bucket_s)
-    return {"window_s": query.performance_window_s, "bucket_s": query.performance_bucket_s, **summary}
+    return performance.summary(settings, window_s=query.performance_window_s, bucket_s=query.performance_bucket_s)
 
 
 def drift_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
@@ -115,6 +113,8 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
 
     try:
         versions = registry.client.search_model_versions(f"name='{query.model}'")
+        # search results leave version.aliases empty: the registered model holds alias -> version
+        aliases = dict(registry.client.get_registered_model(query.model).aliases) if versions else {}
     except MlflowException as exc:
         raise StoreUnavailable("mlflow", registry.url, str(exc).splitlines()[0]) from exc
     store = FeatureStore.for_settings(settings)
@@ -132,7 +132,7 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
             "registered_at": iso(version.creation_timestamp),
             "went_live_at": iso(min(times)) if times else None,
             "last_live_at": iso(max(times)) if times else None,
-            "aliases": sorted(version.aliases or []),
+            "aliases": sorted(alias for alias, v in aliases.items() if str(v) == number),
             "live_aliases": sorted(alias for alias, v in live_now.items() if v == number),
             "run_id": version.run_id,
         })
@@ -165,6 +165,8 @@ def build(settings: Settings, query: DashboardQuery | None = None) -> dict[str, 
     for name, builder in SECTION_BUILDERS.items():
         try:
             document[name] = jsonable(builder(settings, query))
+        except InvalidInput:
+            raise  # the caller's mistake (a window the section refuses): a 400, not a store down
         except STORE_ERRORS as exc:
             document[name] = None
             document["errors"][name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

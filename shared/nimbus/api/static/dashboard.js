@@ -164,7 +164,7 @@
       const ci = c.ci95 || [], kci = k.ci95 || [];
       const winner = verdict.status === "winner" && verdict.winner === v.name;
       return `<tr data-variant="${esc(v.name)}"${winner ? ' class="winner"' : ""}>${td("variant", v.name)}` +
-        `${td("model", d.model)}${td("weight", d.weight, fixed(d.weight, 2))}${td("exposures", v.exposures)}` +
+        `${td("model", d.model, d.version != null ? `${d.model} (v${d.version})` : d.model)}${td("weight", d.weight, fixed(d.weight, 2))}${td("exposures", v.exposures)}` +
         `${td("users", v.users)}${td("clicks", v.clicks)}${td("purchases", v.purchases)}` +
         `${td("ctr.rate", c.rate, pct(c.rate))}${td("ctr.ci95", ci, `${pct(ci[0])} – ${pct(ci[1])}`)}` +
         `${td("ctr.lift", c.lift, signedPct(c.lift))}${td("ctr.p_value", c.p_value, pval(c.p_value))}` +
@@ -214,7 +214,7 @@
       el.dataset.value = p[name] ?? "";
       el.textContent = pct(p[name], 1);
     }
-    const key = (r) => `v${r.model_version} / ${r.variant ?? "–"}`;
+    const key = (r) => `v${r.model_version} / ${r.variant === "-" ? "no experiment" : r.variant}`;
     const keys = [...new Set((p.series || []).map(key))].sort();
     upsertChart(document.getElementById("chart-ctr-time"), {
       type: "line",
@@ -233,23 +233,36 @@
 
   // ---- drift ------------------------------------------------------------------------------
   function renderDrift(d) {
-    const checks = d.checks || [];
+    const checks = d.checks || [];  // oldest first; one per live model version per run
     document.getElementById("drift-model").textContent = d.model;
     document.querySelector("#drift > .empty").hidden = checks.length > 0;
-    const names = [...new Set(checks.flatMap((c) => (c.features || []).map((f) => f.name)))].sort();
-    const xs = checks.map((c) => toMs(c.checked_at));
-    const datasets = names.map((name, i) => {
-      const rows = checks.map((c) => [toMs(c.checked_at), (c.features || []).find((f) => f.name === name)])
+    const versions = [...new Set(checks.map((c) => String(c.model_version)))].sort();
+    const label = (name, version) => (versions.length > 1 ? `${name} · v${version}` : name);
+    const lines = [];  // [feature name, model version]
+    for (const c of checks) {
+      for (const f of c.features || []) {
+        if (!lines.some(([n, v]) => n === f.name && v === String(c.model_version))) lines.push([f.name, String(c.model_version)]);
+      }
+    }
+    lines.sort((a, b) => (a[0] + a[1]).localeCompare(b[0] + b[1]));
+    const datasets = lines.map(([name, version], i) => {
+      const rows = checks.filter((c) => String(c.model_version) === version)
+        .map((c) => [toMs(c.checked_at), (c.features || []).find((f) => f.name === name)])
         .filter(([, f]) => f && isNum(f.psi));
-      return { label: name, feature: name, data: rows.map(([x, f]) => ({ x, y: f.psi })),
-               borderColor: color(i), backgroundColor: rows.map(([, f]) => (f.drifted ? WARN : color(i))),
+      return { label: label(name, version), feature: name, model_version: version,
+               data: rows.map(([x, f]) => ({ x, y: f.psi })), borderColor: color(i),
+               backgroundColor: rows.map(([, f]) => (f.drifted ? WARN : color(i))),
                pointRadius: rows.map(([, f]) => (f.drifted ? 5 : 3)), tension: 0.1 };
     });
-    const scored = checks.filter((c) => c.score && isNum(c.score.psi));
-    if (scored.length) {
-      datasets.push({ label: "prediction score", feature: "__score__", borderDash: [4, 3], borderColor: "#111827",
-                      backgroundColor: "#111827", data: scored.map((c) => ({ x: toMs(c.checked_at), y: c.score.psi })) });
-    }
+    versions.forEach((version) => {
+      const scored = checks.filter((c) => String(c.model_version) === version && c.score && isNum(c.score.psi));
+      if (scored.length) {
+        datasets.push({ label: label("prediction score", version), feature: "__score__", model_version: version,
+                        borderDash: [4, 3], borderColor: "#111827", backgroundColor: "#111827",
+                        data: scored.map((c) => ({ x: toMs(c.checked_at), y: c.score.psi })) });
+      }
+    });
+    const xs = checks.map((c) => toMs(c.checked_at));
     if (xs.length) {
       const pad = 60000;
       datasets.push({ label: `threshold ${d.psi_threshold}`, threshold: true, borderColor: WARN, borderDash: [8, 4],
@@ -260,20 +273,26 @@
       type: "line", data: { datasets },
       options: { parsing: false, scales: { x: timeAxis(), y: { beginAtZero: true, title: { display: true, text: "PSI" } } } },
     });
-    const latest = checks[checks.length - 1];
-    document.getElementById("drift-latest").textContent = latest
-      ? `${stamp(latest.checked_at)} · version ${latest.model_version ?? "–"} · ${latest.samples ?? "?"} samples` : "";
-    const rows = latest ? [...(latest.features || [])] : [];
-    if (latest && latest.score) rows.push({ name: "prediction score", kind: "score", ...latest.score });
+    // the latest check of each version
+    const latest = versions.map((v) => checks.filter((c) => String(c.model_version) === v).pop());
+    document.getElementById("drift-latest").textContent = latest.map((c) =>
+      `v${c.model_version}: ${stamp(c.checked_at)}, ${c.samples ?? "?"} samples` +
+      (c.status && c.status !== "ok" ? ` (${c.status.replace(/_/g, " ")})` : "")).join(" · ");
+    const rows = latest.flatMap((c) => [
+      ...(c.features || []).map((f) => ({ ...f, version: String(c.model_version) })),
+      ...(c.score && isNum(c.score.psi) ? [{ name: "prediction score", kind: "score", feature: "__score__",
+                                              version: String(c.model_version), ...c.score }] : []),
+    ]);
     document.querySelector("#table-drift tbody").innerHTML = rows.map((f) =>
-      `<tr data-feature="${esc(f.kind === "score" ? "__score__" : f.name)}"${f.drifted ? ' class="drifted"' : ""}>` +
-      `${td("name", f.name)}${td("kind", f.kind)}${td("psi", f.psi, fixed(f.psi, 4))}${td("ks_p", f.ks_p, pval(f.ks_p))}` +
-      `${td("chi2_p", f.chi2_p, pval(f.chi2_p))}${td("drifted", Boolean(f.drifted), f.drifted ? "yes" : "no")}</tr>`).join("");
+      `<tr data-feature="${esc(f.feature || f.name)}" data-model-version="${esc(f.version)}"${f.drifted ? ' class="drifted"' : ""}>` +
+      `${td("name", f.name)}${td("model_version", f.version, "v" + f.version)}${td("kind", f.kind)}` +
+      `${td("psi", f.psi, fixed(f.psi, 4))}${td("ks_p", f.ks_p, pval(f.ks_p))}` +
+      `${td("chi2_p", f.chi2_p, pval(f.chi2_p))}${td("drifted", Boolean(f.drifted), f.drifted ? "yes" : "no")}</tr>`).join("")
+      || `<tr><td colspan="7" class="empty">No statistics yet.</td></tr>`;
     document.getElementById("drift-alerts").innerHTML = (d.alerts || []).map((a) => {
-      const when = a.raised_at ?? a.at ?? a.checked_at;
-      const what = Array.isArray(a.features) ? a.features.map((f) => (typeof f === "string" ? f : f.name)).join(", ") : "";
-      return `<li data-at="${esc(when)}">${esc(stamp(when))}: ${esc(a.model ?? "")} v${esc(a.model_version ?? "?")} — ` +
-        `${esc(a.message ?? (what ? `drift in ${what}` : "drift"))}</li>`;
+      const what = (a.features || []).join(", ") + (a.score_drifted ? " score" : "");
+      return `<li data-at="${esc(a.raised_at)}" data-model-version="${esc(a.model_version)}">${esc(stamp(a.raised_at))}: ` +
+        `${esc(a.message ?? `${a.model} v${a.model_version}: drift in ${what}`)}</li>`;
     }).join("") || "<li class=\"empty\">none</li>";
   }
 
