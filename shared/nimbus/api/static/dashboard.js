@@ -28,7 +28,9 @@
   Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
 
   // ---- formatting -------------------------------------------------------------------------
-  const toMs = (t) => (t == null ? null : typeof t === "number" ? (t > 1e11 ? t : t * 1000) : Date.parse(t));
+  // epoch seconds or ms, or ISO-8601 text; text without a zone is UTC (MongoDB hands back naive UTC times)
+  const toMs = (t) => (t == null ? null : typeof t === "number" ? (t > 1e11 ? t : t * 1000)
+    : Date.parse(/(Z|[+-]\d\d:?\d\d)$/i.test(t) ? t : `${t}Z`));
   const clock = (ms) => new Date(ms).toISOString().slice(11, 19);
   const stamp = (t) => (t == null ? "–" : new Date(toMs(t)).toISOString().replace("T", " ").slice(0, 19) + " UTC");
   const isNum = (x) => typeof x === "number" && Number.isFinite(x);
@@ -45,9 +47,27 @@
     return `<td data-field="${esc(field)}" data-value="${esc(raw)}">${esc(text ?? raw)}</td>`;
   }
 
-  function timeAxis() {
-    return { type: "linear", title: { display: true, text: "time (UTC)" },
+  /** A time x axis; ``min``/``max`` (epoch ms) pin it to the window the data covers. */
+  function timeAxis(min, max) {
+    return { type: "linear", min, max, title: { display: true, text: "time (UTC)" },
              ticks: { callback: (v) => clock(v), maxTicksLimit: 8, maxRotation: 0 } };
+  }
+
+  /** Fill the <select> ``id`` with ``options`` and return the chosen one (kept across refreshes). */
+  function choose(id, options, preferred) {
+    const select = document.getElementById(id);
+    const previous = select.value;
+    const wanted = options.includes(previous) ? previous : options.includes(preferred) ? preferred : options[0];
+    if ([...select.options].map((o) => o.value).join("\n") !== options.join("\n")) {
+      select.innerHTML = options.map((o) => `<option value="${esc(o)}">${esc(o)}</option>`).join("");
+    }
+    select.value = wanted ?? "";
+    select.disabled = options.length < 2;
+    return wanted;
+  }
+
+  function redrawOnChange(id) {
+    document.getElementById(id).addEventListener("change", () => state.data && render(state.data));
   }
 
   function upsertChart(canvas, config) {
@@ -76,21 +96,28 @@
     const series = t.series || [];
     const points = (fn, field, scale = 1) => series.filter((p) => p.function === fn && isNum(p[field]))
       .map((p) => ({ x: toMs(p.t), y: p[field] * scale }));
+    const ts = series.map((p) => toMs(p.t));
+    const [min, max] = ts.length ? [Math.min(...ts), Math.max(...ts)] : [undefined, undefined];
     upsertChart(document.getElementById("chart-traffic"), {
       type: "line",
       data: { datasets: names.map((fn, i) => ({
         label: fn, function: fn, data: points(fn, "requests", 1 / t.bucket_s),
         borderColor: color(i), backgroundColor: color(i), pointRadius: 1.5, tension: 0.2 })) },
-      options: { parsing: false, scales: { x: timeAxis(), y: { beginAtZero: true, title: { display: true, text: "req/s" } } } },
+      options: { parsing: false, scales: { x: timeAxis(min, max), y: { beginAtZero: true, title: { display: true, text: "req/s" } } } },
     });
-    const dashes = { p50_ms: [], p95_ms: [6, 3], p99_ms: [2, 2] };
-    upsertChart(document.getElementById("chart-latency"), {
+    // latency of one function at a time (the busiest unless chosen): p50, p95, p99
+    const busiest = [...names].sort((a, b) => t.functions[b].requests - t.functions[a].requests)[0];
+    const fn = choose("latency-function", names, busiest);
+    const shades = { p50_ms: ["#2563eb", []], p95_ms: ["#d97706", [6, 3]], p99_ms: ["#dc2626", [2, 2]] };
+    const latency = upsertChart(document.getElementById("chart-latency"), {
       type: "line",
-      data: { datasets: names.flatMap((fn, i) => Object.entries(dashes).map(([field, dash]) => ({
-        label: `${fn} ${field.replace("_ms", "")}`, function: fn, field, data: points(fn, field),
-        borderColor: color(i), backgroundColor: color(i), borderDash: dash, pointRadius: 1, tension: 0.2 }))) },
-      options: { parsing: false, scales: { x: timeAxis(), y: { beginAtZero: true, title: { display: true, text: "ms" } } } },
+      data: { datasets: fn == null ? [] : Object.entries(shades).map(([field, [shade, dash]]) => ({
+        label: field.replace("_ms", ""), function: fn, field, data: points(fn, field),
+        borderColor: shade, backgroundColor: shade, borderDash: dash, pointRadius: 1.5, tension: 0.2 })) },
+      options: { parsing: false, scales: { x: timeAxis(min, max),
+        y: { type: "logarithmic", title: { display: true, text: "ms (log scale)" } } } },
     });
+    latency.canvas.dataset.function = fn ?? "";
     document.querySelector("#table-traffic tbody").innerHTML = names.map((fn) => {
       const f = t.functions[fn];
       return `<tr data-function="${esc(fn)}">${td("function", fn)}${td("requests", f.requests)}` +
@@ -207,7 +234,7 @@
   }
 
   // ---- performance ------------------------------------------------------------------------
-  function renderPerformance(p) {
+  function renderPerformance(p, generatedAt) {
     document.getElementById("performance-window").textContent = `last ${p.window_s / 60} min, ${p.bucket_s} s buckets`;
     for (const name of ["coverage", "diversity"]) {
       const el = document.getElementById(name);
@@ -221,7 +248,7 @@
       data: { datasets: keys.map((k, i) => ({
         label: k, data: p.series.filter((r) => key(r) === k && isNum(r.ctr)).map((r) => ({ x: toMs(r.t), y: r.ctr })),
         borderColor: color(i), backgroundColor: color(i), pointRadius: 2, tension: 0.2 })) },
-      options: { parsing: false, scales: { x: timeAxis(),
+      options: { parsing: false, scales: { x: timeAxis(toMs(generatedAt) - p.window_s * 1000, toMs(generatedAt)),
         y: { beginAtZero: true, ticks: { callback: (v) => pct(v, 1) }, title: { display: true, text: "CTR" } } } },
     });
     document.querySelector("#table-performance tbody").innerHTML = (p.by_version || []).map((r) =>
@@ -237,42 +264,38 @@
     document.getElementById("drift-model").textContent = d.model;
     document.querySelector("#drift > .empty").hidden = checks.length > 0;
     const versions = [...new Set(checks.map((c) => String(c.model_version)))].sort();
-    const label = (name, version) => (versions.length > 1 ? `${name} · v${version}` : name);
-    const lines = [];  // [feature name, model version]
-    for (const c of checks) {
-      for (const f of c.features || []) {
-        if (!lines.some(([n, v]) => n === f.name && v === String(c.model_version))) lines.push([f.name, String(c.model_version)]);
-      }
-    }
-    lines.sort((a, b) => (a[0] + a[1]).localeCompare(b[0] + b[1]));
-    const datasets = lines.map(([name, version], i) => {
-      const rows = checks.filter((c) => String(c.model_version) === version)
-        .map((c) => [toMs(c.checked_at), (c.features || []).find((f) => f.name === name)])
+    // one model version at a time (the newest check's unless chosen): a line per feature, the score, the threshold
+    const newest = checks.length ? String(checks[checks.length - 1].model_version) : undefined;
+    const version = choose("drift-version", versions, newest);
+    const mine = checks.filter((c) => String(c.model_version) === version);
+    const names = [...new Set(mine.flatMap((c) => (c.features || []).map((f) => f.name)))].sort();
+    const datasets = names.map((name, i) => {
+      const rows = mine.map((c) => [toMs(c.checked_at), (c.features || []).find((f) => f.name === name)])
         .filter(([, f]) => f && isNum(f.psi));
-      return { label: label(name, version), feature: name, model_version: version,
+      return { label: name, feature: name, model_version: version,
                data: rows.map(([x, f]) => ({ x, y: f.psi })), borderColor: color(i),
                backgroundColor: rows.map(([, f]) => (f.drifted ? WARN : color(i))),
-               pointRadius: rows.map(([, f]) => (f.drifted ? 5 : 3)), tension: 0.1 };
+               pointRadius: rows.map(([, f]) => (f.drifted ? 6 : 3)), tension: 0.1 };
     });
-    versions.forEach((version) => {
-      const scored = checks.filter((c) => String(c.model_version) === version && c.score && isNum(c.score.psi));
-      if (scored.length) {
-        datasets.push({ label: label("prediction score", version), feature: "__score__", model_version: version,
-                        borderDash: [4, 3], borderColor: "#111827", backgroundColor: "#111827",
-                        data: scored.map((c) => ({ x: toMs(c.checked_at), y: c.score.psi })) });
-      }
-    });
-    const xs = checks.map((c) => toMs(c.checked_at));
-    if (xs.length) {
-      const pad = 60000;
-      datasets.push({ label: `threshold ${d.psi_threshold}`, threshold: true, borderColor: WARN, borderDash: [8, 4],
-                      borderWidth: 1.5, pointRadius: 0,
-                      data: [{ x: Math.min(...xs) - pad, y: d.psi_threshold }, { x: Math.max(...xs) + pad, y: d.psi_threshold }] });
+    const scored = mine.filter((c) => c.score && isNum(c.score.psi));
+    if (scored.length) {
+      datasets.push({ label: "prediction score", feature: "__score__", model_version: version,
+                      borderDash: [4, 3], borderColor: "#111827", backgroundColor: "#111827",
+                      data: scored.map((c) => ({ x: toMs(c.checked_at), y: c.score.psi })) });
     }
-    upsertChart(document.getElementById("chart-drift"), {
+    const xs = mine.map((c) => toMs(c.checked_at));
+    let min, max;
+    if (xs.length) {
+      const pad = Math.max((Math.max(...xs) - Math.min(...xs)) * 0.05, 1000);
+      [min, max] = [Math.min(...xs) - pad, Math.max(...xs) + pad];
+      datasets.push({ label: `threshold ${d.psi_threshold}`, threshold: true, borderColor: WARN, borderDash: [8, 4],
+                      borderWidth: 1.5, pointRadius: 0, data: [{ x: min, y: d.psi_threshold }, { x: max, y: d.psi_threshold }] });
+    }
+    const chart = upsertChart(document.getElementById("chart-drift"), {
       type: "line", data: { datasets },
-      options: { parsing: false, scales: { x: timeAxis(), y: { beginAtZero: true, title: { display: true, text: "PSI" } } } },
+      options: { parsing: false, scales: { x: timeAxis(min, max), y: { beginAtZero: true, title: { display: true, text: "PSI" } } } },
     });
+    chart.canvas.dataset.modelVersion = version ?? "";
     // the latest check of each version
     const latest = versions.map((v) => checks.filter((c) => String(c.model_version) === v).pop());
     document.getElementById("drift-latest").textContent = latest.map((c) =>
@@ -364,6 +387,8 @@
     }
   }
 
+  redrawOnChange("latency-function");
+  redrawOnChange("drift-version");
   document.getElementById("refresh-note").textContent = refreshS > 0 ? `· refreshes every ${refreshS} s` : "· not refreshing";
   tick();
 })();
