@@ -35,6 +35,12 @@ automl_app = typer.Typer(help="AutoML on Ray: search scikit-learn algorithms, tr
 app.add_typer(automl_app, name="automl")
 models_app = typer.Typer(help="The model registry: list, promote, roll back (audited).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+experiments_app = typer.Typer(help="A/B experiments of recommendation models: create, start, stop, list, results.",
+                              no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
+monitor_app = typer.Typer(help="Monitoring: drift of the live models, traffic and latency of the functions.",
+                          no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
 
 
 
@@ -454,6 +460,155 @@ def models_history(
     from nimbus.audit import history
 
     out.print_json(json.dumps(history(get_settings(), subject, limit=limit), default=str))
+
+
+# ---- experiments -----------------------------------------------------------------------
+def _experiments_table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="experiments")
+    for column in ("id", "name", "surface", "status", "variants", "started", "stopped"):
+        table.add_column(column, overflow="fold")
+    for e in rows:
+        variants = ", ".join(f"{v['name']}={v['model']}{'@v' + v['version'] if v['version'] else ''} ({v['weight']:g})"
+                             for v in e["variants"])
+        table.add_row(e["id"], e["name"], e["surface"], e["status"], variants, e["started_at"] or "-",
+                      e["stopped_at"] or "-")
+    out.print(table)
+
+
+def _variant_option(text: str) -> dict[str, Any]:
+    name, sep, rest = text.partition("=")
+    model, sep2, weight = rest.rpartition(":")
+    if not (sep and sep2 and name and model):
+        from nimbus.errors import InvalidInput
+
+        raise InvalidInput(f"--variant {text!r}: expected NAME=MODEL:WEIGHT, e.g. control=champion:0.5")
+    return {"name": name, "model": model, "weight": weight}
+
+
+@experiments_app.command("create")
+def experiments_create(
+    name: Annotated[str, typer.Argument(help="A name for the experiment.")],
+    variant: Annotated[list[str], typer.Option("--variant", "-v", help="NAME=MODEL:WEIGHT, control first; MODEL is "
+                                                                       "an alias (champion) or a version (3).")],
+    metric: Annotated[str, typer.Option(help="ctr or conversion: the metric the verdict uses.")] = "ctr",
+    seed: Annotated[str | None, typer.Option(help="Hash seed (default: the experiment id).")] = None,
+    surface: Annotated[str, typer.Option()] = "recommendations",
+) -> None:
+    """Create a draft experiment."""
+    from pydantic import ValidationError
+
+    from nimbus.errors import InvalidInput
+    from nimbus.experiments.service import ExperimentSpec, create
+
+    try:
+        spec = ExperimentSpec(name=name, surface=surface, metric=metric, seed=seed,
+                              variants=[_variant_option(v) for v in variant])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}") from None
+    _experiments_table([create(get_settings(), spec)])
+
+
+@experiments_app.command("start")
+def experiments_start(experiment_id: Annotated[str, typer.Argument()]) -> None:
+    """Start a draft: its models go live and users are split between the variants."""
+    from nimbus.experiments.service import start
+
+    _experiments_table([start(get_settings(), experiment_id)])
+
+
+@experiments_app.command("stop")
+def experiments_stop(experiment_id: Annotated[str, typer.Argument()]) -> None:
+    """Stop a running experiment and freeze its results."""
+    from nimbus.experiments.service import stop
+
+    _experiments_table([stop(get_settings(), experiment_id)])
+
+
+@experiments_app.command("list")
+def experiments_list() -> None:
+    """Every experiment, newest first."""
+    from nimbus.experiments.service import list_experiments
+
+    _experiments_table(list_experiments(get_settings()))
+
+
+@experiments_app.command("results")
+def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None:
+    """Per-variant CTR and conversion with intervals, lift, p-value, chance to beat control; SRM; verdict."""
+    from rich.table import Table
+
+    from nimbus.experiments.service import results
+
+    r = results(get_settings(), experiment_id)
+    table = Table(title=f"{r['experiment']['name']} ({r['experiment']['id']}, {r['experiment']['status']})")
+    for column in ("variant", "exposures", "users", "metric", "rate", "95% interval", "lift", "p-value", "P(beat control)"):
+        table.add_column(column)
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    for v in r["variants"]:
+        for name, m in v["metrics"].items():
+            table.add_row(v["name"], str(v["exposures"]), str(v["users"]), name, f"{m['rate']:.4f}",
+                          f"{m['ci95'][0]:.4f} - {m['ci95'][1]:.4f}", fmt(m["lift"], "+.1%"), fmt(m["p_value"], ".3g"),
+                          fmt(m["chance_to_beat_control"], ".3f"))
+    out.print(table)
+    srm = r["srm"]
+    out.print(f"sample ratio: observed {srm['observed']} expected {srm['expected']} "
+              f"chi2 {srm['chi2']:.2f} p {srm['p_value']:.3g}" + ("  [red]MISMATCH[/red]" if srm["flagged"] else "  ok"))
+    out.print(f"verdict: {r['verdict']['status']}" + (f" ({r['verdict']['winner']})" if r["verdict"]["winner"] else "")
+              + f" - {r['verdict']['reason']}")
+# ---- monitor ---------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    model: Annotated[str | None, typer.Option(help="Registered model; default: the recommender.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
+) -> None:
+    """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
+    from rich.table import Table
+
+    from nimbus.monitoring.drift import run_check
+
+    checks = run_check(get_settings(), model)
+    if as_json:
+        out.print_json(json.dumps(checks, default=str))
+        return
+    if not checks:
+        out.print("no live version to check")
+    for check in checks:
+        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases'])}): "
+                            f"{check['status']}, {check['samples']} samples, "
+                            f"{'DRIFT' if check['drifted'] else 'no drift'}")
+        for column in ("feature", "kind", "PSI", "KS p", "chi2 p", "drifted"):
+            table.add_column(column)
+        for f in [*check["features"], {"name": "(score)", "kind": "numeric", "chi2_p": None, **check["score"]}]:
+            table.add_row(f["name"], f["kind"], _fmt(f["psi"]), _fmt(f["ks_p"], ".3g"), _fmt(f["chi2_p"], ".3g"),
+                          "yes" if f["drifted"] else "")
+        out.print(table)
+
+
+@monitor_app.command("traffic")
+def monitor_traffic(
+    window: Annotated[int, typer.Option(min=1, help="Seconds back from now.")] = 900,
+) -> None:
+    """Requests, errors, degraded answers and latency percentiles per function (all processes)."""
+    from rich.table import Table
+
+    from nimbus.monitoring.traffic import summary
+
+    report = summary(get_settings(), window_s=window, bucket_s=get_settings().traffic_bucket_s)
+    table = Table(title=f"last {window} s")
+    for column in ("function", "requests", "errors", "degraded", "req/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column)
+    for name, f in report["functions"].items():
+        table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), _fmt(f["rps"], ".1f"),
+                      _fmt(f["p50_ms"], ".2f"), _fmt(f["p95_ms"], ".2f"), _fmt(f["p99_ms"], ".2f"))
+    out.print(table)
 
 
 def main() -> None:

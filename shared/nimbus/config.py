@@ -59,6 +59,26 @@ class Settings(BaseSettings):
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
 
+    # A/B experiments and recommendation performance tracking
+    attribution_window_s: int = Field(
+        default=1800, gt=0, description="A click/purchase without a request_id counts for the user's latest "
+                                        "recommendation answer served within this many seconds.")
+    experiment_min_exposures: int = Field(default=100, ge=1,
+                                          description="Exposures every variant needs before any verdict.")
+    exposure_flush_s: float = Field(default=1.0, gt=0,
+                                    description="How often a serving process writes buffered exposures to Redis.")
+    perf_bucket_s: int = Field(default=60, gt=0, description="Time-bucket size of performance counters in Redis.")
+    perf_keep_s: int = Field(default=2 * 86400, gt=0, description="How long performance buckets stay in Redis "
+                                                                  "(the rollup keeps them in MongoDB).")
+    # Monitoring: drift checks and the traffic rollup.
+    drift_psi_threshold: float = Field(default=0.1, gt=0, description="A feature drifts past this PSI (and a significant test).")
+    drift_p_value: float = Field(default=0.05, gt=0, lt=1, description="Significance of the KS / chi-square drift tests.")
+    drift_min_samples: int = Field(default=200, ge=10, description="No drift verdict on fewer live samples than this.")
+    drift_sample_rate: float = Field(default=0.01, ge=0, le=1, description="Share of served answers sampled for drift.")
+    traffic_bucket_s: int = Field(default=10, ge=1, description="Time bucket of the cross-process traffic rollup in Redis.")
+    traffic_flush_s: float = Field(default=1.0, gt=0, description="How often each process adds its traffic to Redis.")
+    traffic_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long traffic buckets stay in Redis.")
+
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000
 

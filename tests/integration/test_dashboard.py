@@ -17,7 +17,8 @@ from nimbus.api.dashboard import STATIC, create_dashboard_app
 from nimbus.config import Settings
 from nimbus.local.gateway import Gateway, GatewayOptions, serving
 from nimbus.local.serverless import load_project
-from nimbus.monitoring.dashboard import DashboardQuery, iso, models_section
+from nimbus.local.stack import free_port
+from nimbus.monitoring.dashboard import DashboardQuery, build, iso, models_section
 from nimbus.recommend.bundle import MODEL_NAME
 
 pytestmark = pytest.mark.integration
@@ -78,3 +79,13 @@ def test_openapi_documents_the_data_with_an_example(stack_settings: Settings) ->
     assert set(example) >= {"traffic", "experiments", "performance", "drift", "models", "errors"}
     assert json.dumps(example)  # plain JSON
     assert "/dashboard" in spec["paths"]
+
+
+def test_a_store_down_blanks_only_its_sections(clean_stack: Settings) -> None:
+    dead_mlflow = clean_stack.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    document = build(dead_mlflow)
+    assert document["models"] is None and "mlflow" in document["errors"]["models"]
+    assert set(document["errors"]) == {"models"}
+    assert document["traffic"] is not None and document["experiments"] == [] and document["drift"]["checks"] == []
+    answer = TestClient(create_dashboard_app()).get("/dashboard/data")
+    assert answer.status_code == 200 and answer.json()["errors"] == {}

@@ -24,7 +24,7 @@ def test_the_project_file_declares_the_health_route() -> None:
     health = project.function("health")
     assert health.handler == "functions/health/handler.handler"
     assert health.module_path == "functions.health.handler"
-    assert [(r.method, r.path) for r in health.http] == [("GET", "/health")]
+    assert [(r.method, r.path) for r in health.http] == [("GET", "/health"), ("GET", "/health/metrics")]
     assert health.timeout_s == 10
     assert (ROOT / "functions" / "health" / "handler.py").exists()
 

@@ -42,7 +42,7 @@ class CompareRequest(BaseModel):
 
 def create_automl_app() -> FastAPI:
     app = create_app("Nimbus AutoML", "Submit a dataset; get a searched, tracked, registered model.",
-                     max_body_bytes=UPLOAD_LIMIT + 64 * 1024)
+                     max_body_bytes=UPLOAD_LIMIT + 64 * 1024, function="automl")
     router = APIRouter(prefix="/automl", tags=["automl"])
 
     @router.post("/jobs", response_model=JobAccepted, status_code=202,

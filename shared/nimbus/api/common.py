@@ -90,10 +90,15 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, **kwargs: Any) -> FastAPI:
-    """A FastAPI app whose Nimbus errors become JSON answers and whose bodies are bounded."""
+def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, function: str | None = None,
+               settings: Settings | None = None, **kwargs: Any) -> FastAPI:
+    """A FastAPI app whose Nimbus errors become JSON answers, whose bodies are bounded and
+    whose requests are counted and timed (``/metrics``; ``function`` names it there)."""
+    from nimbus.api.metrics import instrument
+
     app = FastAPI(title=title, description=description, version=__version__, **kwargs)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    instrument(app, function or title.split()[-1].lower(), settings)
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.monitoring.dashboard import PSI_THRESHOLD, DashboardQuery, build
+from nimbus.monitoring.dashboard import DashboardQuery, build
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -62,7 +62,7 @@ EXAMPLE: dict[str, Any] = {
         "coverage": 0.62, "diversity": 0.71,
     },
     "drift": {
-        "model": "nimbus-recommender", "psi_threshold": PSI_THRESHOLD,
+        "model": "nimbus-recommender", "psi_threshold": 0.1,  # NIMBUS_DRIFT_PSI_THRESHOLD
         "checks": [{"checked_at": "2026-11-26T09:00:00Z", "model": "nimbus-recommender", "model_version": "4",
                     "features": [{"name": "user_ctr", "kind": "numeric", "psi": 0.24, "ks_p": 0.0001,
                                   "chi2_p": None, "drifted": True},
@@ -112,7 +112,8 @@ class DashboardData(BaseModel):
 def create_dashboard_app() -> FastAPI:
     app = create_app("Nimbus dashboard",
                      "Monitoring dashboard: live traffic and latency, A/B results, drift, model versions.",
-                     docs_url="/dashboard/docs", openapi_url="/dashboard/openapi.json", redoc_url=None)
+                     function="dashboard", docs_url="/dashboard/docs", openapi_url="/dashboard/openapi.json",
+                     redoc_url=None)
     router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 
     @router.get("", response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})

@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
+from nimbus.experiments.outcomes import record_outcomes
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.realtime import EventBatch, IngestResult, ingest
 from nimbus.stores.features import FeatureStore
@@ -44,14 +45,18 @@ def create_events_app(settings: Settings | None = None) -> FastAPI:
         service.close()
 
     app = create_app("Nimbus events", "User interactions in, real-time features out.", max_body_bytes=256 * 1024,
-                     lifespan=lifespan)
+                     lifespan=lifespan, function="events", settings=settings)
     router = APIRouter(tags=["events"])
 
     @router.post("/events", response_model=IngestResult, responses={413: {"description": "Body over 256 KiB."}})
     def post_events(batch: EventBatch) -> IngestResult:
-        """Apply up to 500 interactions at once; idempotent on event_id."""
+        """Apply up to 500 interactions at once; idempotent on event_id. Clicks and purchases
+        also count as A/B and performance outcomes of the answer they follow (by request_id,
+        else the user's latest answer within the attribution window)."""
         store = FeatureStore.for_settings(service.settings)
-        return ingest(store, service.catalogue.state.items, batch.events)
+        result = ingest(store, service.catalogue.state.items, batch.events)
+        record_outcomes(store, service.settings, batch.events)
+        return result
 
     app.include_router(router)
     return app

@@ -24,6 +24,6 @@ def health(settings: SettingsDep, response: Response) -> HealthReport:
 
 
 def create_health_app() -> FastAPI:
-    app = create_app("Nimbus health", "Which of Nimbus's stores are up.")
+    app = create_app("Nimbus health", "Which of Nimbus's stores are up.", function="health")
     app.include_router(router)
     return app

@@ -52,7 +52,8 @@ class AuditPublic(BaseModel):
 def create_models_app(settings: Settings | None = None) -> FastAPI:
     from nimbus import audit, governance
 
-    app = create_app("Nimbus models", "The model registry: list, promote, roll back (admin, audited).")
+    app = create_app("Nimbus models", "The model registry: list, promote, roll back (admin, audited).",
+                     function="models", settings=settings)
     router = APIRouter(prefix="/models", tags=["models"])
 
     @router.get("", response_model=list[ModelPublic])

@@ -7,6 +7,7 @@ validation saves a good share of the request's CPU.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
@@ -18,6 +19,8 @@ from pydantic import BaseModel, Field
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput
+from nimbus.experiments.exposures import ExposureTracker, RunningExperiments
+from nimbus.monitoring.traffic import FunctionTraffic
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.serving import FeatureSampler, Recommender
@@ -27,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 ALLOWED_QUERY = frozenset({"k", "category"})
 K_MIN, K_MAX, USER_MAX, CATEGORY_MAX = 1, 100, 128, 64
 PREFIX = "/recommendations/"
+ROUTE = PREFIX + "{user_id}"  # the route template, as the metrics label it
 
 
 class RecommendedItem(BaseModel):
@@ -45,6 +49,9 @@ class RecommendationsPublic(BaseModel):
     strategy: Literal["personalized", "popular", "fallback"] = Field(
         description="personalized; popular for a user with no history; fallback when Redis is unreachable.")
     degraded: bool = Field(description="True when the answer came from the in-process fallback.")
+    experiment: str | None = Field(default=None, examples=["exp-3f2a9c1b7d"],
+                                   description="The running A/B experiment that chose the model, if any.")
+    variant: str | None = Field(default=None, examples=["treatment"], description="This user's variant in it.")
 
 
 class RecommenderHealth(BaseModel):
@@ -61,6 +68,7 @@ class RecommendService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.traffic: FunctionTraffic | None = None  # set by the app: counts degraded answers
         self._recommender: Once[Recommender] = Once(self._build)
 
     def _build(self) -> Recommender:
@@ -70,7 +78,13 @@ class RecommendService:
         # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
         fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
         recommender = Recommender(fast, live)
-        recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME))
+        experiments = RunningExperiments(watcher_store)
+        experiments.start()
+        recommender.assigner = experiments
+        recommender.listeners.append(ExposureTracker(watcher_store, self.settings))
+        recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME, self.settings.drift_sample_rate))
+        if self.traffic is not None:
+            recommender.listeners.append(self.traffic.count_degraded)
         return recommender
 
     @property
@@ -81,6 +95,7 @@ class RecommendService:
         """Stop the background threads (the app's shutdown; a Lambda just freezes them)."""
         if (recommender := self._recommender.built) is not None:
             recommender.live.stop()
+            getattr(recommender.assigner, "stop", lambda: None)()
             for listener in recommender.listeners:
                 getattr(listener, "stop", lambda: None)()
 
@@ -118,11 +133,12 @@ class FastPath:
     FastAPI route, which stays the documented contract and the one place that words errors.
     """
 
-    def __init__(self, app: ASGIApp, service: RecommendService) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app: ASGIApp, service: RecommendService, traffic: FunctionTraffic) -> None:
+        self.app, self.service, self.traffic = app, service, traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
+            start = time.perf_counter()
             params = fast_params(scope["path"][len(PREFIX):], scope["query_string"])
             if params is not None and not any(n in (b"content-length", b"transfer-encoding")
                                               for n, _ in scope["headers"]):
@@ -130,11 +146,16 @@ class FastPath:
                     body = self.service.recommender.recommend(scope["path"][len(PREFIX):], *params).to_json()
                 except InvalidInput:
                     pass  # e.g. an unknown category: FastAPI words the 400
+                except BaseException:
+                    self.traffic.record(ROUTE, "GET", 500, time.perf_counter() - start)
+                    raise
                 else:
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": [(b"content-type", b"application/json"),
                                             (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body})
+                    # Counted here: the metrics middleware sits inside this one.
+                    self.traffic.record(ROUTE, "GET", 200, time.perf_counter() - start)
                     return
         await self.app(scope, receive, send)
 
@@ -190,9 +211,10 @@ def create_recommend_app(settings: Settings | None = None, fast_path: bool = Tru
         service.close()
 
     app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024,
-                     lifespan=lifespan)
+                     lifespan=lifespan, function="recommend", settings=service.settings)
     app.state.service = service
+    service.traffic = app.state.traffic
     app.include_router(build_router(app.state.service))
     if fast_path:
-        app.add_middleware(FastPath, service=app.state.service)
+        app.add_middleware(FastPath, service=app.state.service, traffic=app.state.traffic)
     return app

@@ -7,37 +7,19 @@ from __future__ import annotations
 import html
 import json
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from nimbus.config import Settings
+from nimbus.monitoring.drift import model_artifact_json, psi
 from nimbus.stores.objects import ObjectStore
 
 REFERENCE_PATH = "reference/scores.json"  # logged with each model at training time
 
 
-def psi(expected: list[float], actual: list[float], eps: float = 1e-4) -> float:
-    """Population stability index between two histograms over the same bins."""
-    e_total, a_total = sum(expected) or 1.0, sum(actual) or 1.0
-    value = 0.0
-    for e, a in zip(expected, actual):
-        pe, pa = max(e / e_total, eps), max(a / a_total, eps)
-        value += (pa - pe) * math.log(pa / pe)
-    return value
-
-
 def reference_histogram(settings: Settings, name: str, version: str) -> list[float] | None:
-    from nimbus.stores.registry import Registry
-
-    client = Registry.for_settings(settings).client
-    try:
-        run_id = client.get_model_version(name, version).run_id
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, REFERENCE_PATH, tmp)
-            return json.loads(Path(path).read_text())["hist"]
-    except Exception:  # a model logged without a reference: no drift figure, said so in the report
-        return None
+    """The training-score histogram logged with a batch model; None for a model logged without one."""
+    ref = model_artifact_json(settings, name, version, REFERENCE_PATH)
+    return ref["hist"] if ref else None
 
 
 def build_report(settings: Settings, doc: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:

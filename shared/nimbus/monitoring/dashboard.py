@@ -26,7 +26,6 @@ from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.features import FeatureStore
 from nimbus.stores.registry import Registry
 
-PSI_THRESHOLD = 0.1
 SECTIONS = ("traffic", "experiments", "performance", "drift", "models")
 
 
@@ -97,7 +96,7 @@ def drift_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
 
     history = drift.history(settings, model=query.model, limit=query.drift_limit)
     checks = sorted(history, key=lambda check: iso(check.get("checked_at")) or "")  # oldest first, for charts
-    return {"model": query.model, "psi_threshold": PSI_THRESHOLD, "checks": checks,
+    return {"model": query.model, "psi_threshold": settings.drift_psi_threshold, "checks": checks,
             "alerts": drift.alerts(settings, limit=query.drift_limit)}
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from nimbus.config import Settings
 from nimbus.errors import NimbusError
+from nimbus.monitoring.drift import REFERENCE_PATH as DRIFT_REFERENCE_PATH
 from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
 from nimbus.recommend.ranking import FEATURES
 from nimbus.recommend.training import TrainResult
@@ -56,6 +57,8 @@ def register(result: TrainResult, settings: Settings, promote: bool = True, alia
         path = Path(tmp) / "bundle.npz"
         path.write_bytes(result.bundle.to_bytes())
         mlflow.log_artifact(str(path), artifact_path="serving")
+        if result.reference:  # read by the drift check (nimbus.monitoring.drift)
+            mlflow.log_dict(result.reference, DRIFT_REFERENCE_PATH)
     version = str(info.registered_model_version)
     client = Registry.for_settings(settings).client
     client.set_model_version_tag(MODEL_NAME, version, "run_id", run.info.run_id)

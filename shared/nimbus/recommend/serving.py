@@ -6,7 +6,8 @@ from the in-process fallback (popular items) flagged ``degraded``; a circuit bre
 then skips Redis for a moment so every request stays inside the latency budget, and
 retries on its own.
 
-Seams for experiments and monitoring: the model alias is chosen per request (``alias``),
+Seams for experiments and monitoring: the model alias is chosen per request (``alias``,
+or the ``assigner`` — an A/B experiment's variant for this user — when none is given),
 every answer is offered to the listeners (exposure logging), and a sampler keeps a
 fraction of served feature vectors for drift checks.
 """
@@ -53,6 +54,9 @@ class Served:
     strategy: str  # personalized | popular (cold start) | fallback (degraded)
     degraded: bool
     features: np.ndarray | None = field(default=None, repr=False)  # rows of the returned items
+    experiment: str | None = None  # the A/B experiment and variant that chose the model, if any
+    variant: str | None = None
+    ts: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -65,6 +69,8 @@ class Served:
             "feature_version": self.feature_version,
             "strategy": self.strategy,
             "degraded": self.degraded,
+            "experiment": self.experiment,
+            "variant": self.variant,
         })
 
 
@@ -89,6 +95,8 @@ class Breaker:
 
 
 Listener = Callable[[Served], None]
+# user id -> (experiment id, variant name, model alias) when a running experiment covers the user
+Assigner = Callable[[str], "tuple[str, str, str] | None"]
 
 
 class Recommender:
@@ -99,12 +107,21 @@ class Recommender:
         self.live = live
         self.breaker = breaker or Breaker()
         self.listeners: list[Listener] = []
+        self.assigner: Assigner | None = None
 
-    def recommend(self, user_id: str, k: int = 10, category: str | None = None, alias: str = "champion") -> Served:
+    def recommend(self, user_id: str, k: int = 10, category: str | None = None, alias: str | None = None) -> Served:
+        """Top-k for ``user_id`` from the model ``alias``; without one, the user's experiment
+        variant when a running experiment covers them and its model is live here, else champion."""
         state = self.live.state
         request_id = uuid.uuid4().hex
+        experiment = variant = None
+        if alias is None:
+            alias = "champion"
+            if self.assigner is not None and (chosen := self.assigner(user_id)) is not None and chosen[2] in state.models:
+                experiment, variant, alias = chosen
+        arm = (experiment, variant)
         if state.items is None:
-            return self._fallback(state, request_id, user_id, k, alias, category)
+            return self._fallback(state, request_id, user_id, k, alias, category, arm)
         items = state.items
         cat = None
         if category is not None:
@@ -112,7 +129,7 @@ class Recommender:
             if cat is None:
                 raise UnknownCategory(f"unknown category {category!r}")
         if not self.breaker.allow():
-            return self._fallback(state, request_id, user_id, k, alias, category)
+            return self._fallback(state, request_id, user_id, k, alias, category, arm)
         try:
             # Blocking on purpose: a loopback round trip costs less inline than redis.asyncio's
             # machinery (measured: p99 30 ms vs 9 ms at 1,000 requests/s), and the short
@@ -121,7 +138,7 @@ class Recommender:
         except (redis.RedisError, OSError) as exc:
             self.breaker.fail()
             log.warning("redis unavailable, serving the fallback: %s", exc)
-            return self._fallback(state, request_id, user_id, k, alias, category)
+            return self._fallback(state, request_id, user_id, k, alias, category, arm)
 
         bundle = state.models.get(alias) or state.models.get("champion")
         ctx = user_context(items, blob, recent, counts)
@@ -141,13 +158,13 @@ class Recommender:
         served = Served(
             request_id, user_id, [str(i) for i in items.item_ids[top]], served_scores.tolist(),
             [str(c) for c in items.categories[items.item_category[top]]], alias if bundle else "none",
-            bundle.version if bundle else None, items.version, strategy, False, x,
+            bundle.version if bundle else None, items.version, strategy, False, x, *arm,
         )
         self._notify(served)
         return served
 
     def _fallback(self, state: LiveState, request_id: str, user_id: str, k: int, alias: str,
-                  category: str | None) -> Served:
+                  category: str | None, arm: tuple[str | None, str | None] = (None, None)) -> Served:
         items = state.items
         if items is not None:
             cat = items.category_index.get(category) if category else None
@@ -158,7 +175,8 @@ class Recommender:
             ids, cats = state.fallback(k), []
         bundle = state.models.get(alias) or state.models.get("champion")
         served = Served(request_id, user_id, ids, [0.0] * len(ids), cats or ["unknown"] * len(ids), alias,
-                        bundle.version if bundle else None, items.version if items else None, "fallback", True)
+                        bundle.version if bundle else None, items.version if items else None, "fallback", True,
+                        None, *arm)
         self._notify(served)
         return served
 
@@ -189,6 +207,7 @@ class FeatureSampler:
         self._queue.put(orjson.dumps({
             "ts": time.time(), "model_version": served.model_version, "feature_version": served.feature_version,
             "score": served.scores[0], "features": dict(zip(FEATURES, row.tolist())),
+            "categorical": {"category": served.categories[0]},
         }))
 
     def _flush_loop(self) -> None:

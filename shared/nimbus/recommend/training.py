@@ -32,6 +32,7 @@ class TrainResult:
     metrics: dict[str, float]
     params: dict[str, object]
     examples: tuple[np.ndarray, np.ndarray] = field(repr=False, default=(np.empty(0), np.empty(0)))
+    reference: dict = field(repr=False, default_factory=dict)  # drift reference (monitoring.drift)
 
 
 def time_cuts(logs: pd.DataFrame, train_end: float = 0.7, test_start: float = 0.85) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -106,6 +107,29 @@ def evaluate(fs: FeatureSet, bundle: ModelBundle, relevant: dict[int, set[int]],
     }
 
 
+def drift_reference(fs: FeatureSet, bundle: ModelBundle, max_users: int = 2000, seed: int = 0) -> dict:
+    """What serving samples for drift monitoring — the top-ranked item's features, category and
+    score — for up to ``max_users`` users of ``fs``, as the reference of ``monitoring.drift``.
+
+    The sampler keeps the first item of each answer, so the reference is built the same way:
+    all candidates would be a different (and always "drifted") population.
+    """
+    from nimbus.monitoring.drift import build_reference
+
+    rows = np.random.default_rng(seed).permutation(len(fs.user_ids))[:max_users]
+    xs, scores, cats = [], [], []
+    for row in rows:
+        cand, x = score_inputs(fs.items, context_for(fs, int(row)))
+        if len(cand):
+            best = int(np.argmax(bundle.decision(x)))
+            xs.append(x[best])
+            scores.append(float(bundle.probability(x[best:best + 1])[0]))
+            cats.append(str(fs.items.categories[fs.items.item_category[cand[best]]]))
+    matrix = np.asarray(xs, dtype=np.float64).reshape(-1, len(FEATURES))
+    return build_reference({name: matrix[:, i] for i, name in enumerate(FEATURES)}, {"category": cats},
+                           np.asarray(scores))
+
+
 def train(dataset: Dataset, k: int = 10, progress: Progress | None = None) -> TrainResult:
     """Fit the ranker on the first cut and evaluate the recommender on the second."""
     say = progress or (lambda _msg: None)
@@ -131,4 +155,8 @@ def train(dataset: Dataset, k: int = 10, progress: Progress | None = None) -> Tr
         "examples": len(y), "model": "StandardScaler+LogisticRegression(C=1.0)",
     }
     bundle.meta = {"metrics": metrics, "params": {k: str(v) for k, v in params.items()}}
-    return TrainResult(pipeline, bundle, metrics, params, (x, y))
+    # The reference is what this model serves on the features of the whole log — those the
+    # features function publishes from it — so a later check measures change since go-live.
+    say("recording the served-feature reference for drift monitoring")
+    reference = drift_reference(compute_features(dataset), bundle)
+    return TrainResult(pipeline, bundle, metrics, params, (x, y), reference)

@@ -26,6 +26,12 @@ class Collections:
     BATCH_RUNS = "batch_runs"
     BATCH_PREDICTIONS = "batch_predictions"
     MODEL_PERFORMANCE = "model_performance"
+    EXPERIMENTS = "experiments"
+    EXPOSURES = "experiment_exposures"
+    OUTCOMES = "experiment_outcomes"
+    RECOMMEND_PERFORMANCE = "recommend_performance"
+    DRIFT_CHECKS = "drift_checks"  # one document per scheduled drift check and model version
+    DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
 
 
 # name -> list of (keys, options) passed to create_index
@@ -34,6 +40,14 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.BATCH_RUNS: [([("status", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {})],
     Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_id", pymongo.ASCENDING)], {})],
     Collections.MODEL_PERFORMANCE: [([("model", pymongo.ASCENDING), ("version", pymongo.ASCENDING)], {})],
+    Collections.EXPERIMENTS: [([("surface", pymongo.ASCENDING), ("status", pymongo.ASCENDING)], {}),
+                              ([("name", pymongo.ASCENDING)], {})],
+    Collections.EXPOSURES: [([("experiment", pymongo.ASCENDING), ("variant", pymongo.ASCENDING)], {}),
+                            ([("user_id", pymongo.ASCENDING), ("ts", pymongo.DESCENDING)], {})],
+    Collections.OUTCOMES: [([("experiment", pymongo.ASCENDING), ("variant", pymongo.ASCENDING)], {})],
+    Collections.RECOMMEND_PERFORMANCE: [([("bucket", pymongo.ASCENDING)], {})],
+    Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
+    Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
 }
 
 

@@ -15,7 +15,22 @@ Layout (prefix ``nimbus:v1``):
   ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``,
   and ``model:{name}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
   when each version went live);
-* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors).
+* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
+  ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
+  histogram counts for one function in one time bucket, epoch seconds) and
+  ``mon:traffic:functions`` (set of the functions that reported);
+* A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
+  HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
+  ``ab:{experiment}:n`` (hash ``{variant}:exposures|clicks|purchases`` -> count),
+  ``ab:{experiment}:u:{variant}`` (set of exposed user ids), ``ab:log:exposures`` and
+  ``ab:log:outcomes`` (JSON rows waiting for the rollup into MongoDB);
+* served answers, for joining outcomes: ``mon:req:{request_id}`` (JSON: user, experiment,
+  variant, model version, items, time; expires after the attribution window),
+  ``mon:req:{request_id}:{c|p}`` (first click / purchase marks), ``mon:last:{user}`` (the
+  user's latest request id);
+* recommendation performance: ``perf:{bucket}`` (hash ``{version}|{variant}|{metric}`` ->
+  count, plus ``div_sum`` / ``lists``) and ``perf:{bucket}:items`` (HyperLogLog of served
+  item ids), one per ``bucket`` (epoch seconds, floored to the bucket size), expiring.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import orjson
 import redis
 
 from nimbus.config import Settings
@@ -102,6 +118,51 @@ class Keys:
     def served_samples(cls, model: str) -> str:
         return cls.key("mon", "samples", model)
 
+    # A/B experiments
+    @classmethod
+    def ab_running(cls) -> str:
+        return cls.key("ab", "running")
+
+    @classmethod
+    def ab_counts(cls, experiment: str) -> str:
+        return cls.key("ab", experiment, "n")
+
+    @classmethod
+    def ab_users(cls, experiment: str, variant: str) -> str:
+        return cls.key("ab", experiment, "u", variant)
+
+    @classmethod
+    def ab_log(cls, kind: str) -> str:
+        return cls.key("ab", "log", kind)
+
+    # served answers and performance buckets
+    @classmethod
+    def served_request(cls, request_id: str) -> str:
+        return cls.key("mon", "req", request_id)
+
+    @classmethod
+    def outcome_mark(cls, request_id: str, kind: str) -> str:
+        return cls.key("mon", "req", request_id, kind)
+
+    @classmethod
+    def last_request(cls, user_id: str) -> str:
+        return cls.key("mon", "last", user_id)
+
+    @classmethod
+    def perf_bucket(cls, bucket: int) -> str:
+        return cls.key("perf", bucket)
+
+    @classmethod
+    def perf_items(cls, bucket: int) -> str:
+        return cls.key("perf", bucket, "items")
+    @classmethod
+    def traffic(cls, function: str, bucket: int) -> str:
+        return cls.key("mon", "traffic", function, bucket)
+
+    @classmethod
+    def traffic_functions(cls) -> str:
+        return cls.key("mon", "traffic", "functions")
+
 
 @dataclass(frozen=True)
 class RealtimeEvent:
@@ -142,6 +203,53 @@ return applied
 """
 
 
+@dataclass(frozen=True)
+class ServedRow:
+    """One recommendation answer as exposure and performance tracking keep it."""
+
+    request_id: str
+    user_id: str
+    experiment: str | None
+    variant: str | None
+    model_version: str | None
+    items: tuple[str, ...]
+    ts: float
+    diversity: float | None  # intra-list category dissimilarity; None for lists under 2 items
+
+    def record(self) -> bytes:
+        return orjson.dumps({"request_id": self.request_id, "user_id": self.user_id, "experiment": self.experiment,
+                           "variant": self.variant, "model_version": self.model_version,
+                           "items": self.items, "ts": self.ts})
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """A click or purchase attributed to one served answer."""
+
+    request_id: str
+    kind: str  # "c" click | "p" purchase
+    served: dict  # the answer's record (ServedRow.record, decoded)
+    event_id: str
+    ts: float
+    joined_by: str  # "request_id" | "user"
+
+
+METRIC_OF = {"c": "clicks", "p": "purchases"}
+
+
+# The per-answer writes of a batch as one command (redis-py's per-command pipeline cost was
+# most of the flush: measured ~35 us per SET under cProfile). KEYS: n record keys, then n
+# last-request keys; ARGV: ttl, n records, n request ids.
+_RECORD_SERVED = """
+local ttl, n = ARGV[1], #KEYS / 2
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+  redis.call('SET', KEYS[n + i], ARGV[n + i + 1], 'EX', ttl)
+end
+return n
+"""
+
+
 class FeatureStore(PerProcess):
     """A thin adapter over one Redis connection pool."""
 
@@ -160,6 +268,7 @@ class FeatureStore(PerProcess):
             decode_responses=False,
         )
         self._apply_events = self.client.register_script(_APPLY_EVENTS)
+        self._record_served = self.client.register_script(_RECORD_SERVED)
 
     @classmethod
     def cache_key(cls, settings: Settings) -> str:
@@ -325,6 +434,29 @@ class FeatureStore(PerProcess):
     def samples(self, model: str, limit: int = 5000) -> list[bytes]:
         return self.client.lrange(Keys.served_samples(model), 0, limit - 1)
 
+    def add_traffic(self, counts: dict[tuple[str, int], dict[str, int]], ttl_s: int) -> None:
+        """Add per-(function, bucket) field counts to the traffic rollup, one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for (function, bucket), fields in counts.items():
+            key = Keys.traffic(function, bucket)
+            for name, value in fields.items():
+                pipe.hincrby(key, name, value)
+            pipe.expire(key, ttl_s)
+        pipe.sadd(Keys.traffic_functions(), *{function for function, _ in counts})
+        pipe.execute()
+
+    def traffic(self, functions: Sequence[str], buckets: Sequence[int]) -> dict[tuple[str, int], dict[str, int]]:
+        """The rollup hashes of every (function, bucket) asked for (empty ones left out)."""
+        pipe = self.client.pipeline(transaction=False)
+        pairs = [(f, b) for f in functions for b in buckets]
+        for function, bucket in pairs:
+            pipe.hgetall(Keys.traffic(function, bucket))
+        return {pair: {k.decode(): int(v) for k, v in raw.items()}
+                for pair, raw in zip(pairs, pipe.execute()) if raw}
+
+    def traffic_functions(self) -> list[str]:
+        return sorted(m.decode() for m in self.client.smembers(Keys.traffic_functions()))
+
     def subscribe(self, *topics: str) -> Iterator[dict]:
         """Messages on the given channels, forever (until the connection fails)."""
         # A connection of its own without a read timeout: a quiet channel is not an error.
@@ -337,3 +469,158 @@ class FeatureStore(PerProcess):
         finally:
             pubsub.close()
             listener.close()
+
+    # ---- A/B experiments and served answers -------------------------------------------
+    def claim_surface(self, surface: str, experiment_json: str) -> bool:
+        """Make an experiment the running one on ``surface``; False if another already is."""
+        ok = bool(self.client.hsetnx(Keys.ab_running(), surface, experiment_json))
+        if ok:
+            self.client.publish(Keys.channel("experiments"), surface)
+        return ok
+
+    def release_surface(self, surface: str, experiment_id: str) -> None:
+        """Clear ``surface`` if ``experiment_id`` runs there."""
+        raw = self.client.hget(Keys.ab_running(), surface)
+        if raw and json.loads(raw).get("id") == experiment_id:
+            self.client.hdel(Keys.ab_running(), surface)
+            self.client.publish(Keys.channel("experiments"), surface)
+
+    def running_experiments(self) -> dict[str, dict]:
+        """surface -> running experiment (as claimed)."""
+        return {k.decode(): json.loads(v) for k, v in self.client.hgetall(Keys.ab_running()).items()}
+
+    @staticmethod
+    def _variant(row: ServedRow) -> str:
+        return row.variant or "-"
+
+    def record_served(self, rows: Sequence[ServedRow], ttl_s: int, bucket_s: int, keep_s: int,
+                      log_cap: int = 1_000_000) -> None:
+        """Write a batch of served answers in one round trip: per answer its record (for
+        outcome joins), per experiment variant the exposure counts and users, per time
+        bucket the performance counters, the item sketch and the diversity sums."""
+        if not rows:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        counts: dict[tuple[str, str], int] = {}
+        users: dict[tuple[str, str], set[str]] = {}
+        buckets: dict[int, dict[str, float]] = {}
+        items: dict[int, set[str]] = {}
+        log: list[bytes] = []
+        record_keys, last_keys, records, request_ids = [], [], [], []
+        for row in rows:
+            record = row.record()
+            record_keys.append(Keys.served_request(row.request_id))
+            last_keys.append(Keys.last_request(row.user_id))
+            records.append(record)
+            request_ids.append(row.request_id)
+            if row.experiment:
+                counts[(row.experiment, row.variant)] = counts.get((row.experiment, row.variant), 0) + 1
+                users.setdefault((row.experiment, row.variant), set()).add(row.user_id)
+                log.append(record)
+            bucket = int(row.ts // bucket_s * bucket_s)
+            fields = buckets.setdefault(bucket, {})
+            field = f"{row.model_version or 'none'}|{self._variant(row)}|exposures"
+            fields[field] = fields.get(field, 0) + 1
+            if row.diversity is not None:
+                fields["div_sum"] = fields.get("div_sum", 0.0) + row.diversity
+                fields["lists"] = fields.get("lists", 0) + 1
+            items.setdefault(bucket, set()).update(row.items)
+        self._record_served(keys=record_keys + last_keys, args=[ttl_s, *records, *request_ids], client=pipe)
+        for (experiment, variant), n in counts.items():
+            pipe.hincrby(Keys.ab_counts(experiment), f"{variant}:exposures", n)
+            pipe.sadd(Keys.ab_users(experiment, variant), *users[(experiment, variant)])
+        for bucket, fields in buckets.items():
+            key = Keys.perf_bucket(bucket)
+            for field, value in fields.items():
+                if isinstance(value, float):
+                    pipe.hincrbyfloat(key, field, value)
+                else:
+                    pipe.hincrby(key, field, value)
+            pipe.expire(key, keep_s)
+            if items[bucket]:
+                pipe.pfadd(Keys.perf_items(bucket), *items[bucket])
+                pipe.expire(Keys.perf_items(bucket), keep_s)
+        if log:
+            pipe.lpush(Keys.ab_log("exposures"), *log)
+            pipe.ltrim(Keys.ab_log("exposures"), 0, log_cap - 1)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise self._unreachable(exc) from exc
+
+    def served_records(self, request_ids: Sequence[str]) -> list[dict | None]:
+        """The records of served answers (None where unknown or expired)."""
+        if not request_ids:
+            return []
+        raw = self.client.mget([Keys.served_request(r) for r in request_ids])
+        return [json.loads(v) if v else None for v in raw]
+
+    def last_requests(self, user_ids: Sequence[str]) -> list[str | None]:
+        if not user_ids:
+            return []
+        return [v.decode() if v else None for v in self.client.mget([Keys.last_request(u) for u in user_ids])]
+
+    def record_outcomes(self, rows: Sequence[OutcomeRow], ttl_s: int, bucket_s: int, keep_s: int,
+                        log_cap: int = 1_000_000) -> int:
+        """Count each (answer, kind) once: the first click and the first purchase of an answer
+        increment its variant's and its time bucket's counters; returns how many were new."""
+        if not rows:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for row in rows:
+            pipe.set(Keys.outcome_mark(row.request_id, row.kind), row.event_id, nx=True, ex=ttl_s)
+        first = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        new = 0
+        for row, is_first in zip(rows, first):
+            if not is_first:
+                continue
+            new += 1
+            served, metric = row.served, METRIC_OF[row.kind]
+            if served.get("experiment"):
+                pipe.hincrby(Keys.ab_counts(served["experiment"]), f"{served['variant']}:{metric}", 1)
+                pipe.lpush(Keys.ab_log("outcomes"), json.dumps({
+                    "request_id": row.request_id, "event_id": row.event_id, "type": metric[:-1],
+                    "experiment": served["experiment"], "variant": served["variant"],
+                    "model_version": served.get("model_version"), "user_id": served.get("user_id"),
+                    "ts": row.ts, "exposed_ts": served.get("ts"), "joined_by": row.joined_by}))
+            bucket = int(served["ts"] // bucket_s * bucket_s)
+            pipe.hincrby(Keys.perf_bucket(bucket),
+                         f"{served.get('model_version') or 'none'}|{served.get('variant') or '-'}|{metric}", 1)
+            pipe.expire(Keys.perf_bucket(bucket), keep_s)
+        pipe.ltrim(Keys.ab_log("outcomes"), 0, log_cap - 1)
+        pipe.execute()
+        return new
+
+    def experiment_counts(self, experiment: str, variants: Sequence[str]) -> dict[str, dict[str, int]]:
+        """variant -> {exposures, clicks, purchases, users}, live."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(Keys.ab_counts(experiment))
+        for variant in variants:
+            pipe.scard(Keys.ab_users(experiment, variant))
+        raw, *cards = pipe.execute()
+        flat = {k.decode(): int(v) for k, v in raw.items()}
+        return {v: {"exposures": flat.get(f"{v}:exposures", 0), "clicks": flat.get(f"{v}:clicks", 0),
+                    "purchases": flat.get(f"{v}:purchases", 0), "users": int(n)}
+                for v, n in zip(variants, cards)}
+
+    def peek_log(self, kind: str, limit: int = 10_000) -> list[dict]:
+        """The ``limit`` oldest rows of an A/B log, oldest first (left in place until ``ack_log``)."""
+        return [json.loads(r) for r in reversed(self.client.lrange(Keys.ab_log(kind), -limit, -1))]
+
+    def ack_log(self, kind: str, n: int) -> None:
+        """Drop the ``n`` oldest rows of an A/B log (after they were stored elsewhere)."""
+        if n:
+            self.client.ltrim(Keys.ab_log(kind), 0, -(n + 1))
+
+    def perf_buckets(self, buckets: Sequence[int]) -> list[dict[str, float]]:
+        """The performance counters of each bucket (empty dict where none)."""
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.hgetall(Keys.perf_bucket(bucket))
+        return [{k.decode(): float(v) for k, v in raw.items()} for raw in pipe.execute()]
+
+    def distinct_items(self, buckets: Sequence[int]) -> int:
+        """Approximate number of distinct items served over the buckets (HyperLogLog union)."""
+        keys = [Keys.perf_items(b) for b in buckets]
+        return int(self.client.pfcount(*keys)) if keys else 0

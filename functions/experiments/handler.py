@@ -1,0 +1,18 @@
+"""experiments: admin HTTP API for A/B tests (API key required); on its schedule, the
+rollup of exposure/outcome logs and performance buckets into MongoDB."""
+
+from mangum import Mangum
+
+from nimbus.api.experiments import create_experiments_app
+from nimbus.config import get_settings
+from nimbus.events import ScheduledTrigger, parse
+from nimbus.experiments.service import persist
+
+app = create_experiments_app()
+http = Mangum(app, lifespan="off")
+
+
+def handler(event, context):
+    if isinstance(parse(event), ScheduledTrigger):
+        return persist(get_settings())
+    return http(event, context)

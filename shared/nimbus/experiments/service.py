@@ -1,0 +1,259 @@
+"""Experiments: define, start, stop, list and read results (MongoDB is the record).
+
+An experiment splits one *surface* (today: ``recommendations``) between variants, each
+a model of ``nimbus-recommender`` — a registry alias (``champion``, ``challenger``) or a
+version (``"3"``) — with a traffic weight; weights sum to 1. Life: ``draft`` -> ``running``
+-> ``stopped``. Starting one resolves each variant to a registry version, makes sure
+every serving process has that model live (publishing it to Redis if needed — a version
+variant is served under the live alias ``v{version}``), then claims the surface in Redis
+atomically: a second running experiment on the same surface is refused (409). Stopping
+releases the surface, persists the logs and freezes the final counts in the document.
+
+Contract (used by the dashboard; every value JSON-able):
+
+``list_experiments(settings) -> list[dict]``: the public form of each experiment, newest
+first: ``{id, name, surface, status, variants: [{name, model, weight, version}], seed,
+metric, description, created_at, started_at, stopped_at}`` (times ISO-8601 or None;
+``version`` is the registry version a variant resolved to when it started, else None).
+
+``results(settings, experiment_id) -> dict``::
+
+    {experiment: {...as above...},
+     variants: [{name, exposures, users, clicks, purchases,
+                 metrics: {ctr: {rate, ci95: [lo, hi], lift, p_value, chance_to_beat_control},
+                           conversion: {...same...}}}],      # control (first variant) first;
+                                                            # lift/p/chance are None for it
+     srm: {chi2, p_value, flagged, observed, expected},      # users per variant vs weights
+     verdict: {status: "insufficient_data" | "winner" | "no_difference", winner, metric, reason},
+     min_exposures, source: "live" | "final"}
+
+``ctr`` = answers with a click / answers; ``conversion`` = answers with a purchase /
+answers (per exposure, not per user) — see :mod:`nimbus.experiments.stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from nimbus import audit
+from nimbus.config import Settings
+from nimbus.errors import InvalidInput, NimbusError, NotFound
+from nimbus.experiments import stats
+from nimbus.experiments.assignment import bucket_ranges
+from nimbus.stores.documents import Collections, DocumentStore
+from nimbus.stores.features import FeatureStore
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MODEL = r"^([A-Za-z][A-Za-z0-9_-]{0,63}|[0-9]{1,9})$"
+WEIGHT_TOLERANCE = 1e-6
+
+
+class ExperimentConflict(NimbusError):
+    """The experiment's state forbids the action (HTTP 409)."""
+
+
+class VariantSpec(BaseModel):
+    name: str = Field(pattern=NAME, examples=["control"])
+    model: str = Field(pattern=MODEL, examples=["champion"],
+                       description="A registry alias of nimbus-recommender (champion, challenger) or a version (\"3\").")
+    weight: float = Field(gt=0, le=1, examples=[0.5], description="Share of users; the weights sum to 1.")
+
+
+class ExperimentSpec(BaseModel):
+    """A new experiment (created as a draft)."""
+
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{
+        "name": "ranker-v4-vs-v3", "surface": "recommendations", "metric": "ctr",
+        "variants": [{"name": "control", "model": "champion", "weight": 0.5},
+                     {"name": "treatment", "model": "challenger", "weight": 0.5}]}]}}
+
+    name: str = Field(pattern=NAME, examples=["ranker-v4-vs-v3"])
+    surface: Literal["recommendations"] = Field(default="recommendations",
+                                                description="Where the variants are served.")
+    variants: Annotated[list[VariantSpec], Field(min_length=2, max_length=10,
+                                                 description="Control first; weights sum to 1.")]
+    seed: str | None = Field(default=None, max_length=64, description="Hash seed (default: the experiment id).")
+    metric: Literal["ctr", "conversion"] = Field(default="ctr", description="The metric the verdict is decided on.")
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("variants")
+    @classmethod
+    def _weights_and_names(cls, variants: list[VariantSpec]) -> list[VariantSpec]:
+        total = sum(v.weight for v in variants)
+        if abs(total - 1) > WEIGHT_TOLERANCE:
+            raise ValueError(f"variant weights must sum to 1; they sum to {total:g} "
+                             f"({' + '.join(f'{v.weight:g}' for v in variants)})")
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique; got {names}")
+        return variants
+
+
+def _collection(settings: Settings):  # noqa: ANN202
+    return DocumentStore.for_settings(settings).collection(Collections.EXPERIMENTS)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def public(doc: dict[str, Any]) -> dict[str, Any]:
+    """The experiment as the API, the CLI and the dashboard see it."""
+    resolved = doc.get("resolved") or {}
+    return {
+        "id": doc["_id"], "name": doc["name"], "surface": doc["surface"], "status": doc["status"],
+        "variants": [{"name": v["name"], "model": v["model"], "weight": v["weight"],
+                      "version": resolved.get(v["name"], {}).get("version")} for v in doc["variants"]],
+        "seed": doc["seed"], "metric": doc["metric"], "description": doc.get("description"),
+        "created_at": _iso(doc.get("created_at")), "started_at": _iso(doc.get("started_at")),
+        "stopped_at": _iso(doc.get("stopped_at")),
+    }
+
+
+def _doc(settings: Settings, experiment_id: str) -> dict[str, Any]:
+    doc = _collection(settings).find_one({"_id": experiment_id})
+    if doc is None:
+        raise NotFound(f"no experiment {experiment_id!r}")
+    return doc
+
+
+def _resolve(settings: Settings, variants: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """variant -> {version, alias}: the registry version each variant serves, and the live alias it is served under."""
+    from mlflow.exceptions import MlflowException
+
+    from nimbus.recommend.bundle import MODEL_NAME
+    from nimbus.stores.registry import Registry
+
+    client = Registry.for_settings(settings).client
+    out = {}
+    for v in variants:
+        model = v["model"]
+        try:
+            if model.isdigit():
+                version = str(client.get_model_version(MODEL_NAME, model).version)
+                alias = f"v{version}"
+            else:
+                version, alias = str(client.get_model_version_by_alias(MODEL_NAME, model).version), model
+        except MlflowException as exc:
+            what = f"version {model}" if model.isdigit() else f"alias {model!r}"
+            raise InvalidInput(f"variant {v['name']!r}: {MODEL_NAME} has no {what}") from exc
+        out[v["name"]] = {"version": version, "alias": alias}
+    return out
+
+
+def create(settings: Settings, spec: ExperimentSpec, who: str | None = None) -> dict[str, Any]:
+    """Store a new draft experiment (its variants' models must exist in the registry)."""
+    variants = [v.model_dump() for v in spec.variants]
+    _resolve(settings, variants)  # fail now, not at start, on a model that does not exist
+    experiment_id = f"exp-{uuid.uuid4().hex[:10]}"
+    doc = {"_id": experiment_id, "name": spec.name, "surface": spec.surface, "status": "draft",
+           "variants": variants, "seed": spec.seed or experiment_id, "metric": spec.metric,
+           "description": spec.description, "created_at": datetime.now(UTC), "started_at": None,
+           "stopped_at": None}
+    _collection(settings).insert_one(doc)
+    audit.record(settings, "experiment.create", f"experiment:{experiment_id}", "succeeded", who=who,
+                 details={"name": spec.name, "variants": variants})
+    return public(doc)
+
+
+def start(settings: Settings, experiment_id: str, who: str | None = None) -> dict[str, Any]:
+    """Resolve the variants, make their models live, claim the surface, mark running."""
+    from nimbus.recommend.bundle import MODEL_NAME
+    from nimbus.recommend.models import publish
+
+    doc = _doc(settings, experiment_id)
+    if doc["status"] != "draft":
+        raise ExperimentConflict(f"experiment {experiment_id} is {doc['status']}; only a draft can start")
+    resolved = _resolve(settings, doc["variants"])
+    store = FeatureStore.for_settings(settings)
+    live = store.live(MODEL_NAME)
+    for r in resolved.values():
+        if live.get(r["alias"]) != r["version"]:
+            publish(settings, r["version"], r["alias"])
+    running = {"id": experiment_id, "name": doc["name"], "seed": doc["seed"],
+               "variants": [{"name": v["name"], **resolved[v["name"]]} for v in doc["variants"]],
+               "ranges": bucket_ranges(len(doc["variants"]), 1.0, [v["weight"] for v in doc["variants"]])}
+    if not store.claim_surface(doc["surface"], json.dumps(running)):
+        other = store.running_experiments().get(doc["surface"], {})
+        raise ExperimentConflict(f"experiment {other.get('id')} ({other.get('name')}) is already running on "
+                                 f"{doc['surface']}; stop it first")
+    now = datetime.now(UTC)
+    _collection(settings).update_one({"_id": experiment_id},
+                                     {"$set": {"status": "running", "started_at": now, "resolved": resolved}})
+    audit.record(settings, "experiment.start", f"experiment:{experiment_id}", "succeeded", who=who,
+                 models={v: r["version"] for v, r in resolved.items()})
+    return public(_doc(settings, experiment_id))
+
+
+def stop(settings: Settings, experiment_id: str, who: str | None = None) -> dict[str, Any]:
+    """Release the surface, persist the logs and freeze the final counts."""
+    doc = _doc(settings, experiment_id)
+    if doc["status"] != "running":
+        raise ExperimentConflict(f"experiment {experiment_id} is {doc['status']}; only a running one can stop")
+    store = FeatureStore.for_settings(settings)
+    store.release_surface(doc["surface"], experiment_id)
+    persist(settings)
+    counts = store.experiment_counts(experiment_id, [v["name"] for v in doc["variants"]])
+    _collection(settings).update_one({"_id": experiment_id}, {"$set": {
+        "status": "stopped", "stopped_at": datetime.now(UTC), "final_counts": counts}})
+    audit.record(settings, "experiment.stop", f"experiment:{experiment_id}", "succeeded", who=who,
+                 details={"counts": counts})
+    return public(_doc(settings, experiment_id))
+
+
+def get(settings: Settings, experiment_id: str) -> dict[str, Any]:
+    return public(_doc(settings, experiment_id))
+
+
+def list_experiments(settings: Settings) -> list[dict[str, Any]]:
+    """Every experiment, newest first."""
+    return [public(d) for d in _collection(settings).find().sort("created_at", -1)]
+
+
+def results(settings: Settings, experiment_id: str) -> dict[str, Any]:
+    """Counts, metrics, SRM and verdict of one experiment (see the module docstring)."""
+    doc = _doc(settings, experiment_id)
+    names = [v["name"] for v in doc["variants"]]
+    if doc["status"] == "stopped" and doc.get("final_counts"):
+        counts, source = doc["final_counts"], "final"
+    else:
+        counts, source = FeatureStore.for_settings(settings).experiment_counts(experiment_id, names), "live"
+    rows = [{"name": n, **counts.get(n, {"exposures": 0, "users": 0, "clicks": 0, "purchases": 0})} for n in names]
+    analysis = stats.analyse(rows, [v["weight"] for v in doc["variants"]], doc["metric"],
+                             settings.experiment_min_exposures)
+    return {"experiment": public(doc), **analysis, "min_exposures": settings.experiment_min_exposures,
+            "source": source}
+
+
+def persist(settings: Settings, batch: int = 5000) -> dict[str, int]:
+    """Move the exposure and outcome logs from Redis into MongoDB and roll the performance
+    buckets up (the ``experiments`` function's schedule; also run on stop). Idempotent:
+    documents are keyed by request id (and outcome type), so a rerun inserts nothing twice."""
+    from pymongo.errors import BulkWriteError
+
+    from nimbus.monitoring.performance import rollup
+
+    store = FeatureStore.for_settings(settings)
+    documents = DocumentStore.for_settings(settings)
+    moved = {}
+    for kind, collection, key in (("exposures", Collections.EXPOSURES, lambda r: r["request_id"]),
+                                  ("outcomes", Collections.OUTCOMES, lambda r: f"{r['request_id']}:{r['type']}")):
+        total = 0
+        while rows := store.peek_log(kind, batch):
+            docs = [{"_id": key(r), **r, "at": datetime.fromtimestamp(r["ts"], UTC)} for r in rows]
+            try:
+                documents.collection(collection).insert_many(docs, ordered=False)
+            except BulkWriteError as exc:  # duplicates from an earlier, interrupted run are fine
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+            store.ack_log(kind, len(rows))
+            total += len(rows)
+        moved[kind] = total
+    moved["performance_buckets"] = rollup(settings)
+    return moved
+
