@@ -2,8 +2,9 @@
 
 `nimbus local serve` runs in its own process (as a user starts it) on the test session's stores.
 Through its HTTP routes the test creates and starts an A/B experiment (champion vs challenger),
-asks for recommendations, sends clicks that favour the treatment, stops it, runs a second one
-whose users are planted 60/40 on a 50/50 split, and runs the drift check twice. Then it opens
+asks for recommendations, sends clicks that favour the treatment, stops it, triples the catalogue's
+prices, runs a second one whose users are planted 60/40 on a 50/50 split, and runs the drift check
+after each. Then it opens
 /dashboard in Chromium and checks that every chart rendered and that the numbers the page draws
 (chart datasets and the tables beside them) are the ones the APIs report and the test produced.
 The screenshot goes to the test's tmp dir and to .nimbus/artifacts/dashboard.png.
@@ -11,6 +12,7 @@ The screenshot goes to the test's tmp dir and to .nimbus/artifacts/dashboard.png
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -32,6 +34,8 @@ from nimbus.local.stack import free_port
 from nimbus.monitoring import drift
 from nimbus.monitoring.dashboard import iso
 from nimbus.recommend.bundle import MODEL_NAME
+from nimbus.recommend.featurize import compute_features
+from nimbus.recommend.pipeline import publish_features
 from nimbus.stores.features import FeatureStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -163,6 +167,13 @@ def monitored(served: dict) -> dict:
     first_checks = drift.run_check(settings)
     traffic.admin("POST", f"/experiments/{first['id']}/stop")
 
+    # Prices triple overnight: the serving process swaps the new features in, and the next check sees the shift.
+    dataset = served["dataset"]
+    catalogue = dataset.catalogue.assign(price=dataset.catalogue["price"] * 3)
+    shifted = compute_features(dataclasses.replace(dataset, catalogue=catalogue), version="prices-x3")
+    publish_features(FeatureStore.for_settings(settings), shifted)
+    wait_for(lambda: traffic.recommend(users[0])["feature_version"] == "prices-x3", "the new features to be live")
+
     # The second experiment's users are picked so 60% of them hash to control: a planted mismatch.
     probe = traffic.admin("POST", "/experiments", json={"name": "planted-srm", "variants": FIFTY_FIFTY})
     ranges = bucket_ranges(2, 1.0, [0.5, 0.5])
@@ -174,7 +185,8 @@ def monitored(served: dict) -> dict:
     traffic.admin("POST", f"/experiments/{probe['id']}/start")
     wait_for(lambda: traffic.recommend(planted[0])["experiment"] == probe["id"], "the recommender to run planted-srm")
     for user in planted:
-        traffic.recommend(user)
+        for _ in range(3):
+            traffic.recommend(user)
     planted_answers = [a for a in traffic.answers if a["experiment"] == probe["id"]]
     second_expected = Counter(a["variant"] for a in planted_answers)
     wait_for(lambda: [v["exposures"] for v in traffic.admin("GET", f"/experiments/{probe['id']}/results")["variants"]]
@@ -385,7 +397,10 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
         for f in check["features"]:
             row = table[(f["name"], version)]
             assert num(row["psi"]) == pytest.approx(f["psi"]) and row["drifted"] == str(f["drifted"]).lower()
-    assert shown["alerts"] == len(data["drift"]["alerts"])
+    assert shown["alerts"] == len(data["drift"]["alerts"]) == len(drift.alerts(monitored["settings"])) >= 1
+    flagged = {(r["feature"], r["version"]) for r in shown["drift_rows"] if r["drifted"] == "true"}
+    assert flagged == {(f["name"], v) for v, c in latest.items() for f in c["features"] if f["drifted"]}
+    assert ("item_price", monitored["versions"][1]) in flagged  # the planted shift, as the check reports it
 
     for v in data["models"]["versions"]:
         cells = shown["models"][v["version"]]

@@ -113,7 +113,7 @@
       type: "line",
       data: { datasets: fn == null ? [] : Object.entries(shades).map(([field, [shade, dash]]) => ({
         label: field.replace("_ms", ""), function: fn, field, data: points(fn, field),
-        borderColor: shade, backgroundColor: shade, borderDash: dash, pointRadius: 1.5, tension: 0.2 })) },
+        borderColor: shade, backgroundColor: shade, borderDash: dash, pointRadius: 3, tension: 0.2 })) },
       options: { parsing: false, scales: { x: timeAxis(min, max),
         y: { type: "logarithmic", title: { display: true, text: "ms (log scale)" } } } },
     });
