@@ -66,7 +66,9 @@ def served(live_recommender: dict, tmp_path: Path) -> Iterator[dict]:
     settings: Settings = live_recommender["settings"]
     promote_version(settings, live_recommender["versions"][1], "challenger")
     port = free_port()
-    env = {**os.environ, "NIMBUS_PROJECT_ROOT": str(ROOT), "NIMBUS_DRIFT_SAMPLE_RATE": "1.0"}
+    # Every answer sampled for drift; a generous Redis timeout, as other work shares these cores.
+    env = {**os.environ, "NIMBUS_PROJECT_ROOT": str(ROOT), "NIMBUS_DRIFT_SAMPLE_RATE": "1.0",
+           "NIMBUS_REQUEST_TIMEOUT_S": "2.0"}
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "nimbus.cli", "local", "serve", "--port", str(port), "--no-schedules", "--no-watch"],
@@ -251,6 +253,7 @@ def num(text: str) -> float | None:
     return None if text in ("", None) else float(text)
 
 
+@pytest.mark.timeout(900)  # a whole stack, two experiments and a browser on a shared machine
 def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
