@@ -2,7 +2,12 @@
 the CPU (numpy) and on the GPU (torch CUDA tensors through the array API), timed, and
 their results compared.
 
-    SCIPY_ARRAY_API=1 PYTHONPATH=shared python3 benchmarks/gpu_check.py [--rows 2000000 --cols 100]
+    SCIPY_ARRAY_API=1 PYTHONPATH=shared python3 benchmarks/gpu_check.py [--rows 2000000 --cols 100] [--search 45]
+
+Then, with ``--search S`` (S > 0; needs ray[tune], optuna and pandas too), the AutoML search
+itself on a local Ray that sees the GPU: S seconds with the GPU family on the GPU (a quarter
+of it per trial) against S seconds all on the CPU, on the same data; it prints the trials
+each ran, how many used the GPU and the best score.
 
 Needs numpy, scikit-learn and torch only. On a machine without a GPU it says so and exits 0.
 """
@@ -36,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--cols", type=int, default=100)
+    parser.add_argument("--search", type=float, default=45, help="seconds per AutoML search run (0: none)")
+    parser.add_argument("--search-rows", type=int, default=200_000)
     args = parser.parse_args()
     if not gpu_available():
         print("no CUDA GPU here (torch.cuda.is_available() is False): nothing to check")
@@ -79,6 +86,42 @@ def main() -> None:
         else:
             agree = f"max rel diff {np.max(np.abs(cpu_out - gpu_out)) / np.max(np.abs(cpu_out)):.1e}"
         print(f"{name:<28}{cpu_s:>9.2f}{gpu_s:>9.3f}{cpu_s / gpu_s:>9.0f}x  {agree}")
+    if args.search > 0:
+        search_check(args.search, args.search_rows, args.cols)
+
+
+def search_check(seconds: float, rows: int, cols: int, device: str = "cuda", num_gpus: float | None = None) -> None:
+    """The AutoML search with and without the device, on the same regression data and budget."""
+    try:
+        import pandas as pd
+        import ray
+    except ImportError as exc:
+        print(f"search: skipped ({exc.name} is not installed; `pip install -e .` brings ray[tune], optuna, pandas)")
+        return
+    from nimbus.automl.profile import profile
+    from nimbus.automl.search import SearchData, plan_steps, run_search
+
+    rng = np.random.default_rng(1)
+    x = pd.DataFrame(rng.normal(size=(rows, cols)), columns=[f"x{i}" for i in range(cols)])
+    frame = x.assign(y=x.to_numpy() @ rng.normal(size=cols) + rng.normal(size=rows))
+    prof = profile(frame, "y", "regression")
+    y = frame["y"]
+    x = frame.drop(columns=["y"])
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+             num_gpus=num_gpus)
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        print(f"\nAutoML search, {rows:,} x {cols}, ridge/elastic_net/hist_gb, {seconds:.0f} s each, "
+              f"{cpus} trials at a time, Ray sees {ray.cluster_resources().get('GPU', 0):g} GPU")
+        print(f"{'run':<28}{'trials':>8}{'on GPU':>8}{'ridge trials':>14}{'best r2':>10}")
+        for label, where in (("all on the CPU", None), (f"GPU family on {device}", device)):
+            data = SearchData(x, y, plan_steps(y, prof), prof, "r2")
+            trials = run_search(data, ["ridge", "elastic_net", "hist_gb"], seconds, None, cpus, device=where)
+            ridge = sum(t["params"]["algorithm"] == "ridge" for t in trials)
+            used = sum(t["gpu"] > 0 for t in trials)
+            print(f"{label:<28}{len(trials):>8}{used:>8}{ridge:>14}{max(t['score'] for t in trials):>10.4f}")
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     mlflow_registry_uri: str | None = None
 
     spark_master: str = "local[*]"
-    ray_address: str | None = Field(default=None, description="None: a local Ray; 'ray://host:10001': a cluster.")
+    ray_address: str | None = Field(
+        default=None, pattern=r"^(auto|[^\s:/]+:\d+|ray://[^\s:/]+:\d+)$",
+        description="None: a fresh local Ray; '127.0.0.1:6379' (a `ray start --head` GCS, host:port): join that "
+                    "cluster; 'auto': the cluster `ray start` left on this machine; 'ray://host:10001': Ray Client.")
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=lambda: [SecretStr("nimbus-local-key")],

@@ -71,6 +71,19 @@ def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestCli
     report = json.loads(ObjectStore.for_settings(clean_stack).get_bytes(clean_stack.artifacts_bucket, report_key))
     assert report["importances"] and {"feature", "importance"} <= set(report["importances"][0])
     assert sum(map(sum, report["diagnostics"]["confusion_matrix"])) == job["test"]["rows"]
+    explained = report["explanations"]["rows"]  # SHAP: base value + contributions = prediction
+    assert explained and all(r["base_value"] + sum(c["contribution"] for c in r["contributions"]) + r["others"]
+                             == pytest.approx(r["prediction"]) for r in explained)
+    assert report["learning_curve"]["points"] and report["learning_curve"]["metric"] == "roc_auc"
+    assert ("onnx" in job["exports"]) != ("onnx_error" in job["exports"])  # an export, or the reason there is none
+    if "onnx" in job["exports"]:
+        from nimbus.automl.export import predict_onnx
+        from nimbus.automl.profile import Profile
+
+        onnx = ObjectStore.for_settings(clean_stack).get_bytes(clean_stack.artifacts_bucket,
+                                                                job["exports"]["onnx"].split("/", 3)[3])
+        labels = predict_onnx(onnx, frame.head(10), Profile(**job["profile"]), report["onnx"]["numeric_inputs"])[0]
+        assert set(np.asarray(labels).ravel().tolist()) <= {"benign", "malignant"}
     board = client.get(f"/automl/jobs/{job['job_id']}/leaderboard").json()
     [chosen] = [row for row in board if row["chosen"]]
     assert chosen == job["winner"] and len(board) == job["progress"]["trials"]

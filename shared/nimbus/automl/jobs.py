@@ -23,6 +23,7 @@ from nimbus.errors import InvalidInput, NimbusError, NotFound
 from nimbus.stores.documents import DocumentStore
 
 COLLECTION = "automl_jobs"
+AFTER_EXTRAS_S = 3.0  # what logging, registering and publishing the winner need after explanations and exports
 SEARCH_MAX_ROWS = 200_000  # the search works on a stratified sample this size; the winner refits on more
 
 
@@ -86,7 +87,7 @@ def ray_session(settings: Settings) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if settings.ray_address:
+    if settings.ray_address:  # a cluster: "host:port" (started with `ray start`) or "ray://host:10001"
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
         # "local": always a fresh in-process cluster, never one `ray start` left on this machine.
@@ -160,6 +161,9 @@ class TrialLogger:
 def run_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """Search, track, refit, evaluate, register. Ends within the budget (it reserves refit time)."""
     start = time.monotonic()
+    from nimbus.automl.explain import warm_up
+
+    threading.Thread(target=warm_up, name="automl-warm-up", daemon=True).start()  # during the search
     job = get_job(settings, job_id)
     request = JobRequest.model_validate(job["request"])
     jobs = _jobs(settings)
@@ -197,11 +201,15 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     ray_session(settings)
     import ray
 
-    concurrency = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+    from nimbus.automl.gpu import search_device
+
+    resources = ray.cluster_resources()
+    concurrency = max(1, int(resources.get("CPU", os.cpu_count() or 1)))  # a trial takes a CPU (GPU ones too)
+    device = search_device(request.gpu, resources.get("GPU", 0.0))
     elapsed = time.monotonic() - start
-    # Keep a fifth of the budget (at least 6 s) for the refit, test and registration; the trial
-    # logging overlaps the search, whose stopper also leaves time for the logging backlog.
-    search_budget = max(5.0, request.budget_s - max(6.0, request.budget_s * 0.2) - elapsed)
+    # Keep 30% of the budget (at least 10 s) for the refit, test, explanations, ONNX and registration;
+    # the trial logging overlaps the search, whose stopper also leaves time for the logging backlog.
+    search_budget = max(5.0, request.budget_s - max(10.0, request.budget_s * 0.3) - elapsed)
     pool = algorithms(prof, request.include, request.exclude)
     storage = settings.home / "automl" / job_id  # Tune's own bookkeeping, next to the other local state
     storage.mkdir(parents=True, exist_ok=True)
@@ -214,10 +222,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
                             "progress": lambda p: _jobs(settings).update_one({"_id": job_id}, {"$set": {"progress": p}})}
     try:
         trials = run_search(data, pool, search_budget, request.max_trials, concurrency, hooks.Progress(job_id),
-                            storage=str(storage), stopper=hooks.Budget(job_id))
+                            storage=str(storage), stopper=hooks.Budget(job_id), device=device)
     finally:
         hooks.ACTIVE.pop(job_id, None)
-    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock}
+    timings = {"setup_s": elapsed, "search_budget_s": search_budget, "search_s": time.monotonic() - clock,
+               "gpu_trials": sum(1 for t in trials if t["gpu"] > 0)}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
     winner = _affordable_winner(trials, request.budget_s - (time.monotonic() - start) - 4.0,
@@ -225,12 +234,22 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
     clock = time.monotonic()
     model = pipeline(winner["params"], prof)
     model.fit(x_train, y_train)
+    fit_s = time.monotonic() - clock
     test = evaluate(model, x_test, y_test, metric)
     importances = permutation_importances(model, x_test, y_test, metric)
     timings["refit_evaluate_s"] = time.monotonic() - clock
     clock = time.monotonic()
+    from nimbus.automl import explain, export
+
+    left = lambda: request.budget_s - (time.monotonic() - start) - AFTER_EXTRAS_S  # noqa: E731
+    onnx = export.to_onnx_within(model, prof, x_test, left())
+    explanations = explain.explain(model, prof.task, x_train, x_test, 0.4 * left())
+    curve = explain.learning_curve(model, x_train, y_train, metric, prof.task, fit_s, left())
+    timings["explain_export_s"] = time.monotonic() - clock
+    clock = time.monotonic()
     logger.finish(trials)
-    version, run_id = track(settings, job_id, request, prof, metric, trials, model, x_train, test, importances)
+    version, run_id = track(settings, job_id, request, prof, metric, trials, model, x_train, test, importances,
+                            onnx.model)
     timings["track_s"] = time.monotonic() - clock
     from nimbus.automl.report import diagnostics, publish
 
@@ -240,8 +259,9 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
                     "node": t["node"], "chosen": t is winner} for n, t in enumerate(trials)]
     report = {"job": job_id, "profile": prof.as_dict(), "metric": metric, "leaderboard": leaderboard,
               "trials": len(trials), "test": test, "importances": importances,
-              "diagnostics": diagnostics(model, x_test, y_test, prof.task)}
-    exports = publish(settings, job_id, report, model)
+              "diagnostics": diagnostics(model, x_test, y_test, prof.task), "explanations": explanations,
+              "learning_curve": curve, "onnx": onnx.info}
+    exports = publish(settings, job_id, report, model, onnx)
     chosen = next(row for row in leaderboard if row["chosen"])
     return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": chosen, "test": test,
             "importances": importances, "model": {"name": request.name or f"automl-{job_id}", "version": version,
@@ -316,7 +336,7 @@ def permutation_importances(model: Any, x: pd.DataFrame, y: pd.Series, metric: s
 
 def track(settings: Settings, job_id: str, request: JobRequest, prof: Profile, metric: str,
           trials: list[dict[str, Any]], model: Any, x_train: pd.DataFrame, test: dict[str, Any],
-          importances: list[dict[str, Any]]) -> tuple[str, str]:
+          importances: list[dict[str, Any]], onnx: bytes | None = None) -> tuple[str, str]:
     """The winner's run in the job's experiment (trials are logged by TrialLogger): model, metrics, report."""
     import json
 
@@ -342,6 +362,9 @@ def track(settings: Settings, job_id: str, request: JobRequest, prof: Profile, m
         report.write_text(json.dumps({"profile": prof.as_dict(), "test": test, "importances": importances,
                                       "trials": len(trials)}, default=str))
         mlflow.log_artifact(str(report), artifact_path="report")
+        if onnx is not None:
+            (Path(tmp) / "model.onnx").write_bytes(onnx)
+            mlflow.log_artifact(str(Path(tmp) / "model.onnx"), artifact_path="onnx")
     return str(info.registered_model_version), run.info.run_id
 
 

@@ -9,12 +9,13 @@ ASHA can drop a configuration after its first, cheapest step.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nimbus.automl import gpu
 from nimbus.automl.profile import Profile
 from nimbus.automl.space import define_space, pipeline
 
@@ -53,20 +54,41 @@ class SearchData:
     profile: Profile
     metric: str
     deadline: float = float("inf")  # wall clock (time.time()): no step starts that would end after it
+    device: str | None = None  # where the GPU family is fitted (gpu.py), None: the CPU
+
+
+def fit_on_the_device(data: SearchData, params: dict[str, Any], rows: np.ndarray) -> tuple[Any, float]:
+    """A Ray task holding a fraction of a GPU: the configuration fitted there; (model, GPU share held)."""
+    import ray
+
+    model = pipeline(params, data.profile)
+    gpu.fit_on_device(model, data.x.iloc[rows], data.y.iloc[rows], data.device)
+    return model, float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
 def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
+    import ray
     from ray import tune
     from sklearn.metrics import get_scorer
 
+    # GPU fits are tasks of their own (0 CPU: the trial's CPU waits for them; a GPU share), so every
+    # trial actor asks for the same single CPU and Tune keeps reusing them across both families.
+    # "DEFAULT": outside the trial's placement group, which Tune makes for its CPU alone.
+    # max_calls=0: a worker serves many fits (Ray's default for GPU tasks, 1, starts a process a fit).
+    # Their workers, and only theirs, import scipy with its array-API support on (WORKER_ENV).
+    device_fit = ray.remote(num_cpus=0, num_gpus=gpu.GPU_PER_TRIAL, max_retries=0, max_calls=0,
+                            scheduling_strategy="DEFAULT",
+                            runtime_env={"env_vars": dict(gpu.WORKER_ENV)})(fit_on_the_device)
+
     class EvaluateConfig(tune.Trainable):
-        def setup(self, config: dict[str, Any], data: SearchData | None = None) -> None:
-            self.data = data
+        def setup(self, config: dict[str, Any], shared: list | None = None) -> None:
+            self.data_ref = shared[0]  # one copy of the data in the object store, for actors and GPU tasks
+            self.data: SearchData = ray.get(self.data_ref)
             self._configure(config)
 
         def _configure(self, config: dict[str, Any]) -> None:
             self.params = config["params"]
-            self.step_no, self.scores, self.fit_s = 0, [], 0.0
+            self.step_no, self.scores, self.fit_s, self.gpu_share = 0, [], 0.0, 0.0
 
         def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
             # Tune checkpoints trials it pauses or stops at the budget: the state is tiny.
@@ -89,9 +111,11 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
                 if time.time() + expected > d.deadline:
                     return self._result(float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else self.scores[-1],
                                         done=True)
-            model = pipeline(self.params, d.profile)
             start = time.perf_counter()
-            model.fit(d.x.iloc[train], d.y.iloc[train])
+            if self._on_device():
+                model, self.gpu_share = ray.get(device_fit.remote(self.data_ref, self.params, train))
+            else:
+                model = pipeline(self.params, d.profile).fit(d.x.iloc[train], d.y.iloc[train])
             self.fit_s += time.perf_counter() - start
             score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
             self.scores.append(score)
@@ -100,11 +124,13 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
             return self._result(estimate, done=self.step_no >= len(d.steps))
 
-        def _result(self, estimate: float, done: bool) -> dict[str, Any]:
-            import ray
+        def _on_device(self) -> bool:
+            return self.data.device is not None and gpu.on_device(self.params)
 
+        def _result(self, estimate: float, done: bool) -> dict[str, Any]:
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
-                    "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id()}
+                    "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id(),
+                    "gpu": self.gpu_share, "device": self.data.device if self._on_device() else "cpu"}
 
     return EvaluateConfig
 
@@ -121,8 +147,11 @@ class Space:
 
 def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
                on_result: Any = None, seed: int = 0, storage: str | None = None,
-               stopper: Any = None) -> list[dict[str, Any]]:
-    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first."""
+               stopper: Any = None, device: str | None = None) -> list[dict[str, Any]]:
+    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first.
+
+    With a ``device``, the GPU family's configurations are fitted there, in Ray tasks that take a
+    fraction of a GPU each."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -130,6 +159,11 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
 
     import optuna
 
+    import ray
+
+    if device is not None:
+        data = replace(data, device=device)
+    shared = [ray.put(data)]  # a list: Tune hands the reference itself to the trials
     searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool, len(data.y)), metric="score", mode="max",
                                                sampler=optuna.samplers.TPESampler(seed=seed)),
                                   max_concurrent=concurrency)
@@ -137,7 +171,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
                               reduction_factor=2)
     callbacks = [on_result] if on_result is not None else []
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(make_trainable(), data=data), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(make_trainable(), shared=shared), {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max_trials or -1,
                                     time_budget_s=budget_s, reuse_actors=True, metric="score", mode="max"),
         run_config=tune.RunConfig(callbacks=callbacks, verbose=0, log_to_file=False, storage_path=storage,
@@ -151,6 +185,7 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         m = result.metrics
         trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1], "params": result.config["params"], "score": m["score"],
                        "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
-                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node")})
+                       "fit_s": m.get("fit_s", 0.0), "node": m.get("node"), "gpu": m.get("gpu", 0.0),
+                       "device": m.get("device", "cpu")})
     trials.sort(key=lambda t: (t["complete"], t["score"]), reverse=True)
     return trials

@@ -31,7 +31,7 @@ import redis
 from nimbus.config import Settings
 from nimbus.experiments.assignment import assign
 from nimbus.recommend.serving import Served
-from nimbus.stores.features import FeatureStore, ServedRow
+from nimbus.stores.features import FeatureStore, ServedRow, Watcher
 
 log = logging.getLogger("nimbus.experiments")
 
@@ -67,8 +67,7 @@ class RunningExperiments:
     def __init__(self, store: FeatureStore, surface: str = SURFACE, poll_s: float = 2.0) -> None:
         self.store, self.surface, self.poll_s = store, surface, poll_s
         self.current: Compiled | None = None
-        self._stop = threading.Event()
-        self._started = False
+        self._watcher = Watcher(store, ("experiments",), self.refresh, poll_s, name="experiments")
 
     def __call__(self, user_id: str) -> tuple[str, str, str] | None:
         exp = self.current
@@ -97,30 +96,10 @@ class RunningExperiments:
             log.info("experiment %s running on %s", doc["id"], self.surface)
 
     def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        self.refresh()
-        threading.Thread(target=self._poll, name="experiments-poll", daemon=True).start()
-        threading.Thread(target=self._listen, name="experiments-listen", daemon=True).start()
+        self._watcher.start()
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.refresh()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for _ in self.store.subscribe("experiments"):
-                    self.refresh()
-                    if self._stop.is_set():
-                        return
-            except Exception as exc:  # Redis away: the poller covers
-                log.debug("experiments listener: %s", exc)
-                self._stop.wait(self.poll_s)
+        self._watcher.stop()
 
 
 class ExposureTracker:

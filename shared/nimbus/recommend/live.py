@@ -21,7 +21,7 @@ import numpy as np
 
 from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
 from nimbus.recommend.ranking import ItemTable, UserContext, score_inputs
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.features import FeatureStore, Watcher
 
 log = logging.getLogger("nimbus.recommend.live")
 
@@ -65,8 +65,7 @@ class LiveModels:
         self.last_error: str | None = None
         self.swaps = 0
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
-        self._started = False
-        self._stop = threading.Event()
+        self._watcher = Watcher(store, ("model", "features"), self.refresh, poll_s, name="live")
 
     # -- loading -----------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -121,27 +120,7 @@ class LiveModels:
     # -- watching ----------------------------------------------------------------------
     def start(self) -> None:
         """Load now (synchronously, once) and watch in the background from then on."""
-        if self._started:
-            return
-        self._started = True
-        self.refresh()
-        threading.Thread(target=self._poll, name="live-poll", daemon=True).start()
-        threading.Thread(target=self._listen, name="live-listen", daemon=True).start()
+        self._watcher.start()
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.refresh()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for _ in self.store.subscribe("model", "features"):
-                    self.refresh()
-                    if self._stop.is_set():
-                        return
-            except Exception as exc:  # Redis away: the poller covers; retry the subscription later
-                log.debug("live listener: %s", exc)
-                self._stop.wait(self.poll_s)
+        self._watcher.stop()

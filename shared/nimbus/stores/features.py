@@ -36,8 +36,10 @@ Layout (prefix ``nimbus:v1``):
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -47,6 +49,8 @@ from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.stores import Health
 from nimbus.stores._base import PerProcess, redact, timed_health
+
+log = logging.getLogger(__name__)
 
 
 class Keys:
@@ -624,3 +628,43 @@ class FeatureStore(PerProcess):
         """Approximate number of distinct items served over the buckets (HyperLogLog union)."""
         keys = [Keys.perf_items(b) for b in buckets]
         return int(self.client.pfcount(*keys)) if keys else 0
+
+
+class Watcher:
+    """Calls ``refresh`` now, then every ``poll_s`` and whenever a message arrives on ``topics``.
+
+    Pub/sub makes a change seen at once; the poll covers a missed message or a Redis that was
+    away (the subscription is retried). Used by every process-local view of Redis state that
+    must follow changes: the live models, the running experiments."""
+
+    def __init__(self, store: FeatureStore, topics: Sequence[str], refresh: Callable[[], object],
+                 poll_s: float = 2.0, name: str = "watcher") -> None:
+        self.store, self.topics, self.refresh, self.poll_s, self.name = store, tuple(topics), refresh, poll_s, name
+        self._stop = threading.Event()
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.refresh()
+        threading.Thread(target=self._poll, name=f"{self.name}-poll", daemon=True).start()
+        threading.Thread(target=self._listen, name=f"{self.name}-listen", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for _ in self.store.subscribe(*self.topics):
+                    self.refresh()
+                    if self._stop.is_set():
+                        return
+            except Exception as exc:  # Redis away: the poller covers; retry the subscription later
+                log.debug("%s listener: %s", self.name, exc)
+                self._stop.wait(self.poll_s)
