@@ -12,7 +12,9 @@ Layout (prefix ``nimbus:v1``):
   ``c:{category}`` weighted counts), ``rt:u:{user}:recent`` (list of item ids, newest
   first) and ``rt:seen:{event_id}`` (idempotency marks);
 * live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
-  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``;
+  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``,
+  and ``model:{name}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
+  when each version went live);
 * monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
   ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
   histogram counts for one function in one time bucket, epoch seconds) and
@@ -106,6 +108,10 @@ class Keys:
     @classmethod
     def model_live(cls, name: str) -> str:
         return cls.key("model", name, "live")
+
+    @classmethod
+    def model_live_log(cls, name: str) -> str:
+        return cls.key("model", name, "live", "log")
 
     @classmethod
     def channel(cls, topic: str) -> str:
@@ -404,13 +410,22 @@ class FeatureStore(PerProcess):
     def get_model(self, name: str, version: str) -> bytes | None:
         return self.client.get(Keys.model_bundle(name, version))
 
-    def set_live(self, name: str, alias: str, version: str) -> None:
-        """Point ``alias`` at ``version`` and tell every serving process at once."""
-        self.client.hset(Keys.model_live(name), alias, version)
+    def set_live(self, name: str, alias: str, version: str, keep_log: int = 500) -> None:
+        """Point ``alias`` at ``version``, log when, and tell every serving process at once."""
+        entry = json.dumps({"at": time.time(), "alias": alias, "version": str(version)})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(Keys.model_live(name), alias, version)
+        pipe.lpush(Keys.model_live_log(name), entry)
+        pipe.ltrim(Keys.model_live_log(name), 0, keep_log - 1)
+        pipe.execute()
         self.client.publish(Keys.channel("model"), json.dumps({"model": name, "alias": alias, "version": version}))
 
     def live(self, name: str) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.client.hgetall(Keys.model_live(name)).items()}
+
+    def live_log(self, name: str, limit: int = 500) -> list[dict]:
+        """When each alias of ``name`` was pointed at which version, newest first."""
+        return [json.loads(row) for row in self.client.lrange(Keys.model_live_log(name), 0, limit - 1)]
 
     # ---- monitoring seams ------------------------------------------------------------
     def push_samples(self, model: str, rows: Sequence[bytes], keep: int = 5000) -> None:

@@ -1,0 +1,143 @@
+"""The ``dashboard`` function's app: GET /dashboard (the page), GET /dashboard/data (its JSON).
+
+The page is static HTML and vanilla JavaScript under ``static/``; it polls /dashboard/data
+and draws with Chart.js, which ships inside this package (static/chart.umd.min.js, MIT,
+licence beside it) so the page loads nothing from the internet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from nimbus.api.common import SettingsDep, create_app
+from nimbus.monitoring.dashboard import DashboardQuery, build
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+EXAMPLE: dict[str, Any] = {
+    "generated_at": "2026-11-26T09:30:05.123456Z",
+    "query": {"traffic_window_s": 900, "traffic_bucket_s": 10, "performance_window_s": 3600,
+              "performance_bucket_s": 60, "drift_limit": 50, "experiments_limit": 5, "model": "nimbus-recommender"},
+    "errors": {},
+    "traffic": {
+        "window_s": 900, "bucket_s": 10,
+        "functions": {"recommend": {"requests": 1200, "errors": 0, "degraded": 3, "p50_ms": 2.1, "p95_ms": 5.8,
+                                    "p99_ms": 9.7, "rps": 1.33}},
+        "series": [{"t": 1795685400, "function": "recommend", "requests": 14, "errors": 0, "degraded": 0,
+                    "p50_ms": 2.0, "p95_ms": 5.1, "p99_ms": 8.2}],
+    },
+    "experiments": [{
+        "experiment": {"id": "exp-1", "name": "ranker v4 vs v3", "surface": "home", "status": "running",
+                       "variants": [{"name": "control", "model": "nimbus-recommender@3", "weight": 0.5},
+                                    {"name": "treatment", "model": "nimbus-recommender@4", "weight": 0.5}],
+                       "started_at": "2026-11-26T08:00:00Z", "stopped_at": None},
+        "variants": [
+            {"name": "control", "exposures": 5012, "users": 498, "clicks": 401, "purchases": 40,
+             "metrics": {"ctr": {"rate": 0.08, "ci95": [0.0727, 0.0877], "lift": None, "p_value": None,
+                                 "chance_to_beat_control": None},
+                         "conversion": {"rate": 0.008, "ci95": [0.0058, 0.0108], "lift": None, "p_value": None,
+                                        "chance_to_beat_control": None}}},
+            {"name": "treatment", "exposures": 4988, "users": 502, "clicks": 499, "purchases": 52,
+             "metrics": {"ctr": {"rate": 0.1, "ci95": [0.0918, 0.1088], "lift": 0.25, "p_value": 0.0006,
+                                 "chance_to_beat_control": 0.9997},
+                         "conversion": {"rate": 0.0104, "ci95": [0.008, 0.0137], "lift": 0.3, "p_value": 0.21,
+                                        "chance_to_beat_control": 0.895}}},
+        ],
+        "srm": {"chi2": 0.0576, "p_value": 0.81, "flagged": False, "observed": [498, 502], "expected": [500, 500]},
+        "verdict": {"status": "winner", "winner": "treatment", "metric": "ctr",
+                    "reason": "treatment beats control on ctr (p=0.0006 < 0.05)"},
+    }],
+    "performance": {
+        "window_s": 3600, "bucket_s": 60,
+        "by_version": [{"model_version": "4", "variant": "treatment", "exposures": 4988, "clicks": 499,
+                        "purchases": 52, "ctr": 0.1, "conversion": 0.0104}],
+        "series": [{"t": 1795685400, "model_version": "4", "variant": "treatment", "exposures": 80, "clicks": 9,
+                    "ctr": 0.1125}],
+        "coverage": 0.62, "diversity": 0.71,
+    },
+    "drift": {
+        "model": "nimbus-recommender", "psi_threshold": 0.1,  # NIMBUS_DRIFT_PSI_THRESHOLD
+        "checks": [{"checked_at": "2026-11-26T09:00:00Z", "model": "nimbus-recommender", "model_version": "4",
+                    "features": [{"name": "user_ctr", "kind": "numeric", "psi": 0.24, "ks_p": 0.0001,
+                                  "chi2_p": None, "drifted": True},
+                                 {"name": "category", "kind": "categorical", "psi": 0.01, "ks_p": None,
+                                  "chi2_p": 0.62, "drifted": False}],
+                    "score": {"psi": 0.03, "ks_p": 0.41, "drifted": False}, "drifted": True, "samples": 2000}],
+        "alerts": [{"raised_at": "2026-11-26T09:00:00Z", "model": "nimbus-recommender", "model_version": "4",
+                    "features": ["user_ctr"]}],
+    },
+    "models": {
+        "model": "nimbus-recommender", "live": {"champion": "4"},
+        "versions": [{"version": "4", "registered_at": "2026-11-26T07:50:00Z", "went_live_at": "2026-11-26T08:00:00Z",
+                      "last_live_at": "2026-11-26T08:00:00Z", "aliases": ["champion"], "live_aliases": ["champion"],
+                      "run_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0"}],
+        "timeline": [{"at": "2026-11-26T08:00:00Z", "alias": "champion", "version": "4"}],
+        "changes": [{"at": "2026-11-26T08:00:00Z", "actor": "api-key:nimb…", "action": "promote", "alias": "champion",
+                     "from": "3", "to": "4", "reason": "better AUC on last week's labels"}],
+    },
+}
+
+
+class DashboardData(BaseModel):
+    """Everything the dashboard draws. A section is null when its store is down (see ``errors``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
+
+    generated_at: str = Field(description="When this document was assembled (ISO-8601 UTC).")
+    query: dict[str, Any] = Field(description="The windows and limits in force.")
+    errors: dict[str, str] = Field(description="Section -> why it could not be read (a store down).")
+    traffic: dict[str, Any] | None = Field(
+        description="Per function: requests, errors, degraded answers, latency p50/p95/p99 (ms), rps; and the "
+                    "same per time bucket (series).")
+    experiments: list[dict[str, Any]] | None = Field(
+        description="A/B results, running first: per variant exposures, clicks, CTR/conversion with 95% "
+                    "intervals, lift, p-value, chance to beat control; the SRM check; the verdict.")
+    performance: dict[str, Any] | None = Field(
+        description="CTR and conversion per model version and variant, over the window and per bucket; "
+                    "coverage and diversity of served items.")
+    drift: dict[str, Any] | None = Field(
+        description="Drift checks, oldest first (PSI, KS and chi-square per feature; score drift), the PSI "
+                    "threshold, and the alerts raised.")
+    models: dict[str, Any] | None = Field(
+        description="Registered versions with when each was registered and went live, live aliases, the "
+                    "live-pointer timeline and the audited promotions and rollbacks.")
+
+
+def create_dashboard_app() -> FastAPI:
+    app = create_app("Nimbus dashboard",
+                     "Monitoring dashboard: live traffic and latency, A/B results, drift, model versions.",
+                     function="dashboard", docs_url="/dashboard/docs", openapi_url="/dashboard/openapi.json",
+                     redoc_url=None)
+    router = APIRouter(prefix="/dashboard", tags=["dashboard"])
+
+    @router.get("", response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})
+    def page() -> FileResponse:
+        """The dashboard page (HTML; its script polls /dashboard/data). ``?refresh=N`` sets the poll
+        interval in seconds (0: no polling)."""
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @router.get("/data", response_model=DashboardData)
+    def data(
+        settings: SettingsDep,
+        traffic_window_s: Annotated[int, Query(ge=10, le=7 * 86400, description="Traffic window.")] = 900,
+        traffic_bucket_s: Annotated[int, Query(ge=1, le=3600, description="Traffic bucket.")] = 10,
+        performance_window_s: Annotated[int, Query(ge=60, le=30 * 86400)] = 3600,
+        performance_bucket_s: Annotated[int, Query(ge=1, le=86400)] = 60,
+        drift_limit: Annotated[int, Query(ge=1, le=500, description="Drift checks to return.")] = 50,
+        experiments_limit: Annotated[int, Query(ge=0, le=50)] = 5,
+    ) -> dict[str, Any]:
+        """The dashboard's data: traffic, experiments, performance, drift, model versions."""
+        query = DashboardQuery(traffic_window_s, traffic_bucket_s, performance_window_s, performance_bucket_s,
+                               drift_limit, experiments_limit)
+        return build(settings, query)
+
+    app.include_router(router)
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
+    return app

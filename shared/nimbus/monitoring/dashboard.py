@@ -1,0 +1,172 @@
+"""The monitoring dashboard's data: one JSON document with everything the page draws.
+
+Each section comes from the module that owns it — live traffic and latency
+(``monitoring.traffic``), A/B results (``experiments.service``), recommendation
+performance (``monitoring.performance``), drift checks (``monitoring.drift``) — plus the
+model versions and when each went live (the registry, the live-pointer log in Redis and
+the audit trail). A section whose store is down comes back ``None`` with the reason under
+``errors``, so one unreachable backend never blanks the whole page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pymongo.errors
+import redis
+
+from nimbus import audit
+from nimbus.config import Settings
+from nimbus.errors import InvalidInput, NimbusError, StoreUnavailable
+from nimbus.recommend.bundle import MODEL_NAME
+from nimbus.stores.features import FeatureStore
+from nimbus.stores.registry import Registry
+
+SECTIONS = ("traffic", "experiments", "performance", "drift", "models")
+
+
+@dataclass(frozen=True)
+class DashboardQuery:
+    """The windows the page asks for (the defaults are the contract functions' own)."""
+
+    traffic_window_s: int = 900
+    traffic_bucket_s: int = 10
+    performance_window_s: int = 3600
+    performance_bucket_s: int = 60
+    drift_limit: int = 50
+    experiments_limit: int = 5
+    model: str = MODEL_NAME
+
+    def __post_init__(self) -> None:
+        for window, bucket in (("traffic_window_s", "traffic_bucket_s"),
+                               ("performance_window_s", "performance_bucket_s")):
+            if getattr(self, bucket) > getattr(self, window):
+                raise InvalidInput(f"{bucket} ({getattr(self, bucket)}) must not exceed {window} "
+                                   f"({getattr(self, window)})")
+
+
+def iso(value: Any) -> str | None:
+    """A time (epoch seconds or milliseconds, datetime, ISO text) as ISO-8601 UTC text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
+    else:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types (orjson turns datetimes into RFC 3339 text, numpy into numbers, NaN into null)."""
+    return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+                                     | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z))
+
+
+# ---- sections ------------------------------------------------------------------------------
+def traffic_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    from nimbus.monitoring import traffic
+
+    return traffic.summary(settings, window_s=query.traffic_window_s, bucket_s=query.traffic_bucket_s)
+
+
+def experiments_section(settings: Settings, query: DashboardQuery) -> list[dict[str, Any]]:
+    """Results of the running experiments first, then the most recently started others."""
+    from nimbus.experiments import service
+
+    experiments = sorted(service.list_experiments(settings), key=lambda e: iso(e.get("started_at")) or "", reverse=True)
+    experiments.sort(key=lambda e: e.get("status") != "running")  # stable: running first, each newest first
+    return [service.results(settings, e["id"]) for e in experiments[: query.experiments_limit]]
+
+
+def performance_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    from nimbus.monitoring import performance
+
+    return performance.summary(settings, window_s=query.performance_window_s, bucket_s=query.performance_bucket_s)
+
+
+def drift_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    from nimbus.monitoring import drift
+
+    history = drift.history(settings, model=query.model, limit=query.drift_limit)
+    checks = sorted(history, key=lambda check: iso(check.get("checked_at")) or "")  # oldest first, for charts
+    return {"model": query.model, "psi_threshold": settings.drift_psi_threshold, "checks": checks,
+            "alerts": drift.alerts(settings, limit=query.drift_limit)}
+
+
+def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    """Every registered version of ``query.model``, when it was registered and when it went live.
+
+    "Went live" is when a serving alias was first pointed at the version (the live-pointer
+    log that every publish writes); the audit trail adds who promoted or rolled back and why.
+    """
+    registry = Registry.for_settings(settings)
+    registry.ping()  # fail fast: the MLflow client itself retries an unreachable server for minutes
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = registry.client.search_model_versions(f"name='{query.model}'")
+        # search results leave version.aliases empty: the registered model holds alias -> version
+        aliases = dict(registry.client.get_registered_model(query.model).aliases) if versions else {}
+    except MlflowException as exc:
+        raise StoreUnavailable("mlflow", registry.url, str(exc).splitlines()[0]) from exc
+    store = FeatureStore.for_settings(settings)
+    live_now = store.live(query.model)
+    log = sorted(store.live_log(query.model), key=lambda entry: entry["at"])  # oldest first
+    went_live: dict[str, list[float]] = {}
+    for entry in log:
+        went_live.setdefault(str(entry["version"]), []).append(entry["at"])
+    rows = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        number = str(version.version)
+        times = went_live.get(number, [])
+        rows.append({
+            "version": number,
+            "registered_at": iso(version.creation_timestamp),
+            "went_live_at": iso(min(times)) if times else None,
+            "last_live_at": iso(max(times)) if times else None,
+            "aliases": sorted(alias for alias, v in aliases.items() if str(v) == number),
+            "live_aliases": sorted(alias for alias, v in live_now.items() if v == number),
+            "run_id": version.run_id,
+        })
+    changes = [
+        {"at": iso(record["at"]), "actor": record["actor"], "action": record["action"],
+         "alias": record["details"].get("alias"), "from": record["details"].get("from"),
+         "to": record["details"].get("to"), "reason": record["details"].get("reason")}
+        for record in audit.history(settings, subject=f"model:{query.model}", limit=100)
+        if record["action"] in ("promote", "rollback")
+    ]
+    return {"model": query.model, "live": live_now, "versions": rows,
+            "timeline": [{"at": iso(e["at"]), "alias": e["alias"], "version": str(e["version"])} for e in log],
+            "changes": changes}
+
+
+SECTION_BUILDERS: dict[str, Callable[[Settings, DashboardQuery], Any]] = {
+    "traffic": traffic_section,
+    "experiments": experiments_section,
+    "performance": performance_section,
+    "drift": drift_section,
+    "models": models_section,
+}
+STORE_ERRORS = (NimbusError, redis.RedisError, pymongo.errors.PyMongoError)
+
+
+def build(settings: Settings, query: DashboardQuery | None = None) -> dict[str, Any]:
+    """The dashboard document: every section, each ``None`` with a reason under ``errors`` if its store is down."""
+    query = query or DashboardQuery()
+    document: dict[str, Any] = {"generated_at": iso(datetime.now(UTC)), "query": asdict(query), "errors": {}}
+    for name, builder in SECTION_BUILDERS.items():
+        try:
+            document[name] = jsonable(builder(settings, query))
+        except InvalidInput:
+            raise  # the caller's mistake (a window the section refuses): a 400, not a store down
+        except STORE_ERRORS as exc:
+            document[name] = None
+            document["errors"][name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return document
