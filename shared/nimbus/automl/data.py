@@ -84,11 +84,16 @@ def open_dataset(settings: Settings, location: str) -> ds.Dataset:
 
 
 def batches(dataset: ds.Dataset, location: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches in a fixed order (file by file, each file in order), a few in flight at most."""
+    """Record batches in a fixed order (file by file, each file in order), a few in flight at most.
+
+    Parquet without pre-buffering: it would fetch whole row-group ranges ahead, which measured
+    about twice the memory for the same speed on local disk."""
+    options = {"fragment_scan_options": ds.ParquetFragmentScanOptions(pre_buffer=False)} \
+        if isinstance(dataset.format, ds.ParquetFileFormat) else {}
     try:
         for fragment in dataset.get_fragments():
             yield from fragment.to_batches(schema=dataset.schema, batch_size=batch_rows, batch_readahead=1,
-                                           fragment_readahead=1, use_threads=True)
+                                           fragment_readahead=1, use_threads=True, **options)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput(f"{location}: cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from exc
 
@@ -364,9 +369,14 @@ def scan(settings: Settings, location: str, target: str, task: str | None = None
     train.stratified = classes.active
     schema = dataset.schema.append(pa.field(VALID_COLUMN, pa.bool_()))
     table, keys, codes = train.result(n, schema)
-    held = [r.result(n, schema)[0].drop_columns([VALID_COLUMN]).to_pandas() for r in (test, valid)]
-    return Scan(location, target, rows, train_rows, nulls, classes.result(), train.k, table.to_pandas(), keys,
+    held = [_frame(r.result(n, schema)[0].drop_columns([VALID_COLUMN])) for r in (test, valid)]
+    return Scan(location, target, rows, train_rows, nulls, classes.result(), train.k, _frame(table), keys,
                 codes, held[0], held[1], time.monotonic() - start, stratify=task != "regression")
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """As pandas, indexed by position (an index pandas stored in Parquet would come back otherwise)."""
+    return table.to_pandas().reset_index(drop=True)
 
 
 def training_chunks(settings: Settings, scan_: Scan, batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
@@ -377,4 +387,4 @@ def training_chunks(settings: Settings, scan_: Scan, batch_rows: int = BATCH_ROW
     for chunk in _stream(dataset, scan_.location, scan_.target, classes, batch_rows):
         rows = np.flatnonzero(chunk.split == 0)
         if len(rows):
-            yield chunk.table.take(rows).to_pandas()
+            yield _frame(chunk.table.take(rows))

@@ -44,8 +44,9 @@ def incremental_estimator(params: dict[str, Any], task: str, rows: int, seed: in
 
 
 def refit(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile, metric: str,
-          deadline: float) -> tuple[Any, dict[str, Any]]:
-    """The model to export and what was done to get it; ``deadline`` (time.monotonic) bounds the chunk passes."""
+          deadline: float, passes: int = MAX_EPOCHS) -> tuple[Any, dict[str, Any]]:
+    """The model to export and what was done to get it; ``deadline`` (time.monotonic) bounds the
+    chunk passes, of which there are ``passes`` at most."""
     target = scan.target
     train = scan.training()
     x, y = train.drop(columns=[target]), train[target]
@@ -59,7 +60,7 @@ def refit(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile,
         model = pipeline(params, prof).fit(x, y)
         candidates["in_memory"] = (model, {"model": searched, "estimator": type(model[-1]).__name__,
                                            "rows": len(x), "incremental": False, "differs_from_winner": False})
-    model, info = fit_incremental(settings, scan, params, prof, x, deadline)
+    model, info = fit_incremental(settings, scan, params, prof, x, deadline, passes)
     candidates["incremental"] = (model, info)
     scores = {name: _score(m, scan, metric) for name, (m, _) in candidates.items()}
     best = max(scores, key=scores.get)
@@ -71,9 +72,9 @@ def refit(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile,
 
 
 def fit_incremental(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile, x_sample: Any,
-                    deadline: float) -> tuple[Any, dict[str, Any]]:
+                    deadline: float, passes: int = MAX_EPOCHS) -> tuple[Any, dict[str, Any]]:
     """Preprocessing fitted on the sample, then ``partial_fit`` over the training chunks until the
-    deadline (up to MAX_EPOCHS passes); a Pipeline that predicts on raw rows."""
+    deadline (``passes`` passes at most); a Pipeline that predicts on raw rows."""
     from sklearn.pipeline import Pipeline
 
     prep = preprocessor(prof).fit(x_sample)
@@ -81,7 +82,7 @@ def fit_incremental(settings: Settings, scan: Scan, params: dict[str, Any], prof
     classes = _classes(scan) if prof.task == "classification" else None
     rows = seen = chunks = epochs = 0  # rows: distinct training rows read; seen: counting repeat passes
     stopped = False
-    while epochs < MAX_EPOCHS and not stopped:
+    while epochs < passes and not stopped:
         started = time.monotonic()
         for frame in training_chunks(settings, scan):
             if time.monotonic() >= deadline and seen:
