@@ -124,7 +124,7 @@ def main() -> None:
         peaks = {}
         for gb in sizes:
             folder = base / f"{gb:.2f}gb"
-            rows, size = write_dataset(folder, gb * 1e9)
+            _, size = write_dataset(folder, gb * 1e9)
             if gb == sizes[0]:
                 whole = in_subprocess("pandas", str(folder), args.memory_mb)
                 print(f"{'baseline: pandas, whole':<26}{whole['rows']:>12,}{size / 1e9:>8.2f}GB"

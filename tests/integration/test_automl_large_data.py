@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from nimbus.automl.data import scan, training_chunks
 from nimbus.automl.jobs import JobRequest, get_job, run_job, submit
 from nimbus.config import Settings
