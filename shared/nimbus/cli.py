@@ -388,6 +388,10 @@ def automl_run(
     t = doc["test"]
     out.print(f"held-out {t['metric']} {t['value']:.4f} (95% CI {t['ci95'][0]:.4f}-{t['ci95'][1]:.4f}); registered "
               f"{doc['model']['name']} v{doc['model']['version']}; report {doc['exports']['report_html']}")
+    refit = doc.get("refit") or {}
+    if refit.get("differs_from_winner"):
+        out.print(f"over the memory budget: refit {refit['model']} on {refit['rows']:,} of {refit['training_rows']:,} "
+                  f"training rows (searched winner: {refit['searched']})")
 
 
 @automl_app.command("worker")

@@ -34,6 +34,16 @@ class JobPublic(BaseModel):
     error: str | None = None
     elapsed_s: float | None = None
     timings: dict[str, float] | None = None
+    data: dict[str, Any] | None = Field(default=None, description="What the sampling pass found: rows, class counts, "
+                                        "sample sizes, whether the training rows fit the memory budget.",
+                                        examples=[{"rows": 40_000_000, "training_rows": 30_000_000,
+                                                   "sample_rows": 620_000, "search_rows": 24_000,
+                                                   "fits_memory": False}])
+    refit: dict[str, Any] | None = Field(default=None, description="Which model was refit on how many rows; "
+                                         "over memory an incremental learner may replace the searched winner.",
+                                         examples=[{"model": "sgd_classifier", "searched": "logistic",
+                                                    "rows": 28_500_000, "incremental": True,
+                                                    "differs_from_winner": True}])
 
 
 class CompareRequest(BaseModel):

@@ -15,16 +15,20 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from nimbus.automl.data import Scan, peek, scan
 from nimbus.automl.profile import Profile, check_metric, profile
+from nimbus.automl.refit import refit
 from nimbus.automl.search import LOWER_IS_BETTER, SearchData, plan_steps, run_search, scorer_name
-from nimbus.automl.space import algorithms, pipeline
+from nimbus.automl.space import algorithms
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NimbusError, NotFound
 from nimbus.stores.documents import DocumentStore
 
 COLLECTION = "automl_jobs"
 AFTER_EXTRAS_S = 3.0  # what logging, registering and publishing the winner need after explanations and exports
-SEARCH_MAX_ROWS = 200_000  # the search works on a stratified sample this size; the winner refits on more
+SEARCH_MAX_ROWS = 200_000  # the search works on a stratified sample this size at most; the winner refits on more
+SEARCH_MIN_ROWS = 5_000
+SEARCH_ROWS_PER_S = 250  # search sample rows per second of budget (a 60 s job: 15k rows)
 
 
 class JobRequest(BaseModel):
@@ -43,15 +47,15 @@ class JobRequest(BaseModel):
                              description="Registered model name (default automl-<job id>).")
 
 
-def read_dataset(settings: Settings, location: str) -> pd.DataFrame:
-    from nimbus.recommend.data import DataError, read_table
+def read_dataset(settings: Settings, location: str, target: str, task: str | None = None) -> Scan:
+    """One bounded-memory pass over the dataset: counts and samples (see ``nimbus.automl.data``)."""
+    return scan(settings, location, target, task)
 
-    try:
-        return read_table(location)
-    except DataError as exc:
-        raise InvalidInput(str(exc)) from exc
-    except Exception as exc:  # unreadable bytes, a parser's complaint
-        raise InvalidInput(f"{location}: cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from exc
+
+def search_rows(budget_s: float) -> int:
+    """Rows the search works on: enough to rank configurations, few enough that a first (cheapest)
+    step is seconds and the budget sees many configurations; the winner refits on more."""
+    return int(min(SEARCH_MAX_ROWS, max(SEARCH_MIN_ROWS, SEARCH_ROWS_PER_S * budget_s)))
 
 
 def _jobs(settings: Settings):  # noqa: ANN202
@@ -59,9 +63,12 @@ def _jobs(settings: Settings):  # noqa: ANN202
 
 
 def submit(settings: Settings, request: JobRequest) -> dict[str, Any]:
-    """Check the request against the data, then record a queued job; bad input makes no job."""
-    frame = read_dataset(settings, request.dataset)
-    prof = profile(frame, request.target, request.task)  # type: ignore[arg-type]
+    """Check the request against the data's first rows (bounded: the dataset may be any size),
+    then record a queued job; bad input makes no job."""
+    frame, rows, whole = peek(settings, request.dataset)
+    # Past the first rows the class checks wait for the job's full pass (a sorted file may hold
+    # its other classes further on); a dataset read whole is checked completely here.
+    prof = profile(frame, request.target, request.task, rows=rows, partial=not whole)  # type: ignore[arg-type]
     metric = check_metric(prof.task, request.metric, prof.classes)
     algorithms(prof, request.include, request.exclude)
     job_id = uuid.uuid4().hex[:12]
@@ -168,8 +175,11 @@ def run_job(settings: Settings, job_id: str) -> dict[str, Any]:
     request = JobRequest.model_validate(job["request"])
     jobs = _jobs(settings)
     jobs.update_one({"_id": job_id}, {"$set": {"status": "running", "started_at": datetime.now(UTC)}})
+    from threadpoolctl import threadpool_limits
+
     try:
-        result = _run(settings, job_id, request, job["metric"], start)
+        with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
+            result = _run(settings, job_id, request, job["metric"], start)
     except Exception as exc:
         jobs.update_one({"_id": job_id}, {"$set": {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                                     "finished_at": datetime.now(UTC)}})
@@ -182,20 +192,19 @@ def run_job(settings: Settings, job_id: str) -> dict[str, Any]:
 def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, start: float) -> dict[str, Any]:
     import os
 
-    from sklearn.model_selection import train_test_split
-
-    frame = read_dataset(settings, request.dataset)
-    prof = profile(frame, request.target, request.task)  # type: ignore[arg-type]
-    y = frame[request.target]
-    x = frame.drop(columns=[request.target])
-    stratify = y if prof.task == "classification" else None
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=stratify)
-    if len(x_train) > SEARCH_MAX_ROWS:  # search on a stratified sample sized to memory
-        x_search, _, y_search, _ = train_test_split(x_train, y_train, train_size=SEARCH_MAX_ROWS, random_state=0,
-                                                    stratify=y_train if prof.task == "classification" else None)
-    else:
-        x_search, y_search = x_train, y_train
-    x_search, y_search = x_search.reset_index(drop=True), y_search.reset_index(drop=True)
+    # One bounded-memory pass: exact counts, a training sample sized to memory, a disjoint test sample.
+    sampled = read_dataset(settings, request.dataset, request.target, request.task)
+    training = sampled.training()
+    prof = profile(training, request.target, request.task, rows=sampled.rows,  # type: ignore[arg-type]
+                   class_counts=sampled.class_counts)
+    metric = check_metric(prof.task, request.metric, prof.classes)  # submit saw the first rows only
+    x_train, y_train = training.drop(columns=[request.target]), training[request.target]
+    x_test, y_test = sampled.test.drop(columns=[request.target]), sampled.test[request.target]
+    search = sampled.search_sample(search_rows(request.budget_s))  # stratified: rare classes kept
+    x_search = search.drop(columns=[request.target]).reset_index(drop=True)
+    y_search = search[request.target].reset_index(drop=True)
+    _jobs(settings).update_one({"_id": job_id}, {"$set": {"profile": prof.as_dict(), "metric": metric,
+                                                          "data": {**sampled.summary(), "search_rows": len(search)}}})
     data = SearchData(x_search, y_search, plan_steps(y_search, prof), prof, metric)
 
     ray_session(settings)
@@ -230,11 +239,17 @@ def _run(settings: Settings, job_id: str, request: JobRequest, metric: str, star
                "gpu_trials": sum(1 for t in trials if t["gpu"] > 0)}
     if not trials:
         raise NimbusError("no trial finished within the budget; give the job a larger budget")
-    winner = _affordable_winner(trials, request.budget_s - (time.monotonic() - start) - 4.0,
-                                scale=1.5 * len(x_train) / max(1, len(x_search)))
+    reserve = max(6.0, 0.2 * request.budget_s)  # evaluation, explanations, exports and tracking after the refit
+    seconds_left = request.budget_s - (time.monotonic() - start) - reserve
+    winner = _affordable_winner(trials, seconds_left, scale=1.5 * len(x_train) / max(1, len(x_search)))
+    # Refit on as many training rows as the winner's own measured speed fits in the time left, at half
+    # that speed (fit cost grows faster than the rows for trees); never fewer than the search saw.
+    fitted = sum(len(data.steps[i][0]) for i in range(min(len(data.steps), max(1, winner["steps"]))))
+    max_rows = max(len(x_search), int(seconds_left / 2 * fitted / max(winner["fit_s"], 1e-3)))
     clock = time.monotonic()
-    model = pipeline(winner["params"], prof)
-    model.fit(x_train, y_train)
+    model, refit_info = refit(settings, sampled, winner["params"], prof, metric,
+                              deadline=start + request.budget_s - reserve, max_rows=max_rows)
+    _jobs(settings).update_one({"_id": job_id}, {"$set": {"refit": refit_info}})
     fit_s = time.monotonic() - clock
     test = evaluate(model, x_test, y_test, metric)
     importances = permutation_importances(model, x_test, y_test, metric)

@@ -57,21 +57,27 @@ def infer_task(y: pd.Series) -> Task:
     return "classification" if integral and values.nunique() <= 20 else "regression"
 
 
-def profile(frame: pd.DataFrame, target: str, task: Task | None = None) -> Profile:
+def profile(frame: pd.DataFrame, target: str, task: Task | None = None, rows: int | None = None,
+            class_counts: dict | None = None, partial: bool = False) -> Profile:
+    """Profile ``frame``, which may be a sample of a larger dataset: then ``rows`` is the dataset's
+    row count (when known) and ``class_counts`` its exact class counts (the sample may over-represent
+    rare classes). ``partial``: the frame is the first rows only, so the class checks are left to
+    the pass that reads every row."""
     if target not in frame.columns:
         raise InvalidInput(f"target column {target!r} is not in the dataset (columns: {', '.join(map(str, frame.columns[:20]))})")
-    if len(frame) < MIN_ROWS:
-        raise InvalidInput(f"the dataset has {len(frame)} rows; at least {MIN_ROWS} are needed")
+    rows = len(frame) if rows is None else rows
+    if rows < MIN_ROWS:
+        raise InvalidInput(f"the dataset has {rows} rows; at least {MIN_ROWS} are needed")
     y = frame[target]
     if y.isna().all():
         raise InvalidInput(f"target column {target!r} is empty")
     task = task or infer_task(y)
-    prof = Profile(task=task, rows=len(frame))
+    prof = Profile(task=task, rows=rows)
     if task == "classification":
-        counts = y.value_counts()
-        if len(counts) < 2:
+        counts = y.value_counts() if class_counts is None else pd.Series(class_counts).sort_values(ascending=False)
+        if len(counts) < 2 and not partial:
             raise InvalidInput(f"target column {target!r} has one class ({counts.index[0]!r}); a classifier needs two")
-        if counts.min() < 2:
+        if counts.min() < 2 and not partial:
             raise InvalidInput(f"class {counts.idxmin()!r} of {target!r} has a single row; each class needs two")
         prof.classes, prof.imbalance = len(counts), float(counts.max() / counts.min())
     elif not pd.api.types.is_numeric_dtype(y):
