@@ -68,7 +68,7 @@ def baselines(frame: pd.DataFrame, task: str, metric: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", type=float, default=60)
-    parser.add_argument("--scaling-seconds", type=float, default=30)
+    parser.add_argument("--scaling-seconds", type=float, default=30, help="0: skip the scaling part")
     parser.add_argument("--only", default=None, help="comma-separated dataset names")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nimbus-automl-bench-"))
@@ -98,6 +98,8 @@ def main() -> None:
                   f"{job['test']['value']:>9.4f}{base['default HGB']:>10.4f}{base['default linear']:>10.4f}"
                   f"{job['trials']:>9}{job['elapsed_s']:>7.0f}")
 
+        if args.scaling_seconds <= 0:  # --scaling-seconds 0: the quality table only
+            return
         from nimbus.automl.profile import profile
         from nimbus.automl.search import SearchData, plan_steps, run_search
         from nimbus.automl.space import algorithms
