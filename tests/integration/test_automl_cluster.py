@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import make_classification
 
 from nimbus.automl.jobs import COLLECTION
 from nimbus.config import Settings
@@ -106,8 +107,11 @@ def ray_cluster() -> Iterator[dict]:
 
 def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
         clean_stack: Settings, ray_cluster: dict, tmp_path: Path) -> None:
-    frame = load_breast_cancer(as_frame=True).frame
-    frame["target"] = np.where(frame["target"] == 1, "benign", "malignant")
+    # Trials that take a second or more, so two run at once: on a tiny dataset a trial ends in
+    # milliseconds and Tune may hand every next configuration to the one actor already warm.
+    x, y = make_classification(20_000, 20, n_informative=10, random_state=0)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(20)]).assign(
+        target=np.where(y == 1, "benign", "malignant"))
     dataset = tmp_path / "cancer.csv"
     frame.to_csv(dataset, index=False)
     env = {**os.environ, **ray_cluster["env"], "NIMBUS_RAY_ADDRESS": ray_cluster["address"], "COLUMNS": "250"}
