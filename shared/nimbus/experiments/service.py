@@ -217,12 +217,22 @@ def list_experiments(settings: Settings) -> list[dict[str, Any]]:
 
 def results(settings: Settings, experiment_id: str) -> dict[str, Any]:
     """Counts, metrics, SRM and verdict of one experiment (see the module docstring)."""
-    doc = _doc(settings, experiment_id)
+    return _results(settings, _doc(settings, experiment_id))
+
+
+def recent_results(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    """``results`` of the running experiments first, then of the most recently started others."""
+    docs = sorted(_collection(settings).find(), reverse=True,
+                  key=lambda d: (d["status"] == "running", d.get("started_at") or datetime.min.replace(tzinfo=UTC)))
+    return [_results(settings, doc) for doc in docs[:limit]]
+
+
+def _results(settings: Settings, doc: dict[str, Any]) -> dict[str, Any]:
     names = [v["name"] for v in doc["variants"]]
     if doc["status"] == "stopped" and doc.get("final_counts"):
         counts, source = doc["final_counts"], "final"
     else:
-        counts, source = FeatureStore.for_settings(settings).experiment_counts(experiment_id, names), "live"
+        counts, source = FeatureStore.for_settings(settings).experiment_counts(doc["_id"], names), "live"
     rows = [{"name": n, **counts.get(n, {"exposures": 0, "users": 0, "clicks": 0, "purchases": 0})} for n in names]
     analysis = stats.analyse(rows, [v["weight"] for v in doc["variants"]], doc["metric"],
                              settings.experiment_min_exposures)

@@ -80,9 +80,7 @@ def experiments_section(settings: Settings, query: DashboardQuery) -> list[dict[
     """Results of the running experiments first, then the most recently started others."""
     from nimbus.experiments import service
 
-    experiments = sorted(service.list_experiments(settings), key=lambda e: iso(e.get("started_at")) or "", reverse=True)
-    experiments.sort(key=lambda e: e.get("status") != "running")  # stable: running first, each newest first
-    return [service.results(settings, e["id"]) for e in experiments[: query.experiments_limit]]
+    return service.recent_results(settings, query.experiments_limit)
 
 
 def performance_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
