@@ -58,10 +58,12 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 @pytest.fixture
 def clean_stack(stack_settings: Settings) -> Settings:
     """The session's stack with Redis, MongoDB, the buckets and the drop queue emptied."""
+    from nimbus.monitoring.traffic import flush_all
     from nimbus.stores.documents import DocumentStore
     from nimbus.stores.features import FeatureStore
     from nimbus.stores.objects import ObjectStore, QueueStore
 
+    flush_all()  # an earlier test's requests still buffered here must not land after the clean
     FeatureStore.for_settings(stack_settings).client.flushdb()
     documents = DocumentStore.for_settings(stack_settings)
     for name in documents.db.list_collection_names():

@@ -145,6 +145,12 @@ def rollup_for(settings: Settings) -> Rollup:
     return rollup
 
 
+def flush_all() -> None:
+    """Flush every rollup of this process now (before a process ends, or before its Redis is emptied)."""
+    for rollup in list(_rollups.values()):
+        rollup.flush()
+
+
 class FunctionTraffic:
     """What one HTTP function records per request; the Prometheus children are cached so a
     request costs two dict lookups, three increments and one locked dict update."""
