@@ -238,8 +238,9 @@ def recommend_promote(
     """Point an alias at a version; every serving process swaps to it without a failed request."""
     from nimbus.recommend.models import promote_version
 
-    bundle = promote_version(get_settings(), version, alias)
-    out.print(f"nimbus-recommender {alias} -> version {bundle.version} (published live)")
+    record = promote_version(get_settings(), version, alias)
+    out.print(f"nimbus-recommender {alias} -> version {record['details']['to']} (was {record['details']['from']}; "
+              "published live, audited)")
 
 
 @recommend_app.command("serve")
@@ -421,12 +422,18 @@ def automl_worker(
 
 
 # ---- models ----------------------------------------------------------------------------
+def _governance():  # noqa: ANN202 - the module
+    """Governance with every domain hook registered (the recommender publishes what is promoted)."""
+    from nimbus import governance
+    from nimbus.recommend import models as _recommender  # noqa: F401 - registers its hook
+
+    return governance
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Registered models, their versions and aliases."""
-    from nimbus.governance import list_models
-
-    out.print_json(json.dumps(list_models(get_settings())))
+    out.print_json(json.dumps(_governance().list_models(get_settings())))
 
 
 @models_app.command("promote")
@@ -437,9 +444,7 @@ def models_promote(
     reason: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Point an alias at a version (audited)."""
-    from nimbus.governance import promote
-
-    record = promote(get_settings(), name, version, alias, reason)
+    record = _governance().promote(get_settings(), name, version, alias, reason)
     out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']}")
 
 
@@ -449,9 +454,7 @@ def models_rollback(
     alias: Annotated[str, typer.Option()] = "champion",
 ) -> None:
     """Return an alias to the version before its last promotion (audited)."""
-    from nimbus.governance import rollback
-
-    record = rollback(get_settings(), name, alias)
+    record = _governance().rollback(get_settings(), name, alias)
     out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']} (rolled back)")
 
 

@@ -1,6 +1,8 @@
 """The errors Nimbus raises on purpose: each carries a one-line message meant for a person.
 
-The CLI prints them without a traceback; HTTP functions turn them into 4xx/5xx answers.
+The CLI prints them without a traceback; HTTP functions turn them into 4xx/5xx answers, by
+the one table in ``nimbus.api.common`` (:data:`HTTP_STATUS`): InvalidInput 400, NotFound 404,
+Conflict 409, StoreUnavailable 503, anything else 500.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class InvalidInput(NimbusError, ValueError):
 
 class NotFound(NimbusError):
     """A requested thing (a model version, a job) does not exist."""
+
+
+class Conflict(NimbusError):
+    """The thing exists, but its state forbids the action (an experiment already running, an alias
+    already at that version)."""
 
 
 class EventError(InvalidInput):

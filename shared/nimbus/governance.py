@@ -1,91 +1,111 @@
-"""Model versioning operations every model shares: list, promote, roll back — each audited.
+"""Model versioning every model shares: list, promote, roll back — each audited.
 
-MLflow holds the aliases; each registered model also keeps the history of its
-``champion`` in a tag, so a rollback knows which version to return to. Promoting the
-recommender also publishes it live to the serving processes.
+Every alias move of every model goes through :func:`move_alias`: the CLI and API's promote
+and rollback, a training run that promotes what it trained, an experiment's models. It
+checks the version, asks the model's hooks whether the version can serve, moves the MLflow
+alias, keeps the alias's history in a registered-model tag (so a rollback knows where to
+return), tells the hooks, and writes the audit record.
+
+Domain packages say what must happen when an alias of *their* model moves by registering
+an :class:`AliasHook` (the recommender publishes the version to Redis, where its serving
+processes watch): governance imports no domain package. The composition roots (the CLI,
+the HTTP apps, the functions) import the domain modules that register hooks
+(:func:`nimbus.recommend.models` registers on import).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from nimbus import audit
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NotFound
+from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.stores.registry import Registry
 
 HISTORY_TAG = "nimbus.history.{alias}"
+HISTORY_KEEP = 50
 
 
-def _client(settings: Settings):  # noqa: ANN202
-    return Registry.for_settings(settings).client
+class AliasHook(Protocol):
+    """What a domain package does when an alias of its model moves."""
+
+    def check(self, settings: Settings, name: str, version: str) -> None:
+        """Raise (an InvalidInput with the reason) when ``version`` cannot serve: the alias then stays."""
+
+    def moved(self, settings: Settings, name: str, alias: str, version: str) -> None:
+        """The alias now points at ``version`` in the registry."""
 
 
-def _history(settings: Settings, name: str, alias: str) -> list[str]:
-    model = _client(settings).get_registered_model(name)
-    return json.loads(model.tags.get(HISTORY_TAG.format(alias=alias), "[]"))
+_hooks: dict[str, list[AliasHook]] = {}
+
+
+def register_hook(model: str, hook: AliasHook) -> None:
+    """Call ``hook`` whenever an alias of ``model`` moves (once per hook object)."""
+    hooks = _hooks.setdefault(model, [])
+    if hook not in hooks:
+        hooks.append(hook)
+
+
+def hooks_of(model: str) -> list[AliasHook]:
+    return list(_hooks.get(model, ()))
+
+
+def _history(registry: Registry, name: str, alias: str) -> list[str]:
+    return json.loads(registry.model_tag(name, HISTORY_TAG.format(alias=alias)) or "[]")
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:
-    out = []
-    for model in _client(settings).search_registered_models():
-        versions = _client(settings).search_model_versions(f"name='{model.name}'")
-        out.append({"name": model.name, "aliases": dict(model.aliases),
-                    "versions": sorted((int(v.version) for v in versions), reverse=True)})
-    return out
+    return Registry.for_settings(settings).list_models()
+
+
+def move_alias(settings: Settings, name: str, alias: str, version: str, *, action: str = "promote",
+               reason: str | None = None, who: str | None = None, history: list[str] | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """Point ``alias`` of ``name`` at ``version``: checked, hooked, history kept, audited.
+
+    ``history`` replaces the alias's history (a rollback pops it); by default the version the
+    alias left is appended. ``force`` moves (and tells the hooks) even when the alias already
+    points there. Returns the audit record."""
+    registry = Registry.for_settings(settings)
+    version = str(registry.version(name, version).version)  # NotFound before anything moves
+    try:
+        previous: str | None = registry.alias(name, alias).version
+    except NotFound:
+        previous = None
+    if previous == version and not force:
+        raise Conflict(f"{name}@{alias} is already version {version}")
+    for hook in hooks_of(name):
+        hook.check(settings, name, version)
+    if history is None:
+        history = _history(registry, name, alias)
+        if previous is not None and previous != version:
+            history.append(previous)
+    registry.set_alias(name, alias, version)
+    registry.set_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history[-HISTORY_KEEP:]))
+    for hook in hooks_of(name):
+        hook.moved(settings, name, alias, version)
+    return audit.record(settings, action, f"model:{name}", "succeeded", who=who, models={name: version},
+                        details={"alias": alias, "from": previous, "to": version, "reason": reason})
 
 
 def promote(settings: Settings, name: str, version: str, alias: str = "champion", reason: str | None = None,
-            who: str | None = None) -> dict[str, Any]:
-    """Point ``alias`` at ``version`` (which must exist); returns the audit record."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client(settings)
-    try:
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise NotFound(f"{name} has no version {version!r}") from exc
-    try:
-        previous = client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        previous = None
-    if str(previous) == str(version):
-        raise InvalidInput(f"{name}@{alias} is already version {version}")
-    history = _history(settings, name, alias)
-    if previous is not None:
-        history.append(str(previous))
-    _apply(settings, name, alias, str(version), history)
-    return audit.record(settings, "promote", f"model:{name}", "succeeded", who=who,
-                        models={name: str(version)},
-                        details={"alias": alias, "from": previous, "to": str(version), "reason": reason})
+            who: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Point ``alias`` at ``version`` (which must exist); returns the audit record. Without
+    ``force``, an alias already at that version is a Conflict; with it, the move is redone
+    (the hooks run again: a live projection that was lost is restored)."""
+    return move_alias(settings, name, alias, version, reason=reason, who=who, force=force)
 
 
 def rollback(settings: Settings, name: str, alias: str = "champion", who: str | None = None) -> dict[str, Any]:
     """Return ``alias`` to the version it pointed at before the last promotion."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client(settings)
+    registry = Registry.for_settings(settings)
     try:
-        history = _history(settings, name, alias)
-        current = client.get_model_version_by_alias(name, alias).version
-    except MlflowException as exc:
-        raise NotFound(f"{name} has no {alias} to roll back") from exc
+        registry.alias(name, alias)
+    except NotFound:
+        raise NotFound(f"{name} has no {alias} to roll back") from None
+    history = _history(registry, name, alias)
     if not history:
         raise InvalidInput(f"{name}@{alias} has no earlier version to roll back to")
     target = history.pop()
-    _apply(settings, name, alias, target, history)
-    return audit.record(settings, "rollback", f"model:{name}", "succeeded", who=who, models={name: target},
-                        details={"alias": alias, "from": str(current), "to": target})
-
-
-def _apply(settings: Settings, name: str, alias: str, version: str, history: list[str]) -> None:
-    client = _client(settings)
-    client.set_registered_model_alias(name, alias, version)
-    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history[-50:]))
-    from nimbus.recommend.bundle import MODEL_NAME
-
-    if name == MODEL_NAME:  # the recommender's serving processes follow Redis, not MLflow
-        from nimbus.recommend.models import publish
-
-        publish(settings, version, alias)
+    return move_alias(settings, name, alias, target, action="rollback", who=who, history=history, force=True)

@@ -16,17 +16,36 @@ from tests.e2e.test_cli import assert_one_line_error, run
 pytestmark = pytest.mark.e2e
 
 
-def test_train_from_local_files_registers_and_promote_moves_the_champion(
+def test_trainings_and_promotions_are_audited_and_a_rollback_returns_to_the_previous_training(
     clean_stack, recommender_models: dict, tmp_path: Path  # noqa: ANN001
 ) -> None:
+    from nimbus import audit
+    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.registry import Registry
+
     folder = write_dataset(recommender_models["dataset"], clean_stack, str(tmp_path / "logs"))
-    trained = run(["recommend", "train", "--logs", f"{folder}/interactions", "--catalogue",
-                   f"{folder}/catalogue.parquet", "--no-promote"], {})
-    assert trained.returncode == 0, trained.stderr
-    assert "registered nimbus-recommender version" in trained.stdout and "recall@10" in trained.stdout
-    version = trained.stdout.split("registered nimbus-recommender version ")[1].split()[0]
-    promoted = run(["recommend", "promote", version], {})
-    assert promoted.returncode == 0 and f"champion -> version {version}" in promoted.stdout
+    logs = ["--logs", f"{folder}/interactions", "--catalogue", f"{folder}/catalogue.parquet"]
+    versions = []
+    for _ in range(2):  # each command its own process, as a user runs them
+        trained = run(["recommend", "train", *logs], {})
+        assert trained.returncode == 0, trained.stderr
+        assert "(champion, live)" in trained.stdout and "recall@10" in trained.stdout
+        versions.append(trained.stdout.split("registered nimbus-recommender version ")[1].split()[0])
+    first, second = versions
+    trail = audit.history(clean_stack, "model:nimbus-recommender", action="promote")
+    assert [(t["details"]["to"], t["details"]["reason"]) for t in trail[:2]] == [(second, "trained"), (first, "trained")]
+
+    back = run(["models", "rollback", "nimbus-recommender"], {})
+    assert back.returncode == 0, back.stderr
+    assert f"{second} -> {first} (rolled back)" in back.stdout
+    assert Registry.for_settings(clean_stack).alias("nimbus-recommender", "champion").version == first
+    assert FeatureStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == first  # published
+
+    promoted = run(["recommend", "promote", second], {})
+    assert promoted.returncode == 0 and f"champion -> version {second}" in promoted.stdout
+    latest = audit.history(clean_stack, "model:nimbus-recommender", limit=1)[0]
+    assert (latest["action"], latest["details"]["from"], latest["details"]["to"]) == ("promote", first, second)
+    assert FeatureStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == second
 
 
 def test_promoting_an_unknown_version_is_a_one_line_error(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001

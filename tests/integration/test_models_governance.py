@@ -9,7 +9,7 @@ from nimbus import audit
 from nimbus.api.models import create_models_app
 from nimbus.batch.examples import train_models
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NotFound
+from nimbus.errors import Conflict, NotFound
 from nimbus.governance import promote, rollback
 from nimbus.stores.registry import Registry
 
@@ -47,7 +47,7 @@ def test_bad_promotions_and_rollbacks_are_clear_errors(clean_stack: Settings, tw
     first, _ = two_versions
     with pytest.raises(NotFound, match="churn-lr has no version '999'"):
         promote(clean_stack, "churn-lr", "999")
-    with pytest.raises(InvalidInput, match="already version"):
+    with pytest.raises(Conflict, match="already version"):
         promote(clean_stack, "churn-lr", champion(clean_stack, "churn-lr"))
     with pytest.raises(NotFound):
         rollback(clean_stack, "no-such-model")
@@ -65,6 +65,8 @@ def test_the_models_function_needs_a_key_and_promotes(clean_stack: Settings, two
         assert answer.status_code == 200 and answer.json()["details"]["to"] == second
         assert client.post("/models/churn-lr/promote", json={"version": "x1"}, headers=key).status_code == 422
         assert client.post("/models/churn-lr/promote", json={"version": "999"}, headers=key).status_code == 404
+        again = client.post("/models/churn-lr/promote", json={"version": second}, headers=key)
+        assert again.status_code == 409 and "already version" in again.json()["detail"]
         back = client.post("/models/churn-lr/rollback", json={}, headers=key)
         assert back.status_code == 200 and champion(clean_stack, "churn-lr") == first
         trail = client.get("/models/audit", params={"subject": "model:churn-lr"}, headers=key).json()

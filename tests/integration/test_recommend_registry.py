@@ -6,7 +6,8 @@ import pytest
 
 from nimbus.config import Settings
 from nimbus.recommend.bundle import MODEL_NAME
-from nimbus.recommend.models import ModelNotFound, load_bundle, promote_version, sync_live
+from nimbus.errors import NotFound
+from nimbus.recommend.models import load_bundle, promote_version, sync_live
 from nimbus.stores.features import FeatureStore
 from nimbus.stores.registry import Registry
 
@@ -51,6 +52,6 @@ def test_an_alias_moved_in_mlflow_is_synced_to_redis(clean_stack: Settings, reco
 
 def test_promoting_a_version_that_does_not_exist_is_a_clear_error(clean_stack: Settings,
                                                                    recommender_models: dict) -> None:
-    with pytest.raises(ModelNotFound, match=f"{MODEL_NAME} has no version '999'"):
+    with pytest.raises(NotFound, match=f"{MODEL_NAME} has no version '999'"):
         promote_version(clean_stack, "999")
     assert FeatureStore.for_settings(clean_stack).live(MODEL_NAME) == {}

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nimbus import __version__
 from nimbus.config import Settings, get_settings
-from nimbus.errors import InvalidInput, NimbusError, NotFound, StoreUnavailable
+from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 T = TypeVar("T")
@@ -39,14 +39,13 @@ class Once(Generic[T]):
         return self._value
 
 
+# The error taxonomy (nimbus.errors) as HTTP, in one place; the first match wins.
+HTTP_STATUS: tuple[tuple[type[NimbusError], int], ...] = (
+    (InvalidInput, 400), (NotFound, 404), (Conflict, 409), (StoreUnavailable, 503))
+
+
 def status_for(exc: NimbusError) -> int:
-    if isinstance(exc, InvalidInput):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, StoreUnavailable):
-        return 503
-    return 500  # ConfigError and the rest: the server's fault
+    return next((status for kind, status in HTTP_STATUS if isinstance(exc, kind)), 500)  # ConfigError...: ours
 
 
 class BodyLimit:

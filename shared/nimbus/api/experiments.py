@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from nimbus.api.common import SettingsDep, create_app
 from nimbus.api.models import ApiKeyDep
 from nimbus.config import Settings
-from nimbus.experiments.service import ExperimentConflict, ExperimentSpec
+from nimbus.experiments.service import ExperimentSpec
 
 EXPERIMENT_ID = Annotated[str, Field(examples=["exp-3f2a9c1b7d"])]
 
@@ -122,10 +121,6 @@ def create_experiments_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_app("Nimbus experiments", "A/B tests of recommendation models (admin, audited), and "
                                            "recommendation performance.")
-
-    @app.exception_handler(ExperimentConflict)
-    async def conflict(request: Request, exc: ExperimentConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERRORS)
 

@@ -9,8 +9,6 @@ reference of every batch report).
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +60,14 @@ def plant(table: pa.Table, count: int, seed: int = 0) -> pa.Table:
 
 def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> dict[str, str]:
     """Fit, log and register churn-lr and churn-hgb; returns name -> version."""
-    import mlflow
-    from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
+    from nimbus import governance
     from nimbus.batch.report import REFERENCE_PATH
+    from nimbus.stores.registry import Registry
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri)
-    mlflow.set_experiment("nimbus-batch-models")
+    registry = Registry.for_settings(settings)
     table, y = make_records(n, seed=123)
     x = table.select(FEATURES).to_pandas().astype(np.float64)
     versions = {}
@@ -79,25 +75,13 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
                         ("churn-hgb", HistGradientBoostingClassifier(max_iter=100, random_state=0))):
         model.fit(x, y)
         scores = model.predict_proba(x)[:, 1]
-        with mlflow.start_run(run_name=name), tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_params({"model": type(model).__name__, "rows": n})
-            mlflow.log_metric("train_accuracy", float(((scores >= 0.5) == y).mean()))
-            # MLflow saves scikit-learn models with skops; the boosted trees' node arrays are a
-            # type skops asks us to vouch for (we built them here).
-            trusted = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"] \
-                if isinstance(model, HistGradientBoostingClassifier) else None
-            info = mlflow.sklearn.log_model(model, name="model", input_example=x.head(5),
-                                            signature=infer_signature(x.head(5), scores[:5]),
-                                            pyfunc_predict_fn="predict_proba", registered_model_name=name,
-                                            skops_trusted_types=trusted)
-            ref = Path(tmp) / "scores.json"
-            ref.write_text(json.dumps({"hist": np.histogram(scores, 20, range=(0, 1))[0].tolist()}))
-            mlflow.log_artifact(str(ref), artifact_path=REFERENCE_PATH.rsplit("/", 1)[0])
-        versions[name] = str(info.registered_model_version)
+        with registry.tracked_run("nimbus-batch-models", name) as run:
+            run.log_params({"model": type(model).__name__, "rows": n})
+            run.log_metrics({"train_accuracy": float(((scores >= 0.5) == y).mean())})
+            versions[name] = run.log_sklearn(model, x.head(5), scores[:5], name, predict_fn="predict_proba")
+            run.log_json({"hist": np.histogram(scores, 20, range=(0, 1))[0].tolist()}, REFERENCE_PATH)
         if promote:
-            from nimbus.governance import promote as promote_alias
-
-            promote_alias(settings, name, versions[name], reason="example model")
+            governance.promote(settings, name, versions[name], reason="example model")
     return versions
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NotFound
+from nimbus.stores.registry import Registry
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(@(?P<at>[A-Za-z0-9_.\-]+))?$")
 
@@ -55,54 +56,37 @@ def parse_refs(text: str | list[str]) -> list[ModelRef]:
 
 def resolve(settings: Settings, refs: list[ModelRef]) -> list[ResolvedModel]:
     """Pin each reference to a registry version (aliases move; a run must not)."""
-    from mlflow.exceptions import MlflowException
-
-    from nimbus.stores.registry import Registry
-
-    client = Registry.for_settings(settings).client
+    registry = Registry.for_settings(settings)
     out = []
     for ref in refs:
         try:
-            mv = client.get_model_version(ref.name, ref.at) if ref.at.isdigit() else \
-                client.get_model_version_by_alias(ref.name, ref.at)
-        except MlflowException as exc:
-            raise NotFound(f"model {ref.label} is not in the registry") from exc
-        out.append(describe(settings, ref.name, str(mv.version), mv.run_id or ""))
+            found = registry.resolve(ref.name, ref.at)
+        except NotFound:
+            raise NotFound(f"model {ref.label} is not in the registry") from None
+        out.append(describe(settings, ref.name, found.version, found.run_id))
     return out
 
 
 def describe(settings: Settings, name: str, version: str, run_id: str = "") -> ResolvedModel:
-    from mlflow.models import get_model_info
+    """What scoring needs to know of a version: its input columns and whether it gives probabilities.
 
-    info = get_model_info(f"models:/{name}/{version}")
-    if info.signature is None or not info.signature.inputs.has_input_names():
+    Read from the MLmodel file and the version's tags; only a model logged without saying its
+    kind (someone's plain ``mlflow.sklearn.log_model``) is loaded to ask it (and kept: it is scored next)."""
+    registry = Registry.for_settings(settings)
+    info = registry.model_info(name, version)
+    if info.inputs is None:
         raise InvalidInput(f"model {name} v{version} has no named input signature")
-    kind = "classifier" if hasattr(load(settings, name, version), "predict_proba") else "regressor"
-    return ResolvedModel(name, version, run_id, tuple(info.signature.inputs.input_names()), kind)
-
-
-def load(settings: Settings, name: str, version: str):  # noqa: ANN201 - a fitted scikit-learn estimator
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri)
-    return _load_cached(settings.registry_uri, name, version)
-
-
-_loaded: dict[tuple[str, str, str], object] = {}
-
-
-def _load_cached(registry: str, name: str, version: str):  # noqa: ANN202
-    key = (registry, name, version)
-    if key not in _loaded:
-        import mlflow
-
-        _loaded[key] = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-    return _loaded[key]
+    if "sklearn" not in info.flavors:
+        raise InvalidInput(f"model {name} v{version} is not a scikit-learn model (flavours: "
+                           f"{', '.join(info.flavors) or 'none'})")
+    kind = info.kind or ("classifier" if hasattr(registry.load_sklearn(name, version), "predict_proba")
+                         else "regressor")
+    return ResolvedModel(name, version, run_id, info.inputs, kind)
 
 
 def payloads(settings: Settings, models: list[ResolvedModel]) -> dict[str, bytes]:
     """name -> the pickled estimator, for a Spark broadcast."""
     import cloudpickle
 
-    return {m.name: cloudpickle.dumps(load(settings, m.name, m.version)) for m in models}
+    registry = Registry.for_settings(settings)
+    return {m.name: cloudpickle.dumps(registry.load_sklearn(m.name, m.version)) for m in models}

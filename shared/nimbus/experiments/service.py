@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from nimbus import audit
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NimbusError, NotFound
+from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.experiments import stats
 from nimbus.experiments.assignment import bucket_ranges
 from nimbus.stores.documents import Collections, DocumentStore
@@ -53,8 +53,8 @@ MODEL = r"^([A-Za-z][A-Za-z0-9_-]{0,63}|[0-9]{1,9})$"
 WEIGHT_TOLERANCE = 1e-6
 
 
-class ExperimentConflict(NimbusError):
-    """The experiment's state forbids the action (HTTP 409)."""
+class ExperimentConflict(Conflict):
+    """The experiment's state forbids the action, or another experiment runs on its surface."""
 
 
 class VariantSpec(BaseModel):
@@ -124,25 +124,19 @@ def _doc(settings: Settings, experiment_id: str) -> dict[str, Any]:
 
 def _resolve(settings: Settings, variants: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """variant -> {version, alias}: the registry version each variant serves, and the live alias it is served under."""
-    from mlflow.exceptions import MlflowException
-
     from nimbus.recommend.bundle import MODEL_NAME
     from nimbus.stores.registry import Registry
 
-    client = Registry.for_settings(settings).client
+    registry = Registry.for_settings(settings)
     out = {}
     for v in variants:
         model = v["model"]
         try:
-            if model.isdigit():
-                version = str(client.get_model_version(MODEL_NAME, model).version)
-                alias = f"v{version}"
-            else:
-                version, alias = str(client.get_model_version_by_alias(MODEL_NAME, model).version), model
-        except MlflowException as exc:
+            version = registry.resolve(MODEL_NAME, model).version
+        except NotFound:
             what = f"version {model}" if model.isdigit() else f"alias {model!r}"
-            raise InvalidInput(f"variant {v['name']!r}: {MODEL_NAME} has no {what}") from exc
-        out[v["name"]] = {"version": version, "alias": alias}
+            raise InvalidInput(f"variant {v['name']!r}: {MODEL_NAME} has no {what}") from None
+        out[v["name"]] = {"version": version, "alias": f"v{version}" if model.isdigit() else model}
     return out
 
 

@@ -21,7 +21,7 @@ import redis
 
 from nimbus import audit
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NimbusError, StoreUnavailable
+from nimbus.errors import InvalidInput, NimbusError
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.features import FeatureStore
 from nimbus.stores.registry import Registry
@@ -106,14 +106,8 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     """
     registry = Registry.for_settings(settings)
     registry.ping()  # fail fast: the MLflow client itself retries an unreachable server for minutes
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = registry.client.search_model_versions(f"name='{query.model}'")
-        # search results leave version.aliases empty: the registered model holds alias -> version
-        aliases = dict(registry.client.get_registered_model(query.model).aliases) if versions else {}
-    except MlflowException as exc:
-        raise StoreUnavailable("mlflow", registry.url, str(exc).splitlines()[0]) from exc
+    versions = registry.versions(query.model)
+    aliases = registry.aliases(query.model) if versions else {}
     store = FeatureStore.for_settings(settings)
     live_now = store.live(query.model)
     log = sorted(store.live_log(query.model), key=lambda entry: entry["at"])  # oldest first
@@ -121,12 +115,12 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     for entry in log:
         went_live.setdefault(str(entry["version"]), []).append(entry["at"])
     rows = []
-    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        number = str(version.version)
+    for version in versions:  # newest first
+        number = version.version
         times = went_live.get(number, [])
         rows.append({
             "version": number,
-            "registered_at": iso(version.creation_timestamp),
+            "registered_at": iso(version.created_ms),
             "went_live_at": iso(min(times)) if times else None,
             "last_live_at": iso(max(times)) if times else None,
             "aliases": sorted(alias for alias, v in aliases.items() if str(v) == number),

@@ -36,13 +36,10 @@ Contract (the dashboard reads it)::
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,13 +123,7 @@ def model_artifact_json(settings: Settings, name: str, version: str, path: str) 
     """A JSON artifact of the run that registered ``name`` version ``version``; None if absent."""
     from nimbus.stores.registry import Registry
 
-    client = Registry.for_settings(settings).client
-    try:
-        run_id = client.get_model_version(name, version).run_id
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
-    except Exception:  # noqa: BLE001 - a version logged without it (or gone): the caller says so
-        return None
+    return Registry.for_settings(settings).version_json(name, version, path)
 
 
 _references: dict[tuple[str, str, str], dict[str, Any] | None] = {}

@@ -8,83 +8,56 @@ request path reads it in microseconds and hears changes on a pub/sub channel.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from nimbus import governance
 from nimbus.config import Settings
-from nimbus.errors import NimbusError
 from nimbus.monitoring.drift import REFERENCE_PATH as DRIFT_REFERENCE_PATH
 from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
-from nimbus.recommend.ranking import FEATURES
-from nimbus.recommend.training import TrainResult
 from nimbus.stores.features import FeatureStore
 from nimbus.stores.registry import Registry
+
+if TYPE_CHECKING:  # training imports scikit-learn and pandas; the models app only needs the hook below
+    from nimbus.recommend.training import TrainResult
 
 EXPERIMENT = "nimbus-recommender"
 BUNDLE_PATH = "serving/bundle.npz"
 
 
-class ModelNotFound(NimbusError):
-    """No such registered model version."""
-
-
-def _mlflow(settings: Settings):  # noqa: ANN202 - the mlflow module
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri)
-    return mlflow
-
-
-def register(result: TrainResult, settings: Settings, promote: bool = True, alias: str = "champion") -> str:
+def register(result: TrainResult, settings: Settings, promote: bool = True, alias: str = "champion",
+             who: str | None = None) -> str:
     """Log the run (params, metrics, the scikit-learn model, the serving bundle), register a
-    new version of ``nimbus-recommender`` and, with ``promote``, make it ``alias``."""
-    mlflow = _mlflow(settings)
-    from mlflow.models import infer_signature
+    new version of ``nimbus-recommender`` and, with ``promote``, make it ``alias`` (audited)."""
+    import pandas as pd
 
-    mlflow.set_experiment(EXPERIMENT)
+    from nimbus.recommend.ranking import FEATURES
+
     x = pd.DataFrame(result.examples[0][:5], columns=list(FEATURES))
-    with mlflow.start_run(run_name="recommender-train") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params(result.params)
-        mlflow.log_metrics(result.metrics)
-        info = mlflow.sklearn.log_model(
-            result.pipeline, name="ranker", input_example=x,
-            signature=infer_signature(x, result.pipeline.predict_proba(x)[:, 1]),
-            registered_model_name=MODEL_NAME,
-        )
-        path = Path(tmp) / "bundle.npz"
-        path.write_bytes(result.bundle.to_bytes())
-        mlflow.log_artifact(str(path), artifact_path="serving")
+    with Registry.for_settings(settings).tracked_run(EXPERIMENT, "recommender-train") as run:
+        run.log_params(result.params)
+        run.log_metrics(result.metrics)
+        version = run.log_sklearn(result.pipeline, x, result.pipeline.predict_proba(x)[:, 1], MODEL_NAME,
+                                  name="ranker")
+        run.log_bytes(result.bundle.to_bytes(), BUNDLE_PATH)
         if result.reference:  # read by the drift check (nimbus.monitoring.drift)
-            mlflow.log_dict(result.reference, DRIFT_REFERENCE_PATH)
-    version = str(info.registered_model_version)
-    client = Registry.for_settings(settings).client
-    client.set_model_version_tag(MODEL_NAME, version, "run_id", run.info.run_id)
+            run.log_json(result.reference, DRIFT_REFERENCE_PATH)
     if promote:
-        promote_version(settings, version, alias)
+        promote_version(settings, version, alias, reason="trained", who=who)
     return version
 
 
 def load_bundle(settings: Settings, version: str) -> ModelBundle:
     """The serving bundle of a registered version, from the run that produced it."""
-    client = Registry.for_settings(settings).client
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model_version = client.get_model_version(MODEL_NAME, version)
-    except MlflowException as exc:
-        raise ModelNotFound(f"{MODEL_NAME} has no version {version!r}") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(model_version.run_id, BUNDLE_PATH, tmp)
-        bundle = ModelBundle.from_bytes(Path(local).read_bytes())
+    bundle = ModelBundle.from_bytes(Registry.for_settings(settings).version_artifact(MODEL_NAME, version, BUNDLE_PATH))
     bundle.version = str(version)
     return bundle
 
 
 def publish(settings: Settings, version: str, alias: str = "champion", bundle: ModelBundle | None = None) -> ModelBundle:
-    """Put the bundle of ``version`` in Redis and point ``alias`` at it (serving processes swap)."""
+    """Put the bundle of ``version`` in Redis and point the live ``alias`` at it (serving processes swap).
+
+    This moves the live projection only; a registry alias moves through ``nimbus.governance``,
+    whose hook (:class:`PublishOnMove`) calls this."""
     bundle = bundle or load_bundle(settings, version)
     store = FeatureStore.for_settings(settings)
     store.put_model(MODEL_NAME, bundle.version, bundle.to_bytes())
@@ -92,21 +65,35 @@ def publish(settings: Settings, version: str, alias: str = "champion", bundle: M
     return bundle
 
 
-def promote_version(settings: Settings, version: str, alias: str = "champion") -> ModelBundle:
-    """Move the registry alias to ``version``, then publish it live."""
-    bundle = load_bundle(settings, version)  # fails before the alias moves if the version is unusable
-    Registry.for_settings(settings).client.set_registered_model_alias(MODEL_NAME, alias, version)
-    return publish(settings, version, alias, bundle)
+class PublishOnMove:
+    """The recommender's governance hook: a version must have a loadable bundle to be promoted,
+    and once its alias moves it goes live in every serving process."""
+
+    def check(self, settings: Settings, name: str, version: str) -> None:
+        load_bundle(settings, version)  # fails before the alias moves if the version is unusable
+
+    def moved(self, settings: Settings, name: str, alias: str, version: str) -> None:
+        publish(settings, version, alias)
+
+
+governance.register_hook(MODEL_NAME, PublishOnMove())
+
+
+def promote_version(settings: Settings, version: str, alias: str = "champion", reason: str | None = None,
+                    who: str | None = None) -> dict:
+    """Move the registry alias to ``version`` (audited; the hook publishes it live); the audit record.
+
+    Promoting the version the alias already has publishes it again (idempotent, still audited)."""
+    return governance.promote(settings, MODEL_NAME, version, alias, reason=reason, who=who, force=True)
 
 
 def sync_live(settings: Settings) -> dict[str, str]:
     """Make Redis's live aliases match the registry's (for aliases moved in the MLflow UI)."""
-    client = Registry.for_settings(settings).client
-    from mlflow.exceptions import MlflowException
+    from nimbus.errors import NotFound
 
     try:
-        aliases = dict(client.get_registered_model(MODEL_NAME).aliases)
-    except MlflowException:
+        aliases = Registry.for_settings(settings).aliases(MODEL_NAME)
+    except NotFound:
         return {}
     live = FeatureStore.for_settings(settings).live(MODEL_NAME)
     changed = {}
