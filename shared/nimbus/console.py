@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
-out = Console()
+out = Console()  # results: what a script may read or pipe
+err = Console(stderr=True)  # progress and narration: never mixed into the results
 
 
 def status_table(rows: list[Any], title: str) -> Table:
@@ -33,11 +34,11 @@ def print_health(report: dict[str, Any]) -> None:
 
 
 def progress() -> tuple[Status, Callable[[str], None]]:
-    """A spinner whose say(message) also logs each step."""
-    status = out.status("working...")
+    """A spinner whose say(message) also logs each step (both on stderr)."""
+    status = err.status("working...")
 
     def say(message: str) -> None:
         status.update(message)
-        out.log(message)
+        err.log(message)
 
     return status, say

@@ -222,12 +222,16 @@ class Registry(PerProcess):
 
     @contextmanager
     def _model_files(self, name: str, version: str, sub: str = "") -> Iterator[Path]:
-        """The version's model folder (or one file of it, ``sub``) downloaded to a temporary folder."""
+        """The version's model folder (or one file of it, ``sub``) downloaded to a temporary folder.
+
+        The download location is asked of our own client: MLflow's ``models:/`` artifact
+        repository resolves names with the process-global registry URI, whatever it is given."""
         import mlflow.artifacts
 
-        uri = f"models:/{check_name(name)}/{version}" + (f"/{sub}" if sub else "")
         with self._calling(f"{name} has no version {version!r}"), tempfile.TemporaryDirectory() as tmp:
-            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=self.url,
+            where = self.client.get_model_version_download_uri(check_name(name), str(version)).rstrip("/")
+            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{where}/{sub}" if sub else where,
+                                                           dst_path=tmp, tracking_uri=self.url,
                                                            registry_uri=self.registry_uri))
 
     def model_info(self, name: str, version: str) -> ModelInfo:
