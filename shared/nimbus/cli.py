@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from nimbus.config import get_settings
-from nimbus.console import out, print_health, progress, status_table
+from nimbus.console import fmt, out, print_health, progress, status_table
 from nimbus.errors import NimbusError
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
@@ -159,14 +159,19 @@ def health() -> None:
 
 @app.command("demo")
 def demo(
-    keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+    keep: Annotated[bool, typer.Option(help="Leave the stack up and serve the dashboard until Ctrl-C.")] = False,
     users: Annotated[int, typer.Option(min=50, help="Synthetic users for the recommendation demo.")] = 2000,
     items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 1000,
+    automl_budget: Annotated[float, typer.Option(min=10, help="Seconds for the AutoML job.")] = 45,
 ) -> None:
-    """The main job on the local stack: features, training, serving and live updates of recommendations."""
+    """The three jobs on the local stack: recommendations (A/B test, drift), batch predictions, AutoML."""
+    from nimbus.config import get_settings as settings_of
     from nimbus.demo import run_demo
 
-    run_demo(get_settings(), out, keep=keep, users=users, items=items)
+    # The demo serves a few hundred answers: sample each for drift, so a check has enough to judge.
+    os.environ.setdefault("NIMBUS_DRIFT_SAMPLE_RATE", "1")
+    settings_of.cache_clear()
+    run_demo(settings_of(), out, keep=keep, users=users, items=items, automl_budget_s=automl_budget)
 
 
 # ---- recommend -------------------------------------------------------------------------
@@ -546,57 +551,27 @@ def experiments_list() -> None:
 @experiments_app.command("results")
 def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None:
     """Per-variant CTR and conversion with intervals, lift, p-value, chance to beat control; SRM; verdict."""
-    from rich.table import Table
+    from nimbus.console import experiment_results
+    from nimbus.experiments.service import results as results_of
 
-    from nimbus.experiments.service import results
+    experiment_results(results_of(get_settings(), experiment_id))
 
-    r = results(get_settings(), experiment_id)
-    table = Table(title=f"{r['experiment']['name']} ({r['experiment']['id']}, {r['experiment']['status']})")
-    for column in ("variant", "exposures", "users", "metric", "rate", "95% interval", "lift", "p-value", "P(beat control)"):
-        table.add_column(column)
-    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    for v in r["variants"]:
-        for name, m in v["metrics"].items():
-            table.add_row(v["name"], str(v["exposures"]), str(v["users"]), name, f"{m['rate']:.4f}",
-                          f"{m['ci95'][0]:.4f} - {m['ci95'][1]:.4f}", fmt(m["lift"], "+.1%"), fmt(m["p_value"], ".3g"),
-                          fmt(m["chance_to_beat_control"], ".3f"))
-    out.print(table)
-    srm = r["srm"]
-    out.print(f"sample ratio: observed {srm['observed']} expected {srm['expected']} "
-              f"chi2 {srm['chi2']:.2f} p {srm['p_value']:.3g}" + ("  [red]MISMATCH[/red]" if srm["flagged"] else "  ok"))
-    out.print(f"verdict: {r['verdict']['status']}" + (f" ({r['verdict']['winner']})" if r["verdict"]["winner"] else "")
-              + f" - {r['verdict']['reason']}")
+
 # ---- monitor ---------------------------------------------------------------------------
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 @monitor_app.command("drift")
 def monitor_drift(
     model: Annotated[str | None, typer.Option(help="Registered model; default: the recommender.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
 ) -> None:
     """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
-    from rich.table import Table
-
+    from nimbus.console import drift_tables
     from nimbus.monitoring.drift import run_check
 
     checks = run_check(get_settings(), model)
     if as_json:
         out.print_json(json.dumps(checks, default=str))
         return
-    if not checks:
-        out.print("no live version to check")
-    for check in checks:
-        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases'])}): "
-                            f"{check['status']}, {check['samples']} samples, "
-                            f"{'DRIFT' if check['drifted'] else 'no drift'}")
-        for column in ("feature", "kind", "PSI", "KS p", "chi2 p", "drifted"):
-            table.add_column(column)
-        for f in [*check["features"], {"name": "(score)", "kind": "numeric", "chi2_p": None, **check["score"]}]:
-            table.add_row(f["name"], f["kind"], _fmt(f["psi"]), _fmt(f["ks_p"], ".3g"), _fmt(f["chi2_p"], ".3g"),
-                          "yes" if f["drifted"] else "")
-        out.print(table)
+    drift_tables(checks)
 
 
 @monitor_app.command("traffic")
@@ -613,17 +588,16 @@ def monitor_traffic(
     for column in ("function", "requests", "errors", "degraded", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(column)
     for name, f in report["functions"].items():
-        table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), _fmt(f["rps"], ".1f"),
-                      _fmt(f["p50_ms"], ".2f"), _fmt(f["p95_ms"], ".2f"), _fmt(f["p99_ms"], ".2f"))
+        table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), fmt(f["rps"], ".1f"),
+                      fmt(f["p50_ms"], ".2f"), fmt(f["p95_ms"], ".2f"), fmt(f["p99_ms"], ".2f"))
     out.print(table)
 
 
 def main() -> None:
     """Entry point: run the CLI, printing Nimbus errors as one line."""
-    # MLflow and alembic narrate schema migrations at INFO; a CLI user needs none of it.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from nimbus.console import quiet_libraries
+
+    quiet_libraries()
     try:
         app()
     except NimbusError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,19 @@ from rich.table import Table
 
 out = Console()  # results: what a script may read or pipe
 err = Console(stderr=True)  # progress and narration: never mixed into the results
+
+
+def quiet_libraries() -> None:
+    """What a CLI user needs none of: MLflow's migrations narrated at INFO, Ray Tune's experiment
+    tables and result paths, Optuna's INFO lines, Ray's note that local token auth is on.
+    (Set before the libraries are imported; an environment that sets them wins.)"""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: silent
+    for name, level in (("alembic", logging.WARNING), ("optuna", logging.WARNING),
+                        ("ray._private.authentication.authentication_token_setup", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
 
 
 def status_table(rows: list[Any], title: str) -> Table:
@@ -42,3 +57,42 @@ def progress() -> tuple[Status, Callable[[str], None]]:
         err.log(message)
 
     return status, say
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def experiment_results(r: dict[str, Any]) -> None:
+    """Per-variant rates with intervals, lift, p-value, chance to beat control; SRM; verdict."""
+    table = Table(title=f"{r['experiment']['name']} ({r['experiment']['id']}, {r['experiment']['status']})")
+    for column in ("variant", "exposures", "users", "metric", "rate", "95% interval", "lift", "p-value",
+                   "P(beat control)"):
+        table.add_column(column)
+    for v in r["variants"]:
+        for name, m in v["metrics"].items():
+            table.add_row(v["name"], str(v["exposures"]), str(v["users"]), name, f"{m['rate']:.4f}",
+                          f"{m['ci95'][0]:.4f} - {m['ci95'][1]:.4f}", fmt(m["lift"], "+.1%"), fmt(m["p_value"], ".3g"),
+                          fmt(m["chance_to_beat_control"], ".3f"))
+    out.print(table)
+    srm = r["srm"]
+    out.print(f"sample ratio: observed {srm['observed']} expected {srm['expected']} "
+              f"chi2 {srm['chi2']:.2f} p {srm['p_value']:.3g}" + ("  [red]MISMATCH[/red]" if srm["flagged"] else "  ok"))
+    out.print(f"verdict: {r['verdict']['status']}" + (f" ({r['verdict']['winner']})" if r["verdict"]["winner"] else "")
+              + f" - {r['verdict']['reason']}")
+
+
+def drift_tables(checks: list[dict[str, Any]]) -> None:
+    """One table per checked model version: PSI and test p-values per feature and for the score."""
+    if not checks:
+        out.print("no live version to check")
+    for check in checks:
+        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases'])}): "
+                            f"{check['status']}, {check['samples']} samples, "
+                            f"{'DRIFT' if check['drifted'] else 'no drift'}")
+        for column in ("feature", "kind", "PSI", "KS p", "chi2 p", "drifted"):
+            table.add_column(column)
+        for f in [*check["features"], {"name": "(score)", "kind": "numeric", "chi2_p": None, **check["score"]}]:
+            table.add_row(f["name"], f["kind"], fmt(f["psi"]), fmt(f["ks_p"], ".3g"), fmt(f["chi2_p"], ".3g"),
+                          "yes" if f["drifted"] else "")
+        out.print(table)

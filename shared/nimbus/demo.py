@@ -1,14 +1,21 @@
-"""`make demo`: the main job on the local stack, end to end, as a user would run it.
+"""`make demo`: the three jobs on the local stack, end to end, as a user would run them.
 
 Stack up; a synthetic interaction log into the S3 data bucket; the scheduled `features`
 function invoked with an EventBridge event; a ranker trained, registered in MLflow and
-promoted; recommendations, interactions and health through the local gateway, exactly
-as API Gateway would route them; stack down (only what the demo started).
+promoted; recommendations and interactions through the local gateway, exactly as API
+Gateway would route them; an A/B test of a challenger against the champion with simulated
+users, and its results; a drift check of what was served; a file dropped in S3 and scored
+by the batch function on Spark; a short AutoML job and its leaderboard; health; the
+dashboard's URL; stack down (only what the demo started), unless ``--keep``: then the
+stack stays up and the gateway keeps serving the dashboard until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import random
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,7 +69,80 @@ def _batch(settings: Settings, out: Console) -> None:
     out.print(f"results: {run['outputs']['results_uri']}/   report: {run.get('report_uri')}")
 
 
-def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 2000, items: int = 1000) -> None:
+def _experiment(settings: Settings, out: Console, http: httpx.Client, challenger: str, users: list[str]) -> None:
+    """Champion vs a challenger version, 50/50 by user; simulated users click the challenger's
+    answers more often (a planted effect the statistics should find)."""
+    from nimbus.console import experiment_results
+
+    key = {"X-API-Key": settings.api_keys[0].get_secret_value()}
+    spec = {"name": "demo-challenger", "metric": "ctr",
+            "variants": [{"name": "control", "model": "champion", "weight": 0.5},
+                         {"name": "treatment", "model": challenger, "weight": 0.5}]}
+    created = http.post("/experiments", json=spec, headers=key)
+    created.raise_for_status()
+    experiment = http.post(f"/experiments/{created.json()['id']}/start", headers=key)
+    experiment.raise_for_status()
+    exp_id = experiment.json()["id"]
+    out.print(f"experiment {exp_id} running: control = champion, treatment = version {challenger} (50/50 by user)")
+    rng = random.Random(11)
+    click_p = {"control": 0.10, "treatment": 0.20}
+    events = []
+    with out.status(f"{len(users)} simulated users ask for recommendations and click..."):
+        for user in users:
+            body = http.get(f"/recommendations/{user}", params={"k": 5}).json()
+            if rng.random() < click_p.get(body.get("variant") or "control", 0.1):
+                events.append({"event_id": f"demo-click-{body['request_id']}", "user_id": user, "type": "click",
+                               "item_id": body["items"][0]["item_id"], "request_id": body["request_id"]})
+        time.sleep(2 * settings.exposure_flush_s)  # the serving process writes its exposures each flush
+        for start in range(0, len(events), 500):
+            http.post("/events", json={"events": events[start:start + 500]}).raise_for_status()
+    results = http.get(f"/experiments/{exp_id}/results", headers=key)
+    results.raise_for_status()
+    experiment_results(results.json())
+    http.post(f"/experiments/{exp_id}/stop", headers=key).raise_for_status()
+    out.print(f"experiment {exp_id} stopped: results frozen in MongoDB, audited")
+
+
+def _automl(settings: Settings, out: Console, budget_s: float) -> None:
+    """A short AutoML job on a churn table: searched on Ray, tracked in MLflow, registered."""
+    from rich.table import Table
+
+    from nimbus.automl.jobs import JobRequest, run_job, submit
+    from nimbus.batch.examples import make_records
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table, y = make_records(3000, seed=17)
+        frame = table.drop_columns(["record_id"]).to_pandas()
+        frame["churned"] = y
+        path = Path(tmp) / "churn.csv"
+        frame.to_csv(path, index=False)
+        job = submit(settings, JobRequest(dataset=str(path), target="churned", budget_s=budget_s))
+        out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, "
+                  f"metric {job['metric']}, budget {budget_s:.0f} s")
+        with out.status("Ray Tune searching scikit-learn algorithms, every trial an MLflow run..."):
+            try:
+                doc = run_job(settings, job["_id"])
+            finally:
+                import ray
+
+                ray.shutdown()  # this process's local Ray ends with the job (else exit waits on it)
+    leaderboard = Table(title=f"leaderboard ({doc['trials']} configurations in {doc['elapsed_s']:.0f} s)")
+    for column in ("#", "algorithm", doc["metric"], "complete"):
+        leaderboard.add_column(column)
+    for row in doc["leaderboard"][:5]:
+        leaderboard.add_row(str(row["rank"]), row["algorithm"], f"{row['score']:.4f}",
+                            "yes" if row["complete"] else "early stop")
+    out.print(leaderboard)
+    test = doc["test"]
+    out.print(f"winner {doc['winner']['algorithm']}: held-out {test['metric']} {test['value']:.4f} "
+              f"(95% CI {test['ci95'][0]:.4f}-{test['ci95'][1]:.4f}); registered {doc['model']['name']} "
+              f"v{doc['model']['version']}; report {doc['exports']['report_html']}")
+
+
+def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 2000, items: int = 1000,
+             automl_budget_s: float = 45) -> None:
+    from nimbus.console import drift_tables
+    from nimbus.monitoring.drift import run_check
     from nimbus.recommend.data import generate, load_dataset
     from nimbus.recommend.models import register
     from nimbus.recommend.pipeline import default_sources
@@ -100,14 +180,19 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             logs, catalogue = default_sources(settings)
             trained = train(load_dataset(logs, catalogue), progress=say)
             version = register(trained, settings, promote=True)
+            # The challenger is the same ranker registered again: the simulated users below are
+            # told to prefer it (a planted effect), which is what the A/B statistics must find.
+            challenger = register(trained, settings, promote=False)
         m = trained.metrics
         out.print(f"nimbus-recommender v{version} is live: recall@10 {m['recall_at_10']:.3f} "
                   f"(popularity {m['popular_recall_at_10']:.3f}), NDCG@10 {m['ndcg_at_10']:.3f} "
-                  f"(popularity {m['popular_ndcg_at_10']:.3f})")
+                  f"(popularity {m['popular_ndcg_at_10']:.3f}); challenger v{challenger} registered")
 
-        out.rule("5. recommendations through the local gateway")
         gateway = Gateway(project, settings, GatewayOptions(schedules=False, watch=True))
-        with serving(gateway.app) as base, httpx.Client(base_url=base, timeout=30) as http:
+        port = settings.gateway_port if keep else 0
+        with serving(gateway.app, settings.gateway_host, port) as base, \
+                httpx.Client(base_url=base, timeout=30) as http:
+            out.rule("5. recommendations through the local gateway")
             user = "u1"
             first = http.get(f"/recommendations/{user}", params={"k": 5}).json()
             out.print(_recommendation_table(first, f"GET /recommendations/{user}?k=5"))
@@ -123,15 +208,37 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             after = http.get(f"/recommendations/{user}", params={"k": 5}).json()
             out.print(_recommendation_table(after, f"GET /recommendations/{user}?k=5 (after the clicks)"))
 
-            out.rule("6. batch predictions: a file dropped in S3, scored on Spark by the batch function")
+            out.rule("6. an A/B test: the challenger against the champion")
+            _experiment(settings, out, http, challenger, [f"u{n}" for n in range(2, min(users, 602))])
+
+            out.rule("7. drift: what was served against what the champion was trained on")
+            drift_tables(run_check(settings))
+
+            out.rule("8. batch predictions: a file dropped in S3, scored on Spark by the batch function")
             _batch(settings, out)
+
+            out.rule("9. AutoML: a dataset in, a searched, tracked, registered model out")
+            _automl(settings, out, automl_budget_s)
+
             health = http.get("/health")
-        out.rule("7. the health function")
-        print_health(health.json())
-        if health.status_code != 200:
-            raise NimbusError(f"health answered {health.status_code}: some store is down")
+            out.rule("10. the health function and the dashboard")
+            print_health(health.json())
+            if health.status_code != 200:
+                raise NimbusError(f"health answered {health.status_code}: some store is down")
+            out.print(f"dashboard: {base}/dashboard  (traffic, latency, A/B results, drift, model versions)")
+            if keep:
+                out.print("--keep: the stack stays up and the gateway serves here until Ctrl-C")
+                _wait_for_interrupt()
     finally:
         if not keep:
-            out.rule("8. local stack down")
+            out.rule("11. local stack down")
             stopped = stack.down(started) if started else []
             out.print(f"stopped: {', '.join(stopped) or 'nothing (it was already running before the demo)'}")
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

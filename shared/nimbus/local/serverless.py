@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +165,3 @@ def load_project(root: Path) -> Project:
         )
     return Project(root, str(doc.get("service", "nimbus")), str(provider.get("region", "us-east-1")), functions)
 
-
-@lru_cache(maxsize=8)
-def cached_project(root: Path) -> Project:
-    return load_project(root)

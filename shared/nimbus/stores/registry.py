@@ -21,6 +21,7 @@ registry (health of an HTTP server, say) should not pay for it on a cold start.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import threading
@@ -102,6 +103,8 @@ class Registry(PerProcess):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            # Progress bars of artifact downloads are noise in a CLI and in a server's log alike.
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.url, registry_uri=self.registry_uri)
@@ -192,9 +195,20 @@ class Registry(PerProcess):
         with self._calling(f"no registered model {name!r}"):
             self.client.set_registered_model_tag(check_name(name), key, value)
 
-    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
-        with self._calling(f"{name} has no version {version!r}"):
-            self.client.set_model_version_tag(check_name(name), str(version), key, value)
+    def register(self, name: str, source: str, run_id: str, model_id: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> str:
+        """A new version of ``name`` (created when new) from a logged model; returns the version.
+
+        Through the client, not ``mlflow.register_model``: same result, without its prints."""
+        with self._calling():
+            try:
+                self.client.create_registered_model(check_name(name))
+            except Exception as exc:  # noqa: BLE001 - narrowed just below
+                if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            mv = self.client.create_model_version(name, source, run_id=run_id, tags=dict(tags or {}),
+                                                  model_id=model_id)
+        return str(mv.version)
 
     # ---- artifacts and models -----------------------------------------------------------------
     def run_artifact(self, run_id: str, path: str) -> bytes:
@@ -337,12 +351,9 @@ class TrackedRun:
 
         info = mlflow.sklearn.log_model(model, name=name, input_example=example,
                                         signature=infer_signature(example, output), pyfunc_predict_fn=predict_fn,
-                                        registered_model_name=check_name(registered_name),
                                         skops_trusted_types=trusted_types(model))
-        version = str(info.registered_model_version)
-        self.registry.set_version_tag(registered_name, version, KIND_TAG,
-                                      "classifier" if is_classifier(model) else "regressor")
-        return version
+        return self.registry.register(registered_name, info.model_uri, self.run_id, info.model_id,
+                                      tags={KIND_TAG: "classifier" if is_classifier(model) else "regressor"})
 
 
 def trusted_types(model: Any) -> list[str] | None:

@@ -124,10 +124,6 @@ class RecordSchema(BaseModel):
         if problems:
             raise SchemaMismatch(f"input does not match schema {self.name!r}: {'; '.join(problems)}")
 
-    @property
-    def feature_columns(self) -> list[str]:
-        return [n for n, c in self.columns.items() if c.type in ("double", "int") and n != self.id]
-
 
 def load_schema(source: str | Path | dict) -> RecordSchema:
     """A schema from a dict, a YAML file, or the name of a bundled schema (``churn``)."""
