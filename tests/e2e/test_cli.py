@@ -119,11 +119,17 @@ def test_an_unreachable_store_is_named_by_nimbus_health(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_brings_the_stack_up_answers_health_and_brings_it_down(own_stack: dict[str, str]) -> None:
-    done = run(["demo"], own_stack, timeout=300)
+def test_demo_shows_the_three_jobs_and_brings_the_stack_down(own_stack: dict[str, str]) -> None:
+    done = run(["demo"], own_stack, timeout=480)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nimbus-recommender v1 is live" in done.stdout and "personalized" in done.stdout
     assert "POST /events: 3 clicks" in done.stdout and "nimbus health: ok" in done.stdout
+    assert "verdict: winner (treatment)" in done.stdout  # the planted preference for the challenger is found
+    assert "(champion): ok," in done.stdout and "samples, no drift" in done.stdout  # enough samples to judge
     assert "20,000 records = 19,960 scored + 40 quarantined" in done.stdout
+    assert "leaderboard (" in done.stdout and "held-out roc_auc" in done.stdout and "registered automl-" in done.stdout
+    assert "/dashboard" in done.stdout
+    for noise in ("Successfully registered model", "Downloading artifacts", "View detailed results"):
+        assert noise not in done.stdout + done.stderr
     assert "stopped: redis, mongodb, s3" in done.stdout
     assert pids_of(Path(own_stack["NIMBUS_HOME"])) == []
