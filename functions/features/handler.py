@@ -1,6 +1,7 @@
 """features: on a schedule, recompute batch features from the logs in S3 and swap them in."""
 
 from nimbus.config import get_settings
+from nimbus.errors import InvalidInput
 from nimbus.events import ScheduledTrigger, parse
 from nimbus.recommend.pipeline import refresh_features
 
@@ -8,5 +9,5 @@ from nimbus.recommend.pipeline import refresh_features
 def handler(event, context):
     trigger = parse(event)
     if not isinstance(trigger, ScheduledTrigger):
-        raise ValueError(f"features runs on a schedule; got {type(trigger).__name__}")
+        raise InvalidInput(f"features runs on a schedule; got {type(trigger).__name__}")
     return {"rule": trigger.rule, **refresh_features(get_settings())}

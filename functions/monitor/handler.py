@@ -1,6 +1,7 @@
 """monitor: on a schedule, check the live models for drift; results and alerts go to MongoDB."""
 
 from nimbus.config import get_settings
+from nimbus.errors import InvalidInput
 from nimbus.events import ScheduledTrigger, parse
 from nimbus.monitoring.drift import run_check
 
@@ -8,7 +9,7 @@ from nimbus.monitoring.drift import run_check
 def handler(event, context):
     trigger = parse(event)
     if not isinstance(trigger, ScheduledTrigger):
-        raise ValueError(f"monitor runs on a schedule; got {type(trigger).__name__}")
+        raise InvalidInput(f"monitor runs on a schedule; got {type(trigger).__name__}")
     checks = run_check(get_settings())
     return {"rule": trigger.rule, "checks": [
         {"model": c["model"], "model_version": c["model_version"], "status": c["status"], "samples": c["samples"],

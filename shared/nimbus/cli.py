@@ -1,4 +1,5 @@
-"""The ``nimbus`` command: the local stack, the function runner and (later) train/batch/automl.
+"""The ``nimbus`` command: the local stack, the function runner, and every job (recommend, batch, automl,
+models, experiments, monitor) as a user drives it from a terminal.
 
 Every error Nimbus raises on purpose is printed as one line, without a traceback, and
 the command exits non-zero.
