@@ -516,8 +516,8 @@ def experiments_create(
     from nimbus.experiments.service import ExperimentSpec, create
 
     try:
-        spec = ExperimentSpec(name=name, surface=surface, metric=metric, seed=seed,
-                              variants=[_variant_option(v) for v in variant])
+        spec = ExperimentSpec.model_validate({"name": name, "surface": surface, "metric": metric, "seed": seed,
+                                              "variants": [_variant_option(v) for v in variant]})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

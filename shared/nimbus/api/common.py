@@ -25,14 +25,17 @@ class Once(Generic[T]):
     it does not need), exactly once even when the first requests arrive together."""
 
     def __init__(self, build: Callable[[], T]) -> None:
-        self._build, self._value, self._lock = build, None, threading.Lock()
+        self._build, self._lock = build, threading.Lock()
+        self._value: T | None = None
 
     def get(self) -> T:
-        if self._value is None:
+        value = self._value
+        if value is None:
             with self._lock:
                 if self._value is None:
                     self._value = self._build()
-        return self._value
+                value = self._value
+        return value
 
     @property
     def built(self) -> T | None:

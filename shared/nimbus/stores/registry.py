@@ -259,7 +259,7 @@ class Registry(PerProcess):
         signature = (meta.get("signature") or {}).get("inputs")
         if signature:
             columns = json.loads(signature) if isinstance(signature, str) else signature
-            names = tuple(c.get("name") for c in columns if isinstance(c, dict))
+            names = tuple(str(c.get("name") or "") for c in columns if isinstance(c, dict))
             inputs = names if names and all(names) else None
         flavors = meta.get("flavors") or {}
         predict_fn = (flavors.get("python_function") or {}).get("predict_fn")

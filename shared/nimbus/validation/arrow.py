@@ -102,7 +102,7 @@ def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None
             failed = pc.and_(pc.is_valid(values), pc.invert(pc.match_substring_regex(values, rule.value)))
         else:
             other = typed[rule.other] if isinstance(rule.other, str) else rule.other
-            failed = pc.invert(_OPS[rule.op](values, other))
+            failed = pc.invert(_OPS[str(rule.op)](values, other))  # a compare rule always has an op
         # null operands: the rule does not apply (required catches missing values)
         failures[rule.name] = pc.fill_null(failed, False).to_numpy(zero_copy_only=False)
     bad = np.zeros(n, bool)

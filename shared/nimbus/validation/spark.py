@@ -77,7 +77,7 @@ def failure_columns(df: DataFrame, schema: RecordSchema, rules: list[Rule] | Non
             failed = ~v.rlike(rule.value)
         else:
             other = typed[rule.other] if isinstance(rule.other, str) else F.lit(rule.other)
-            failed = ~ops[rule.op](v, other)
+            failed = ~ops[str(rule.op)](v, other)  # a compare rule always has an op
         out[rule.name] = F.coalesce(failed, F.lit(False))
     return out
 
