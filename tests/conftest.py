@@ -117,7 +117,12 @@ def churn_models(stack_settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def batch_stack(clean_stack: Settings, churn_models: dict[str, str]) -> Settings:
-    """A clean stack with the churn models as champions (the batch runs' defaults)."""
+    """A clean stack with the churn models as champions (the batch runs' defaults), whatever an earlier test promoted."""
+    from nimbus.stores.registry import Registry
+
+    registry = Registry.for_settings(clean_stack)
+    for name, version in churn_models.items():
+        registry.set_alias(name, "champion", version)
     return clean_stack
 
 

@@ -4,13 +4,14 @@ from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
 from nimbus.events import ScheduledTrigger, parse
 from nimbus.monitoring.drift import run_check
+from nimbus.recommend.bundle import MODEL_NAME
 
 
 def handler(event, context):
     trigger = parse(event)
     if not isinstance(trigger, ScheduledTrigger):
         raise InvalidInput(f"monitor runs on a schedule; got {type(trigger).__name__}")
-    checks = run_check(get_settings())
+    checks = run_check(get_settings(), MODEL_NAME)  # the live recommender's versions
     return {"rule": trigger.rule, "checks": [
         {"model": c["model"], "model_version": c["model_version"], "status": c["status"], "samples": c["samples"],
          "drifted": c["drifted"], "drifted_features": [f["name"] for f in c["features"] if f["drifted"]]}

@@ -19,6 +19,7 @@ import typer
 from nimbus.config import get_settings
 from nimbus.console import fmt, out, print_health, progress, status_table
 from nimbus.errors import NimbusError
+from nimbus.recommend.bundle import MODEL_NAME
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
                   pretty_exceptions_enable=False, no_args_is_help=True)
@@ -561,7 +562,7 @@ def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None
 # ---- monitor ---------------------------------------------------------------------------
 @monitor_app.command("drift")
 def monitor_drift(
-    model: Annotated[str | None, typer.Option(help="Registered model; default: the recommender.")] = None,
+    model: Annotated[str, typer.Option(help="Registered model whose live versions are checked.")] = MODEL_NAME,
     as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
 ) -> None:
     """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""

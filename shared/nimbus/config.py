@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,9 +117,6 @@ class Settings(BaseSettings):
     def mlflow_artifact_root(self) -> Path:
         """Where a local (SQLite) MLflow keeps artifacts."""
         return self.home / "mlflow" / "artifacts"
-
-    def port_of(self, url: str, default: int) -> int:
-        return urlsplit(url).port or default
 
 
 @lru_cache(maxsize=1)

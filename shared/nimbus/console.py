@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +55,7 @@ def progress() -> tuple[Status, Callable[[str], None]]:
 
     def say(message: str) -> None:
         status.update(message)
-        err.log(message)
+        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)  # a step, not a log record
 
     return status, say
 

@@ -143,6 +143,7 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
              automl_budget_s: float = 45) -> None:
     from nimbus.console import drift_tables
     from nimbus.monitoring.drift import run_check
+    from nimbus.recommend.bundle import MODEL_NAME
     from nimbus.recommend.data import generate, load_dataset
     from nimbus.recommend.models import register
     from nimbus.recommend.pipeline import default_sources
@@ -212,7 +213,7 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             _experiment(settings, out, http, challenger, [f"u{n}" for n in range(2, min(users, 602))])
 
             out.rule("7. drift: what was served against what the champion was trained on")
-            drift_tables(run_check(settings))
+            drift_tables(run_check(settings, MODEL_NAME))
 
             out.rule("8. batch predictions: a file dropped in S3, scored on Spark by the batch function")
             _batch(settings, out)

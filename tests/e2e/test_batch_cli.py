@@ -11,12 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from nimbus.config import Settings
 from nimbus.stores.documents import Collections, DocumentStore
-from tests.conftest import ROOT
 from tests.e2e.test_cli import assert_one_line_error, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -42,26 +42,37 @@ def run_doc(settings: Settings, key: str) -> dict:
     return DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS).find_one({"_id": key})
 
 
-def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(clean_stack: Settings) -> None:
-    made = run(["batch", "make-models", "--rows", "3000"])
+def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(clean_stack: Settings,
+                                                                              tmp_path: Path) -> None:
+    # The session's stores, but an MLflow of this test's own (SQLite under its home, no server):
+    # the churn models it registers must not become the session's champions.
+    home = tmp_path / "home"
+    mine = {"NIMBUS_HOME": str(home), "NIMBUS_MLFLOW_TRACKING_URI": "", "NIMBUS_MLFLOW_REGISTRY_URI": ""}
+
+    def nimbus(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+        return run(args, mine, timeout=timeout)
+
+    made = nimbus(["batch", "make-models", "--rows", "3000"])
     assert made.returncode == 0, made.stderr
-    assert "churn-lr v" in made.stdout and "churn-hgb v" in made.stdout
-    env = {**os.environ, "MLFLOW_TRACKING_URI": clean_stack.tracking_uri}
-    logged = subprocess.run([sys.executable, "-c", USER_MODEL], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=180)
+    assert "churn-lr v1" in made.stdout and "churn-hgb v1" in made.stdout
+    tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    # cwd: a plain MLflow puts its artifacts under ./mlruns of wherever it runs
+    logged = subprocess.run([sys.executable, "-c", USER_MODEL], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=180)
     assert logged.returncode == 0, logged.stderr
     theirs = logged.stdout.strip().splitlines()[-1]
     uri = f"s3://{clean_stack.data_bucket}/{clean_stack.drop_prefix}t1.parquet"
-    generated = run(["batch", "generate", uri, "--rows", "2000", "--bad-rows", "5"])
+    generated = nimbus(["batch", "generate", uri, "--rows", "2000", "--bad-rows", "5"])
     assert generated.returncode == 0, generated.stderr
 
-    unknown = run(["batch", "run", uri, "--models", "no-such-model@champion", "--sinks", "parquet"])
+    unknown = nimbus(["batch", "run", uri, "--models", "no-such-model@champion", "--sinks", "parquet"])
     assert_one_line_error(unknown, "no-such-model@champion is not in the registry")
-    missing = run(["batch", "run", uri.replace("t1", "t2")])
+    missing = nimbus(["batch", "run", uri.replace("t1", "t2")])
     assert_one_line_error(missing, "no such file")
 
     models = f"churn-lr@champion,churn-hgb@champion,someones-churn@{theirs}"
-    scored = run(["batch", "run", uri, "--models", models], timeout=300)
+    scored = nimbus(["batch", "run", uri, "--models", models], timeout=300)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)  # progress went to stderr: stdout is the result alone
     assert result["status"] == "succeeded" and (result["scored"], result["quarantined"]) == (1995, 5)

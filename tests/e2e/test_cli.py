@@ -27,10 +27,12 @@ def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 180
 def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    # Progress steps may come first on stderr; the error itself is the one last line.
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], done.stderr
     for fragment in fragments:
-        assert fragment in lines[0]
+        assert fragment in errors[0]
 
 
 def pids_of(home: Path) -> list[int]:

@@ -166,7 +166,7 @@ def monitored(served: dict) -> dict:
 
     first, expected = run_experiment(traffic, "ranker-v2-vs-v1", users[:500], clicks=True)
     settle_samples(settings, sum(a["strategy"] == "personalized" for a in traffic.answers))
-    first_checks = drift.run_check(settings)
+    first_checks = drift.run_check(settings, MODEL_NAME)
     traffic.admin("POST", f"/experiments/{first['id']}/stop")
 
     # Prices triple overnight: the serving process swaps the new features in, and the next check sees the shift.
@@ -194,7 +194,7 @@ def monitored(served: dict) -> dict:
     wait_for(lambda: [v["exposures"] for v in traffic.admin("GET", f"/experiments/{probe['id']}/results")["variants"]]
              == [second_expected["control"], second_expected["treatment"]], "planted-srm's exposures")
     settle_samples(settings, sum(a["strategy"] == "personalized" for a in traffic.answers))
-    second_checks = drift.run_check(settings)
+    second_checks = drift.run_check(settings, MODEL_NAME)
 
     client = served["client"]
     counted = lambda: client.get("/dashboard/data").json()["traffic"]["functions"]  # noqa: E731
@@ -323,7 +323,7 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
     assert data["performance"]["by_version"] == performance["by_version"]
     checks = monitored["checks"]
     assert [c["id"] for c in data["drift"]["checks"]] == [c["id"] for c in checks]  # oldest first
-    assert data["drift"]["checks"] == [{**c} for c in reversed(drift.history(monitored["settings"]))]
+    assert data["drift"]["checks"] == [{**c} for c in reversed(drift.history(monitored["settings"], MODEL_NAME))]
     assert data["drift"]["psi_threshold"] == monitored["settings"].drift_psi_threshold
     assert data["models"]["live"] == {"champion": monitored["versions"][0], "challenger": monitored["versions"][1]}
 

@@ -60,9 +60,10 @@ def test_models_section_shows_each_version_and_when_it_went_live(live_recommende
     assert iso(before) <= rows[second]["went_live_at"] <= iso(after) < iso(time.time() + 1)
     assert rows[first]["went_live_at"] < rows[second]["went_live_at"]
     assert [(e["alias"], e["version"]) for e in section["timeline"]][-2:] == [("champion", first), ("champion", second)]
-    [change] = section["changes"]
+    change, fixture_made_live = section["changes"]  # newest first: every alias move is audited
     assert (change["action"], change["from"], change["to"], change["actor"], change["reason"]) == (
         "promote", first, second, "alice", "better offline AUC")
+    assert (fixture_made_live["action"], fixture_made_live["to"]) == ("promote", first)
     assert all(row["registered_at"] <= (row["went_live_at"] or "9") for row in section["versions"])
 
 

@@ -48,7 +48,7 @@ def serve_half_the_users(live: dict, seed: int) -> int:
 
 def test_unchanged_traffic_is_not_drift(live_recommender: dict) -> None:
     settings, version = live_recommender["settings"], live_recommender["versions"][0]
-    (early,) = drift.run_check(settings)
+    (early,) = drift.run_check(settings, MODEL_NAME)
     assert early["status"] == "insufficient_samples" and early["samples"] == 0 and not early["drifted"]
 
     samples = serve_half_the_users(live_recommender, seed=1)
@@ -56,13 +56,13 @@ def test_unchanged_traffic_is_not_drift(live_recommender: dict) -> None:
     assert done.returncode == 0, done.stderr
     assert f"{MODEL_NAME} v{version} (champion): ok, {samples} samples, no drift" in done.stdout
 
-    latest = drift.history(settings)[0]
+    latest = drift.history(settings, MODEL_NAME)[0]
     assert latest["status"] == "ok" and latest["samples"] == samples and latest["model_version"] == version
     assert {f["name"] for f in latest["features"]} == {"emb_dot", "cooc", "item_pop", "item_ctr", "item_buy_rate",
                                                       "cat_share", "item_price", "category"}
     assert not any(f["drifted"] for f in latest["features"]) and not latest["score"]["drifted"]
     assert not latest["drifted"] and drift.alerts(settings) == []
-    assert [c["status"] for c in drift.history(settings)] == ["ok", "insufficient_samples"]
+    assert [c["status"] for c in drift.history(settings, MODEL_NAME)] == ["ok", "insufficient_samples"]
 
 
 def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommender: dict) -> None:
@@ -79,7 +79,7 @@ def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommen
     assert check == {"model": MODEL_NAME, "model_version": version, "status": "ok", "samples": samples,
                      "drifted": True, "drifted_features": ["item_price"]}
 
-    latest = drift.history(settings)[0]
+    latest = drift.history(settings, MODEL_NAME)[0]
     by_name = {f["name"]: f for f in latest["features"]}
     assert by_name["item_price"]["psi"] > 0.1 and by_name["item_price"]["ks_p"] < 0.05
     assert not latest["score"]["drifted"]  # the ranker barely weighs price: its scores did not move
@@ -93,7 +93,7 @@ def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommen
     (alert,) = drift.alerts(settings)
     assert alert["features"] == ["item_price"] and alert["model_version"] == version
     assert alert["check_id"] == latest["id"] and "item_price" in alert["message"]
-    json.dumps(drift.history(settings)), json.dumps(drift.alerts(settings))  # the contract: JSON-able
+    json.dumps(drift.history(settings, MODEL_NAME)), json.dumps(drift.alerts(settings))  # the contract: JSON-able
 
 
 def test_the_monitor_function_refuses_an_http_event(clean_stack: Settings) -> None:

@@ -189,14 +189,12 @@ def check_version(settings: Settings, model: str, version: str, rows: Sequence[M
     return {**doc, **compare(reference, rows, settings), "status": "ok"}
 
 
-def run_check(settings: Settings, model: str | None = None) -> list[dict[str, Any]]:
-    """Check every live version of ``model`` (default: the recommender); store the results and
-    raise an alert for each that drifted. Returns the stored documents (JSON-able)."""
-    from nimbus.recommend.bundle import MODEL_NAME
+def run_check(settings: Settings, model: str) -> list[dict[str, Any]]:
+    """Check every live version of ``model``; store the results and raise an alert for each
+    that drifted. Returns the stored documents (JSON-able)."""
     from nimbus.stores.documents import Collections, DocumentStore
     from nimbus.stores.features import FeatureStore
 
-    model = model or MODEL_NAME
     aliases: dict[str, list[str]] = {}
     for alias, version in FeatureStore.for_settings(settings).live(model).items():
         aliases.setdefault(version, []).append(alias)
@@ -236,7 +234,7 @@ def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def history(settings: Settings, model: str = "nimbus-recommender", limit: int = 50) -> list[dict[str, Any]]:
+def history(settings: Settings, model: str, limit: int = 50) -> list[dict[str, Any]]:
     """The latest drift checks of ``model``, newest first (see the module docstring)."""
     from nimbus.stores.documents import Collections, DocumentStore
 

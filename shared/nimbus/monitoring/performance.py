@@ -35,7 +35,6 @@ from typing import Any
 
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
-from nimbus.experiments.exposures import intra_list_diversity  # noqa: F401 - the definition of diversity
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.features import FeatureStore
 

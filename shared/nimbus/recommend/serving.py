@@ -89,10 +89,6 @@ class Breaker:
         self.failures += 1
         self.open_until = time.monotonic() + self.cool_s
 
-    @property
-    def is_open(self) -> bool:
-        return not self.allow()
-
 
 Listener = Callable[[Served], None]
 # user id -> (experiment id, variant name, model alias) when a running experiment covers the user

@@ -80,8 +80,12 @@ class Registry(PerProcess):
 
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None, timeout_s: float = 2.0) -> None:
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, timeout_s: float = 2.0,
+                 artifact_root: Path | None = None) -> None:
         self.url = tracking_uri
+        # Where experiments of a server-less (SQLite) MLflow keep artifacts; MLflow's own default
+        # is ./mlruns of whichever directory the first command ran in.
+        self.artifact_root = artifact_root
         self.registry_uri = registry_uri or tracking_uri
         self.timeout_s = timeout_s
         self._client: MlflowClient | None = None
@@ -94,7 +98,8 @@ class Registry(PerProcess):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        return cls(settings.tracking_uri, settings.registry_uri, settings.store_timeout_s)
+        return cls(settings.tracking_uri, settings.registry_uri, settings.store_timeout_s,
+                   None if settings.mlflow_tracking_uri else settings.mlflow_artifact_root)
 
     @property
     def is_server(self) -> bool:
@@ -283,7 +288,12 @@ class Registry(PerProcess):
         if name not in self._experiments:
             with self._calling():
                 found = self.client.get_experiment_by_name(name)
-                self._experiments[name] = found.experiment_id if found else self.client.create_experiment(name)
+                if found is None:
+                    where = (self.artifact_root / name).as_uri() if self.artifact_root and not self.is_server else None
+                    found_id = self.client.create_experiment(name, artifact_location=where)
+                else:
+                    found_id = found.experiment_id
+                self._experiments[name] = found_id
         return self._experiments[name]
 
     def log_run(self, experiment: str, run_name: str, *, tags: Mapping[str, str] | None = None,
