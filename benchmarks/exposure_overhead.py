@@ -65,34 +65,37 @@ def run(settings: Settings, n: int, rounds: int) -> None:
     from nimbus.recommend.pipeline import publish_features
     from nimbus.recommend.serving import FeatureSampler, Recommender
     from nimbus.recommend.training import train
-    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.redis.experiments import ExperimentStore
+    from nimbus.stores.redis.features import FeatureStore
+    from nimbus.stores.redis.live import LiveModelStore
 
     store = FeatureStore(settings.redis_url)
+    models, experiment_store = LiveModelStore(settings.redis_url), ExperimentStore(settings.redis_url)
     dataset = generate(n_users=2000, n_items=1000, n_categories=12, days=40, seed=3)
     publish_features(store, compute_features(dataset))
     bundle = train(dataset).bundle
     for version, alias in (("1", "champion"), ("2", "challenger")):
-        store.put_model(MODEL_NAME, version, bundle.to_bytes())
-        store.set_live(MODEL_NAME, alias, version)
-    live = LiveModels(store)
+        models.put_model(MODEL_NAME, version, bundle.to_bytes())
+        models.set_live(MODEL_NAME, alias, version)
+    live = LiveModels(store, models)
     live.refresh()
     fast = FeatureStore(settings.redis_url, settings.request_timeout_s)
     users = [str(u) for u in dataset.interactions["user_id"].unique()[:1000]]
     users = (users * (max(n, 100_000) // len(users) + 1))[:max(n, 100_000)]
 
     base = Recommender(fast, live)
-    base.listeners.append(FeatureSampler(store, MODEL_NAME))
+    base.listeners.append(FeatureSampler(models, MODEL_NAME))
     tracked = Recommender(fast, live)
-    tracked.listeners.append(FeatureSampler(store, MODEL_NAME))
-    store.claim_surface("recommendations", json.dumps({
+    tracked.listeners.append(FeatureSampler(models, MODEL_NAME))
+    experiment_store.claim_surface("recommendations", json.dumps({
         "id": "exp-bench", "name": "bench", "seed": "exp-bench",
         "variants": [{"name": "control", "alias": "champion", "version": "1"},
                      {"name": "treatment", "alias": "challenger", "version": "2"}],
         "ranges": bucket_ranges(2, 1.0, [0.5, 0.5])}))
-    experiments = RunningExperiments(store)
+    experiments = RunningExperiments(experiment_store)
     experiments.refresh()
     tracked.assigner = experiments
-    tracker = ExposureTracker(store, settings, background=False)  # flushed below, timed apart
+    tracker = ExposureTracker(experiment_store, settings, background=False)  # flushed below, timed apart
     tracked.listeners.append(tracker)
 
     timed = users[:n]

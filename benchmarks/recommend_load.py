@@ -160,7 +160,7 @@ def main() -> None:
         from nimbus.recommend.models import register
         from nimbus.recommend.pipeline import publish_features
         from nimbus.recommend.training import train
-        from nimbus.stores.features import FeatureStore
+        from nimbus.stores.redis.features import FeatureStore
 
         t = time.perf_counter()
         dataset = generate(args.users, args.items)

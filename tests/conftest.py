@@ -60,11 +60,11 @@ def clean_stack(stack_settings: Settings) -> Settings:
     """The session's stack with Redis, MongoDB, the buckets and the drop queue emptied."""
     from nimbus.monitoring.traffic import flush_all
     from nimbus.stores.documents import DocumentStore
-    from nimbus.stores.features import FeatureStore
     from nimbus.stores.objects import ObjectStore, QueueStore
+    from nimbus.stores.redis.base import RedisStore
 
     flush_all()  # an earlier test's requests still buffered here must not land after the clean
-    FeatureStore.for_settings(stack_settings).client.flushdb()
+    RedisStore.for_settings(stack_settings).client.flushdb()
     documents = DocumentStore.for_settings(stack_settings)
     for name in documents.db.list_collection_names():
         documents.db[name].delete_many({})
@@ -100,7 +100,7 @@ def live_recommender(clean_stack: Settings, recommender_models: dict) -> dict:
     """Features published and the first version live as champion, on a clean stack."""
     from nimbus.recommend.models import promote_version
     from nimbus.recommend.pipeline import publish_features
-    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.redis.features import FeatureStore
 
     publish_features(FeatureStore.for_settings(clean_stack), recommender_models["features"])
     promote_version(clean_stack, recommender_models["versions"][0])

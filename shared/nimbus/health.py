@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from nimbus import __version__
 from nimbus.config import Settings
 from nimbus.stores.documents import DocumentStore
-from nimbus.stores.features import FeatureStore
 from nimbus.stores.objects import ObjectStore
+from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.registry import Registry
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
@@ -35,7 +35,7 @@ class HealthReport(BaseModel):
 def check_stores(settings: Settings) -> HealthReport:
     """Ask every store at once, each bounded by ``store_timeout_s``; never raises."""
     stores = [
-        FeatureStore.for_settings(settings),
+        RedisStore.for_settings(settings),
         DocumentStore.for_settings(settings),
         ObjectStore.for_settings(settings),
         Registry.for_settings(settings),

@@ -36,7 +36,8 @@ from nimbus.monitoring.dashboard import iso
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ def run_experiment(traffic: Traffic, name: str, users: list[str], clicks: bool) 
 
 def settle_samples(settings: Settings, expected: int) -> None:
     """Wait until the serving process has written every sampled feature vector to Redis."""
-    store = FeatureStore.for_settings(settings)
+    store = LiveModelStore.for_settings(settings)
     wait_for(lambda: len(store.samples(MODEL_NAME, 100_000)) >= expected, "the drift samples")
 
 

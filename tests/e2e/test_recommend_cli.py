@@ -20,7 +20,7 @@ def test_trainings_and_promotions_are_audited_and_a_rollback_returns_to_the_prev
     clean_stack, recommender_models: dict, tmp_path: Path  # noqa: ANN001
 ) -> None:
     from nimbus import audit
-    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.redis.live import LiveModelStore
     from nimbus.stores.registry import Registry
 
     folder = write_dataset(recommender_models["dataset"], clean_stack, str(tmp_path / "logs"))
@@ -39,13 +39,13 @@ def test_trainings_and_promotions_are_audited_and_a_rollback_returns_to_the_prev
     assert back.returncode == 0, back.stderr
     assert f"{second} -> {first} (rolled back)" in back.stdout
     assert Registry.for_settings(clean_stack).alias("nimbus-recommender", "champion").version == first
-    assert FeatureStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == first  # published
+    assert LiveModelStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == first  # published
 
     promoted = run(["recommend", "promote", second], {})
     assert promoted.returncode == 0 and f"champion -> version {second}" in promoted.stdout
     latest = audit.history(clean_stack, "model:nimbus-recommender", limit=1)[0]
     assert (latest["action"], latest["details"]["from"], latest["details"]["to"]) == ("promote", first, second)
-    assert FeatureStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == second
+    assert LiveModelStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == second
 
 
 def test_promoting_an_unknown_version_is_a_one_line_error(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001

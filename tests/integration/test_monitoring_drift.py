@@ -20,7 +20,8 @@ from nimbus.monitoring import drift
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 from tests.e2e.test_cli import run
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def serve_half_the_users(live: dict, seed: int) -> int:
     # Every answer sampled; a generous Redis timeout, as other sessions share these 2 cores.
     settings: Settings = live["settings"].model_copy(update={"drift_sample_rate": 1.0, "request_timeout_s": 2.0})
     users = np.random.default_rng(seed).permutation(live["features"].user_ids)[: len(live["features"].user_ids) // 2]
-    store = FeatureStore.for_settings(settings)
+    store = LiveModelStore.for_settings(settings)
     with TestClient(create_recommend_app(settings)) as client:
         for user in users:
             answer = client.get(f"/recommendations/{user}")
@@ -85,7 +86,8 @@ def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommen
     assert not latest["score"]["drifted"]  # the ranker barely weighs price: its scores did not move
     # The stored figures are scipy's KS on the reference sample in MLflow and the live samples in Redis.
     reference = drift.load_reference(settings, MODEL_NAME, version)
-    live = [orjson.loads(r)["features"]["item_price"] for r in FeatureStore.for_settings(settings).samples(MODEL_NAME)]
+    samples = LiveModelStore.for_settings(settings).samples(MODEL_NAME)
+    live = [orjson.loads(r)["features"]["item_price"] for r in samples]
     expected = stats.ks_2samp(reference["numeric"]["item_price"]["sample"], live).pvalue
     assert by_name["item_price"]["ks_p"] == pytest.approx(expected, rel=1e-9)
     assert by_name["category"]["chi2_p"] is not None and not by_name["category"]["drifted"]

@@ -16,7 +16,7 @@ from nimbus.api.recommend import create_recommend_app
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
 from nimbus.monitoring.traffic import LATENCY_BUCKETS_MS, FunctionTraffic, rollup_for, summary
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.base import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def counted(client: TestClient, owner: str, route: str, status: int, method: str
 def empty_rollup(settings: Settings) -> None:
     """Counts of earlier tests still in this process go to Redis first, then Redis is emptied."""
     rollup_for(settings).flush()
-    FeatureStore.for_settings(settings).client.flushdb()
+    RedisStore.for_settings(settings).client.flushdb()
 
 
 def test_the_health_function_counts_and_times_each_request_and_the_rollup_agrees(clean_stack: Settings) -> None:

@@ -10,7 +10,8 @@ from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features, refresh_features
 from nimbus.recommend.publish import write_dataset
 from nimbus.recommend.ranking import ItemTable, user_context
-from nimbus.stores.features import FeatureStore, Keys, RealtimeEvent
+from nimbus.stores.redis.features import FeatureStore, RealtimeEvent
+from nimbus.stores.redis.keys import Keys
 
 pytestmark = pytest.mark.integration
 

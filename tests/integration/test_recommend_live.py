@@ -18,7 +18,8 @@ from nimbus.local.stack import LocalStack, free_port
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.models import promote_version, publish
 from nimbus.recommend.pipeline import publish_features
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(live_re
 def test_a_model_that_fails_to_load_leaves_the_old_one_serving(live_recommender: dict) -> None:
     settings = live_recommender["settings"]
     first = live_recommender["versions"][0]
-    store = FeatureStore.for_settings(settings)
+    store = LiveModelStore.for_settings(settings)
     with TestClient(create_recommend_app(settings)) as client:
         user = str(live_recommender["features"].user_ids[2])
         assert client.get(f"/recommendations/{user}").json()["model_version"] == first
@@ -97,8 +98,8 @@ def test_without_redis_answers_degrade_to_popular_items_and_recover(live_recomme
     stack.up(["redis"])
     try:
         publish_features(FeatureStore(settings.redis_url), live_recommender["features"])
-        store = FeatureStore(settings.redis_url)
-        store.put_model(MODEL_NAME, "1", FeatureStore.for_settings(live_recommender["settings"]).get_model(
+        store = LiveModelStore(settings.redis_url)
+        store.put_model(MODEL_NAME, "1", LiveModelStore.for_settings(live_recommender["settings"]).get_model(
             MODEL_NAME, live_recommender["versions"][0]))
         store.set_live(MODEL_NAME, "champion", "1")
         service = RecommendService(settings)

@@ -8,7 +8,7 @@ from nimbus.config import Settings
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.errors import NotFound
 from nimbus.recommend.models import load_bundle, promote_version, sync_live
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_promotion_moves_the_alias_and_publishes_live(clean_stack: Settings, rec
     promote_version(clean_stack, second)
     client = Registry.for_settings(clean_stack).client
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == second
-    store = FeatureStore.for_settings(clean_stack)
+    store = LiveModelStore.for_settings(clean_stack)
     assert store.live(MODEL_NAME) == {"champion": second}
     assert store.get_model(MODEL_NAME, second) is not None
     promote_version(clean_stack, first)  # and back: a rollback is a promotion of the older version
@@ -45,7 +45,7 @@ def test_an_alias_moved_in_mlflow_is_synced_to_redis(clean_stack: Settings, reco
     try:
         changed = sync_live(clean_stack)
         assert changed.get("challenger") == second
-        assert FeatureStore.for_settings(clean_stack).live(MODEL_NAME)["challenger"] == second
+        assert LiveModelStore.for_settings(clean_stack).live(MODEL_NAME)["challenger"] == second
     finally:
         Registry.for_settings(clean_stack).client.delete_registered_model_alias(MODEL_NAME, "challenger")
 
@@ -54,4 +54,4 @@ def test_promoting_a_version_that_does_not_exist_is_a_clear_error(clean_stack: S
                                                                    recommender_models: dict) -> None:
     with pytest.raises(NotFound, match=f"{MODEL_NAME} has no version '999'"):
         promote_version(clean_stack, "999")
-    assert FeatureStore.for_settings(clean_stack).live(MODEL_NAME) == {}
+    assert LiveModelStore.for_settings(clean_stack).live(MODEL_NAME) == {}

@@ -12,7 +12,9 @@ from nimbus.config import Settings, get_settings
 from nimbus.experiments.outcomes import record_outcomes
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.realtime import EventBatch, IngestResult, ingest
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 
 
 class EventsService:
@@ -23,7 +25,8 @@ class EventsService:
         self._catalogue: Once[LiveModels] = Once(self._build)
 
     def _build(self) -> LiveModels:
-        live = LiveModels(FeatureStore.for_settings(self.settings), with_models=False)
+        live = LiveModels(FeatureStore.for_settings(self.settings), LiveModelStore.for_settings(self.settings),
+                          with_models=False)
         live.start()
         return live
 
@@ -53,9 +56,8 @@ def create_events_app(settings: Settings | None = None) -> FastAPI:
         """Apply up to 500 interactions at once; idempotent on event_id. Clicks and purchases
         also count as A/B and performance outcomes of the answer they follow (by request_id,
         else the user's latest answer within the attribution window)."""
-        store = FeatureStore.for_settings(service.settings)
-        result = ingest(store, service.catalogue.state.items, batch.events)
-        record_outcomes(store, service.settings, batch.events)
+        result = ingest(FeatureStore.for_settings(service.settings), service.catalogue.state.items, batch.events)
+        record_outcomes(ExperimentStore.for_settings(service.settings), service.settings, batch.events)
         return result
 
     app.include_router(router)

@@ -24,7 +24,9 @@ from nimbus.monitoring.traffic import FunctionTraffic
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.live import LiveModels
 from nimbus.recommend.serving import FeatureSampler, Recommender
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ALLOWED_QUERY = frozenset({"k", "category"})
@@ -72,17 +74,18 @@ class RecommendService:
         self._recommender: Once[Recommender] = Once(self._build)
 
     def _build(self) -> Recommender:
-        watcher_store = FeatureStore.for_settings(self.settings)
-        live = LiveModels(watcher_store)
+        models = LiveModelStore.for_settings(self.settings)
+        live = LiveModels(FeatureStore.for_settings(self.settings), models)
         live.start()
         # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
         fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
         recommender = Recommender(fast, live)
-        experiments = RunningExperiments(watcher_store)
+        experiment_store = ExperimentStore.for_settings(self.settings)
+        experiments = RunningExperiments(experiment_store)
         experiments.start()
         recommender.assigner = experiments
-        recommender.listeners.append(ExposureTracker(watcher_store, self.settings))
-        recommender.listeners.append(FeatureSampler(watcher_store, MODEL_NAME, self.settings.drift_sample_rate))
+        recommender.listeners.append(ExposureTracker(experiment_store, self.settings))
+        recommender.listeners.append(FeatureSampler(models, MODEL_NAME, self.settings.drift_sample_rate))
         if self.traffic is not None:
             recommender.listeners.append(self.traffic.count_degraded)
         return recommender

@@ -26,12 +26,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import redis
-
 from nimbus.config import Settings
+from nimbus.errors import StoreUnavailable
 from nimbus.experiments.assignment import assign
 from nimbus.recommend.serving import Served
-from nimbus.stores.features import FeatureStore, ServedRow, Watcher
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.keys import EXPERIMENTS_TOPIC, ServedRow
+from nimbus.stores.redis.watcher import Watcher
 
 log = logging.getLogger("nimbus.experiments")
 
@@ -64,10 +65,10 @@ def intra_list_diversity(categories: Sequence[str]) -> float | None:
 class RunningExperiments:
     """The running experiment of one surface, as this process sees it; callable as an assigner."""
 
-    def __init__(self, store: FeatureStore, surface: str = SURFACE, poll_s: float = 2.0) -> None:
+    def __init__(self, store: ExperimentStore, surface: str = SURFACE, poll_s: float = 2.0) -> None:
         self.store, self.surface, self.poll_s = store, surface, poll_s
         self.current: Compiled | None = None
-        self._watcher = Watcher(store, ("experiments",), self.refresh, poll_s, name="experiments")
+        self._watcher = Watcher(store, (EXPERIMENTS_TOPIC,), self.refresh, poll_s, name="experiments")
 
     def __call__(self, user_id: str) -> tuple[str, str, str] | None:
         exp = self.current
@@ -83,7 +84,7 @@ class RunningExperiments:
     def refresh(self) -> None:
         try:
             doc = self.store.running_experiments().get(self.surface)
-        except (redis.RedisError, OSError) as exc:
+        except StoreUnavailable as exc:
             log.debug("running experiments unreadable, keeping what we have: %s", exc)
             return
         if doc is None:
@@ -105,7 +106,7 @@ class RunningExperiments:
 class ExposureTracker:
     """A recommender listener: every answer, buffered, written to Redis in the background."""
 
-    def __init__(self, store: FeatureStore, settings: Settings, background: bool = True) -> None:
+    def __init__(self, store: ExperimentStore, settings: Settings, background: bool = True) -> None:
         self.store, self.settings = store, settings
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._stop = threading.Event()

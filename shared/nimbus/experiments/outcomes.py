@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from nimbus.config import Settings
-from nimbus.stores.features import FeatureStore, OutcomeRow
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.keys import OutcomeRow
 
 KIND = {"click": "c", "purchase": "p"}
 
@@ -32,7 +33,7 @@ class Interaction(Protocol):
         ...
 
 
-def record_outcomes(store: FeatureStore, settings: Settings, events: Sequence[Interaction]) -> int:
+def record_outcomes(store: ExperimentStore, settings: Settings, events: Sequence[Interaction]) -> int:
     """Attribute the clicks and purchases among ``events``; returns how many counted (new)."""
     relevant = [e for e in events if e.type in KIND]
     if not relevant:

@@ -46,7 +46,8 @@ from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.experiments import stats
 from nimbus.experiments.assignment import bucket_ranges
 from nimbus.stores.documents import Collections, DocumentStore
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.live import LiveModelStore
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MODEL = r"^([A-Za-z][A-Za-z0-9_-]{0,63}|[0-9]{1,9})$"
@@ -164,8 +165,8 @@ def start(settings: Settings, experiment_id: str, who: str | None = None) -> dic
     if doc["status"] != "draft":
         raise ExperimentConflict(f"experiment {experiment_id} is {doc['status']}; only a draft can start")
     resolved = _resolve(settings, doc["variants"])
-    store = FeatureStore.for_settings(settings)
-    live = store.live(MODEL_NAME)
+    store = ExperimentStore.for_settings(settings)
+    live = LiveModelStore.for_settings(settings).live(MODEL_NAME)
     for r in resolved.values():
         if live.get(r["alias"]) != r["version"]:
             publish(settings, r["version"], r["alias"])
@@ -189,7 +190,7 @@ def stop(settings: Settings, experiment_id: str, who: str | None = None) -> dict
     doc = _doc(settings, experiment_id)
     if doc["status"] != "running":
         raise ExperimentConflict(f"experiment {experiment_id} is {doc['status']}; only a running one can stop")
-    store = FeatureStore.for_settings(settings)
+    store = ExperimentStore.for_settings(settings)
     store.release_surface(doc["surface"], experiment_id)
     persist(settings)
     counts = store.experiment_counts(experiment_id, [v["name"] for v in doc["variants"]])
@@ -226,7 +227,7 @@ def _results(settings: Settings, doc: dict[str, Any]) -> dict[str, Any]:
     if doc["status"] == "stopped" and doc.get("final_counts"):
         counts, source = doc["final_counts"], "final"
     else:
-        counts, source = FeatureStore.for_settings(settings).experiment_counts(doc["_id"], names), "live"
+        counts, source = ExperimentStore.for_settings(settings).experiment_counts(doc["_id"], names), "live"
     rows = [{"name": n, **counts.get(n, {"exposures": 0, "users": 0, "clicks": 0, "purchases": 0})} for n in names]
     analysis = stats.analyse(rows, [v["weight"] for v in doc["variants"]], doc["metric"],
                              settings.experiment_min_exposures)
@@ -242,7 +243,7 @@ def persist(settings: Settings, batch: int = 5000) -> dict[str, int]:
 
     from nimbus.monitoring.performance import rollup
 
-    store = FeatureStore.for_settings(settings)
+    store = ExperimentStore.for_settings(settings)
     documents = DocumentStore.for_settings(settings)
     moved = {}
     for kind, collection, key in (("exposures", Collections.EXPOSURES, lambda r: r["request_id"]),

@@ -26,8 +26,8 @@ from nimbus.config import Settings
 from nimbus.errors import LocalStackError
 from nimbus.stores import Health
 from nimbus.stores.documents import DocumentStore
-from nimbus.stores.features import FeatureStore
 from nimbus.stores.objects import ObjectStore, QueueStore
+from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.registry import Registry
 
 RESOURCES_SCRIPT = Path("localstack") / "init" / "ready.d" / "nimbus_resources.py"
@@ -110,7 +110,7 @@ class LocalStack:
             Service(
                 "redis", redis_port, s.redis_url, "NIMBUS_REDIS_URL",
                 lambda: self._redis_command(redis_port),
-                FeatureStore(s.redis_url, s.store_timeout_s).health,
+                RedisStore(s.redis_url, s.store_timeout_s).health,
                 binary="redis-server",
             ),
             Service(

@@ -17,13 +17,12 @@ from typing import Any
 
 import orjson
 import pymongo.errors
-import redis
 
 from nimbus import audit
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NimbusError
 from nimbus.recommend.bundle import MODEL_NAME
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
 SECTIONS = ("traffic", "experiments", "performance", "drift", "models")
@@ -108,7 +107,7 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     registry.ping()  # fail fast: the MLflow client itself retries an unreachable server for minutes
     versions = registry.versions(query.model)
     aliases = registry.aliases(query.model) if versions else {}
-    store = FeatureStore.for_settings(settings)
+    store = LiveModelStore.for_settings(settings)
     live_now = store.live(query.model)
     log = sorted(store.live_log(query.model), key=lambda entry: entry["at"])  # oldest first
     went_live: dict[str, list[float]] = {}
@@ -146,7 +145,7 @@ SECTION_BUILDERS: dict[str, Callable[[Settings, DashboardQuery], Any]] = {
     "drift": drift_section,
     "models": models_section,
 }
-STORE_ERRORS = (NimbusError, redis.RedisError, pymongo.errors.PyMongoError)
+STORE_ERRORS = (NimbusError, pymongo.errors.PyMongoError)  # NimbusError: StoreUnavailable among others
 
 
 def build(settings: Settings, query: DashboardQuery | None = None) -> dict[str, Any]:

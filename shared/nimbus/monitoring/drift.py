@@ -165,9 +165,9 @@ def live_rows(settings: Settings, model: str) -> list[dict[str, Any]]:
     """The sampled served rows of ``model`` in Redis, newest first."""
     import orjson
 
-    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.redis.live import LiveModelStore
 
-    return [orjson.loads(raw) for raw in FeatureStore.for_settings(settings).samples(model)]
+    return [orjson.loads(raw) for raw in LiveModelStore.for_settings(settings).samples(model)]
 
 
 def check_version(settings: Settings, model: str, version: str, rows: Sequence[Mapping[str, Any]],
@@ -193,10 +193,10 @@ def run_check(settings: Settings, model: str) -> list[dict[str, Any]]:
     """Check every live version of ``model``; store the results and raise an alert for each
     that drifted. Returns the stored documents (JSON-able)."""
     from nimbus.stores.documents import Collections, DocumentStore
-    from nimbus.stores.features import FeatureStore
+    from nimbus.stores.redis.live import LiveModelStore
 
     aliases: dict[str, list[str]] = {}
-    for alias, version in FeatureStore.for_settings(settings).live(model).items():
+    for alias, version in LiveModelStore.for_settings(settings).live(model).items():
         aliases.setdefault(version, []).append(alias)
     rows = live_rows(settings, model)
     documents = DocumentStore.for_settings(settings)

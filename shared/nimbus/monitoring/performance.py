@@ -36,9 +36,9 @@ from typing import Any
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
 from nimbus.stores.documents import Collections, DocumentStore
-from nimbus.stores.features import FeatureStore
-
-METRICS = ("exposures", "clicks", "purchases")
+from nimbus.stores.redis.experiments import ExperimentStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.keys import DIV_SUM, LISTS, METRICS, parse_perf_field
 
 
 def _buckets(settings: Settings, window_s: int, now: float | None = None) -> list[int]:
@@ -52,7 +52,7 @@ def _buckets(settings: Settings, window_s: int, now: float | None = None) -> lis
 def rollup(settings: Settings, lookback_s: int = 3 * 3600) -> int:
     """Copy the counters of the recent buckets from Redis into MongoDB (upsert by bucket)."""
     buckets = _buckets(settings, lookback_s)
-    counters = FeatureStore.for_settings(settings).perf_buckets(buckets)
+    counters = ExperimentStore.for_settings(settings).perf_buckets(buckets)
     collection = DocumentStore.for_settings(settings).collection(Collections.RECOMMEND_PERFORMANCE)
     written = 0
     for bucket, counts in zip(buckets, counters):
@@ -75,8 +75,7 @@ def summary(settings: Settings, window_s: int = 3600, bucket_s: int = 60) -> dic
         raise InvalidInput(f"bucket_s must be a positive multiple of {base} (NIMBUS_PERF_BUCKET_S) and "
                            f"window_s positive; got bucket_s={bucket_s}, window_s={window_s}")
     buckets = _buckets(settings, window_s)
-    store = FeatureStore.for_settings(settings)
-    counters = store.perf_buckets(buckets)
+    counters = ExperimentStore.for_settings(settings).perf_buckets(buckets)
     missing = [b for b, c in zip(buckets, counters) if not c]
     if missing:
         stored = DocumentStore.for_settings(settings).collection(Collections.RECOMMEND_PERFORMANCE).find(
@@ -90,20 +89,20 @@ def summary(settings: Settings, window_s: int = 3600, bucket_s: int = 60) -> dic
     for bucket, counts in zip(buckets, counters):
         t = bucket // bucket_s * bucket_s
         for field, value in counts.items():
-            if field == "div_sum":
+            if field == DIV_SUM:
                 div_sum += value
-            elif field == "lists":
+            elif field == LISTS:
                 lists += value
-            else:
-                version, variant, metric = field.rsplit("|", 2)
+            elif (parsed := parse_perf_field(field)) is not None:
+                version, variant, metric = parsed
                 totals[(version, variant)][metric] += value
                 series[(t, version, variant)][metric] += value
 
-    meta = None
-    if (version := store.current_feature_version()) is not None:
-        meta = store.feature_meta(version)
+    features, meta = FeatureStore.for_settings(settings), None
+    if (version := features.current_feature_version()) is not None:
+        meta = features.feature_meta(version)
     catalogue = int(meta.get("items", 0)) if meta else 0
-    distinct = store.distinct_items(buckets)
+    distinct = ExperimentStore.for_settings(settings).distinct_items(buckets)
     return {
         "window_s": window_s, "bucket_s": bucket_s,
         "by_version": [{"model_version": v, "variant": var, "exposures": int(c["exposures"]),

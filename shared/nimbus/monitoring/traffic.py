@@ -41,12 +41,11 @@ import threading
 import time
 from typing import Any
 
-import redis
 from prometheus_client import Counter, Histogram
 
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput
-from nimbus.stores.features import FeatureStore
+from nimbus.errors import InvalidInput, StoreUnavailable
+from nimbus.stores.redis.telemetry import TelemetryStore
 
 log = logging.getLogger("nimbus.monitoring.traffic")
 
@@ -122,8 +121,8 @@ class Rollup:
             counts = {key: {name: value for name, value in zip(_FIELDS, row) if value}
                       for key, row in pending.items()}
             try:
-                FeatureStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
-            except (redis.RedisError, OSError) as exc:  # monitoring never fails a request; the counts are lost
+                TelemetryStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
+            except StoreUnavailable as exc:  # monitoring never fails a request; the counts are lost
                 log.warning("traffic rollup dropped %d rows: %s", len(counts), exc)
                 return 0
             return len(counts)
@@ -219,7 +218,7 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
     now = time.time()
     last = int(now) // bucket_s * bucket_s
     first = last - (math.ceil(window_s / bucket_s) - 1) * bucket_s
-    store = FeatureStore.for_settings(settings)
+    store = TelemetryStore.for_settings(settings)
     functions = store.traffic_functions()
     rows = store.traffic(functions, range(first // base * base, last + bucket_s, base))
     series, totals = [], {}

@@ -21,7 +21,10 @@ import numpy as np
 
 from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
 from nimbus.recommend.ranking import ItemTable, UserContext, score_inputs
-from nimbus.stores.features import FeatureStore, Watcher
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.keys import FEATURES_TOPIC, MODEL_TOPIC
+from nimbus.stores.redis.live import LiveModelStore
+from nimbus.stores.redis.watcher import Watcher
 
 log = logging.getLogger("nimbus.recommend.live")
 
@@ -55,9 +58,10 @@ def warm(items: ItemTable, bundle: ModelBundle | None) -> None:
 class LiveModels:
     """Keeps ``state`` in step with Redis: the current feature version and live model aliases."""
 
-    def __init__(self, store: FeatureStore, model_name: str = MODEL_NAME, with_models: bool = True,
-                 poll_s: float = 2.0) -> None:
-        self.store = store
+    def __init__(self, features: FeatureStore, models: LiveModelStore, model_name: str = MODEL_NAME,
+                 with_models: bool = True, poll_s: float = 2.0) -> None:
+        self.features = features
+        self.models = models
         self.model_name = model_name
         self.with_models = with_models
         self.poll_s = poll_s
@@ -65,7 +69,7 @@ class LiveModels:
         self.last_error: str | None = None
         self.swaps = 0
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
-        self._watcher = Watcher(store, ("model", "features"), self.refresh, poll_s, name="live")
+        self._watcher = Watcher(features, (MODEL_TOPIC, FEATURES_TOPIC), self.refresh, poll_s, name="live")
 
     # -- loading -----------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -73,11 +77,11 @@ class LiveModels:
         with self._lock:
             old = self.state
             try:
-                version = self.store.current_feature_version()
-                live = self.store.live(self.model_name) if self.with_models else {}
+                version = self.features.current_feature_version()
+                live = self.models.live(self.model_name) if self.with_models else {}
                 items = old.items
                 if version and (items is None or items.version != version):
-                    blob = self.store.items_blob(version)
+                    blob = self.features.items_blob(version)
                     if blob is None:
                         raise ValueError(f"feature version {version} has no item table")
                     items = ItemTable.from_bytes(blob)
@@ -85,7 +89,7 @@ class LiveModels:
                 for alias, model_version in live.items():
                     if alias in models and models[alias].version == model_version:
                         continue
-                    blob = self.store.get_model(self.model_name, model_version)
+                    blob = self.models.get_model(self.model_name, model_version)
                     if blob is None:
                         raise ValueError(f"{self.model_name} version {model_version} is live but has no bundle")
                     try:

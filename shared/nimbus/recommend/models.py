@@ -14,7 +14,7 @@ from nimbus import governance
 from nimbus.config import Settings
 from nimbus.monitoring.drift import REFERENCE_PATH as DRIFT_REFERENCE_PATH
 from nimbus.recommend.bundle import MODEL_NAME, ModelBundle
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
 if TYPE_CHECKING:  # training imports scikit-learn and pandas; the models app only needs the hook below
@@ -59,7 +59,7 @@ def publish(settings: Settings, version: str, alias: str = "champion", bundle: M
     This moves the live projection only; a registry alias moves through ``nimbus.governance``,
     whose hook (:class:`PublishOnMove`) calls this."""
     bundle = bundle or load_bundle(settings, version)
-    store = FeatureStore.for_settings(settings)
+    store = LiveModelStore.for_settings(settings)
     store.put_model(MODEL_NAME, bundle.version, bundle.to_bytes())
     store.set_live(MODEL_NAME, alias, bundle.version)
     return bundle
@@ -95,7 +95,7 @@ def sync_live(settings: Settings) -> dict[str, str]:
         aliases = Registry.for_settings(settings).aliases(MODEL_NAME)
     except NotFound:
         return {}
-    live = FeatureStore.for_settings(settings).live(MODEL_NAME)
+    live = LiveModelStore.for_settings(settings).live(MODEL_NAME)
     changed = {}
     for alias, version in aliases.items():
         if live.get(alias) != str(version):

@@ -16,8 +16,8 @@ from nimbus.config import Settings
 from nimbus.recommend.data import load_dataset
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.ranking import FeatureSet
-from nimbus.stores.features import FeatureStore
 from nimbus.stores.objects import ObjectStore
+from nimbus.stores.redis.features import FeatureStore
 
 log = logging.getLogger("nimbus.recommend.pipeline")
 

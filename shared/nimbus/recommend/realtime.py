@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from nimbus.recommend.ranking import EVENT_WEIGHT, RECENT_N, ItemTable
-from nimbus.stores.features import FeatureStore, RealtimeEvent
+from nimbus.stores.redis.features import FeatureStore, RealtimeEvent
 
 class InteractionEvent(BaseModel):
     """One user interaction."""

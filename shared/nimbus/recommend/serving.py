@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-import redis
 
-from nimbus.errors import InvalidInput
+from nimbus.errors import InvalidInput, StoreUnavailable
 from nimbus.recommend.live import LiveModels, LiveState
 from nimbus.recommend.ranking import FEATURES, RECENT_N, score_inputs, user_context
-from nimbus.stores.features import FeatureStore
+from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.live import LiveModelStore
 
 log = logging.getLogger("nimbus.recommend.serving")
 
@@ -131,7 +131,7 @@ class Recommender:
             # machinery (measured: p99 30 ms vs 9 ms at 1,000 requests/s), and the short
             # request timeout bounds how long a sick Redis can hold the event loop.
             blob, counts, recent = self.store.read_user(items.version, user_id, RECENT_N)
-        except (redis.RedisError, OSError) as exc:
+        except StoreUnavailable as exc:  # any Redis error or timeout
             self.breaker.fail()
             log.warning("redis unavailable, serving the fallback: %s", exc)
             return self._fallback(state, request_id, user_id, k, alias, category, arm)
@@ -187,7 +187,7 @@ class Recommender:
 class FeatureSampler:
     """Keeps a ``rate`` fraction of served feature vectors in Redis, written off the request path."""
 
-    def __init__(self, store: FeatureStore, model: str, rate: float = 0.01, flush_s: float = 1.0) -> None:
+    def __init__(self, store: LiveModelStore, model: str, rate: float = 0.01, flush_s: float = 1.0) -> None:
         self.store, self.model, self.rate, self.flush_s = store, model, rate, flush_s
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -214,5 +214,5 @@ class FeatureSampler:
             if rows:
                 try:
                     self.store.push_samples(self.model, rows)
-                except redis.RedisError as exc:
+                except StoreUnavailable as exc:
                     log.debug("feature samples dropped: %s", exc)

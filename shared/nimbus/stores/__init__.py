@@ -1,5 +1,5 @@
-"""One adapter per backend, nothing else: features (Redis), documents (MongoDB),
-objects and queues (S3/SQS), registry and tracking (MLflow).
+"""One adapter per backend, nothing else: the Redis stores (``redis/``: features, live models,
+experiments, telemetry), documents (MongoDB), objects and queues (S3/SQS), registry and tracking (MLflow).
 
 Every adapter is built from Settings, reuses its connection across warm invocations
 (``for_settings`` caches one per URL), answers ``health()`` without raising, and turns
@@ -9,7 +9,6 @@ an unreachable backend into :class:`nimbus.errors.StoreUnavailable` naming the U
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -22,10 +21,3 @@ class Health:
     latency_ms: float
     detail: str = ""
     info: dict[str, str] = field(default_factory=dict)
-
-
-class Store(Protocol):
-    name: str
-    url: str
-
-    def health(self) -> Health: ...

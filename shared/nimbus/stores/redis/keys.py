@@ -1,0 +1,244 @@
+"""Every Redis key layout of Nimbus and every field format stored under those keys.
+
+Nothing else in Nimbus builds a key or a field name, or parses one back: the stores of
+this package write through these functions, and readers (monitoring, experiments) read
+through them. ``tests/data/redis_keys.json`` pins each layout and format.
+
+Layout (prefix ``nimbus:v1``):
+
+* batch features, versioned so a refresh never shows readers a half-written set:
+  ``fs:{version}:items`` (the item table blob), ``fs:{version}:u:{user}`` (one user's
+  vector), ``fs:{version}:meta`` (JSON), ``fs:versions`` (sorted set by time) and one
+  pointer ``fs:current`` that is swapped last, atomically;
+* real-time features, updated as events arrive: ``rt:u:{user}`` (hash: ``n``, ``last_ts``,
+  ``c:{category}`` weighted counts), ``rt:u:{user}:recent`` (list of item ids, newest
+  first) and ``rt:seen:{event_id}`` (idempotency marks);
+* live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
+  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``,
+  and ``model:{name}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
+  when each version went live);
+* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
+  ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
+  histogram counts for one function in one time bucket, epoch seconds) and
+  ``mon:traffic:functions`` (set of the functions that reported);
+* A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
+  HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
+  ``ab:{experiment}:n`` (hash ``{variant}:exposures|clicks|purchases`` -> count,
+  :func:`ab_count_field`), ``ab:{experiment}:u:{variant}`` (set of exposed user ids),
+  ``ab:log:exposures`` (served records, :meth:`ServedRow.record`) and ``ab:log:outcomes``
+  (:func:`outcome_log_row`), JSON rows waiting for the rollup into MongoDB;
+* served answers, for joining outcomes: ``mon:req:{request_id}`` (:meth:`ServedRow.record`:
+  user, experiment, variant, model version, items, time; expires after the attribution
+  window), ``mon:req:{request_id}:{c|p}`` (first click / purchase marks), ``mon:last:{user}``
+  (the user's latest request id);
+* recommendation performance: ``perf:{bucket}`` (hash ``{version}|{variant}|{metric}`` ->
+  count, :func:`perf_field`, plus ``div_sum`` / ``lists``) and ``perf:{bucket}:items``
+  (HyperLogLog of served item ids), one per ``bucket`` (epoch seconds, floored to the
+   bucket size), expiring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class Keys:
+    """Redis key layouts, versioned by prefix so a layout change never reads old data."""
+
+    PREFIX = "nimbus:v1"
+
+    @classmethod
+    def key(cls, *parts: str | int) -> str:
+        return ":".join([cls.PREFIX, *(str(p) for p in parts)])
+
+    # batch features
+    @classmethod
+    def fs_current(cls) -> str:
+        return cls.key("fs", "current")
+
+    @classmethod
+    def fs_versions(cls) -> str:
+        return cls.key("fs", "versions")
+
+    @classmethod
+    def fs_items(cls, version: str) -> str:
+        return cls.key("fs", version, "items")
+
+    @classmethod
+    def fs_meta(cls, version: str) -> str:
+        return cls.key("fs", version, "meta")
+
+    @classmethod
+    def fs_user(cls, version: str, user_id: str) -> str:
+        return cls.key("fs", version, "u", user_id)
+
+    @classmethod
+    def fs_pattern(cls, version: str) -> str:
+        return cls.key("fs", version, "*")
+
+    # real-time features
+    @classmethod
+    def rt_user(cls, user_id: str) -> str:
+        return cls.key("rt", "u", user_id)
+
+    @classmethod
+    def rt_recent(cls, user_id: str) -> str:
+        return cls.key("rt", "u", user_id, "recent")
+
+    @classmethod
+    def rt_seen(cls, event_id: str) -> str:
+        return cls.key("rt", "seen", event_id)
+
+    # live models
+    @classmethod
+    def model_bundle(cls, name: str, version: str) -> str:
+        return cls.key("model", name, "bundle", version)
+
+    @classmethod
+    def model_live(cls, name: str) -> str:
+        return cls.key("model", name, "live")
+
+    @classmethod
+    def model_live_log(cls, name: str) -> str:
+        return cls.key("model", name, "live", "log")
+
+    @classmethod
+    def channel(cls, topic: str) -> str:
+        return cls.key("events", topic)
+
+    # monitoring seams
+    @classmethod
+    def served_samples(cls, model: str) -> str:
+        return cls.key("mon", "samples", model)
+
+    @classmethod
+    def traffic(cls, function: str, bucket: int) -> str:
+        return cls.key("mon", "traffic", function, bucket)
+
+    @classmethod
+    def traffic_functions(cls) -> str:
+        return cls.key("mon", "traffic", "functions")
+
+    # A/B experiments
+    @classmethod
+    def ab_running(cls) -> str:
+        return cls.key("ab", "running")
+
+    @classmethod
+    def ab_counts(cls, experiment: str) -> str:
+        return cls.key("ab", experiment, "n")
+
+    @classmethod
+    def ab_users(cls, experiment: str, variant: str) -> str:
+        return cls.key("ab", experiment, "u", variant)
+
+    @classmethod
+    def ab_log(cls, kind: str) -> str:
+        return cls.key("ab", "log", kind)
+
+    # served answers and performance buckets
+    @classmethod
+    def served_request(cls, request_id: str) -> str:
+        return cls.key("mon", "req", request_id)
+
+    @classmethod
+    def outcome_mark(cls, request_id: str, kind: str) -> str:
+        return cls.key("mon", "req", request_id, kind)
+
+    @classmethod
+    def last_request(cls, user_id: str) -> str:
+        return cls.key("mon", "last", user_id)
+
+    @classmethod
+    def perf_bucket(cls, bucket: int) -> str:
+        return cls.key("perf", bucket)
+
+    @classmethod
+    def perf_items(cls, bucket: int) -> str:
+        return cls.key("perf", bucket, "items")
+
+
+# pub/sub topics (channel ``events:{topic}``): what changed, for every process that watches it
+FEATURES_TOPIC, MODEL_TOPIC, EXPERIMENTS_TOPIC = "features", "model", "experiments"
+
+
+# ---- field formats -------------------------------------------------------------------
+EXPOSURES = "exposures"
+METRIC_OF = {"c": "clicks", "p": "purchases"}  # outcome kind (as in the outcome mark key) -> metric
+METRICS = (EXPOSURES, *METRIC_OF.values())
+# perf bucket fields besides the per-(version, variant, metric) counts: the diversity sum and its list count
+DIV_SUM, LISTS = "div_sum", "lists"
+NO_MODEL, NO_VARIANT = "none", "-"  # answers no model served / served outside any experiment
+
+
+def perf_field(model_version: str | None, variant: str | None, metric: str) -> str:
+    """The perf bucket field counting ``metric`` for answers of this model version and variant."""
+    return f"{model_version or NO_MODEL}|{variant or NO_VARIANT}|{metric}"
+
+
+def parse_perf_field(field: str) -> tuple[str, str, str] | None:
+    """(model version, variant, metric) of a :func:`perf_field`; None for ``div_sum`` / ``lists``."""
+    if field in (DIV_SUM, LISTS):
+        return None
+    version, variant, metric = field.rsplit("|", 2)
+    return version, variant, metric
+
+
+def ab_count_field(variant: str, metric: str) -> str:
+    """The ``ab:{experiment}:n`` field counting ``metric`` for ``variant``."""
+    return f"{variant}:{metric}"
+
+
+@dataclass(frozen=True)
+class ServedRow:
+    """One recommendation answer as exposure and performance tracking keep it."""
+
+    request_id: str
+    user_id: str
+    experiment: str | None
+    variant: str | None
+    model_version: str | None
+    items: tuple[str, ...]
+    ts: float
+    diversity: float | None  # intra-list category dissimilarity; None for lists under 2 items
+
+    def record(self) -> bytes:
+        """The answer's record (``mon:req:{request_id}`` and the exposure log), JSON; see :func:`decode_served`."""
+        return orjson.dumps({"request_id": self.request_id, "user_id": self.user_id, "experiment": self.experiment,
+                             "variant": self.variant, "model_version": self.model_version,
+                             "items": self.items, "ts": self.ts})
+
+
+def decode_served(raw: bytes | str) -> dict[str, Any]:
+    """A :meth:`ServedRow.record` read back: request_id, user_id, experiment, variant, model_version, items, ts."""
+    return json.loads(raw)
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """A click or purchase attributed to one served answer."""
+
+    request_id: str
+    kind: str  # "c" click | "p" purchase
+    served: dict  # the answer's record (decode_served)
+    event_id: str
+    ts: float
+    joined_by: str  # "request_id" | "user"
+
+    @property
+    def metric(self) -> str:
+        return METRIC_OF[self.kind]
+
+
+def outcome_log_row(row: OutcomeRow) -> str:
+    """The outcome log's JSON row (``ab:log:outcomes``, later a MongoDB document keyed ``{request_id}:{type}``)."""
+    served = row.served
+    return json.dumps({
+        "request_id": row.request_id, "event_id": row.event_id, "type": row.metric[:-1],
+        "experiment": served["experiment"], "variant": served["variant"],
+        "model_version": served.get("model_version"), "user_id": served.get("user_id"),
+        "ts": row.ts, "exposed_ts": served.get("ts"), "joined_by": row.joined_by})

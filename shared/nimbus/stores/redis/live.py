@@ -1,0 +1,58 @@
+"""Live models in Redis: serving bundles, the live pointer per alias (and its log), announced
+on channel ``events:model``, and the served feature samples that drift monitoring reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+from nimbus.stores.redis.base import RedisStore
+from nimbus.stores.redis.keys import MODEL_TOPIC, Keys
+
+
+class LiveModelStore(RedisStore):
+    """What every serving process serves: bundles and alias -> version pointers."""
+
+    def put_model(self, name: str, version: str, bundle: bytes) -> None:
+        with self.redis as r:
+            r.set(Keys.model_bundle(name, version), bundle)
+
+    def get_model(self, name: str, version: str) -> bytes | None:
+        with self.redis as r:
+            return r.get(Keys.model_bundle(name, version))
+
+    def set_live(self, name: str, alias: str, version: str, keep_log: int = 500) -> None:
+        """Point ``alias`` at ``version``, log when, and tell every serving process at once."""
+        entry = json.dumps({"at": time.time(), "alias": alias, "version": str(version)})
+        with self.redis as r:
+            pipe = r.pipeline(transaction=True)
+            pipe.hset(Keys.model_live(name), alias, version)
+            pipe.lpush(Keys.model_live_log(name), entry)
+            pipe.ltrim(Keys.model_live_log(name), 0, keep_log - 1)
+            pipe.execute()
+        self.publish(MODEL_TOPIC, json.dumps({"model": name, "alias": alias, "version": version}))
+
+    def live(self, name: str) -> dict[str, str]:
+        with self.redis as r:
+            raw = r.hgetall(Keys.model_live(name))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def live_log(self, name: str, limit: int = 500) -> list[dict]:
+        """When each alias of ``name`` was pointed at which version (``{at, alias, version}``), newest first."""
+        with self.redis as r:
+            rows = r.lrange(Keys.model_live_log(name), 0, limit - 1)
+        return [json.loads(row) for row in rows]
+
+    # ---- drift samples ---------------------------------------------------------------
+    def push_samples(self, model: str, rows: Sequence[bytes], keep: int = 5000) -> None:
+        """Append served feature vectors (JSON rows) to a capped list for drift monitoring."""
+        with self.redis as r:
+            pipe = r.pipeline(transaction=False)
+            pipe.lpush(Keys.served_samples(model), *rows)
+            pipe.ltrim(Keys.served_samples(model), 0, keep - 1)
+            pipe.execute()
+
+    def samples(self, model: str, limit: int = 5000) -> list[bytes]:
+        with self.redis as r:
+            return r.lrange(Keys.served_samples(model), 0, limit - 1)
