@@ -32,7 +32,7 @@ from nimbus.config import Settings
 from nimbus.experiments.assignment import assign, bucket_ranges
 from nimbus.local.stack import free_port
 from nimbus.monitoring import drift
-from nimbus.monitoring.dashboard import iso
+from nimbus.dashboard import iso
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features

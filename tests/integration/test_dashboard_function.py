@@ -18,7 +18,7 @@ from nimbus.config import Settings
 from nimbus.local.gateway import Gateway, GatewayOptions, serving
 from nimbus.local.serverless import load_project
 from nimbus.local.stack import free_port
-from nimbus.monitoring.dashboard import DashboardQuery, build, iso, models_section
+from nimbus.dashboard import DashboardQuery, build, iso, models_section
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.registry import Registry
 

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.monitoring.dashboard import DashboardQuery, build
+from nimbus.dashboard import DashboardQuery, build
 
 STATIC = Path(__file__).resolve().parent / "static"
 
