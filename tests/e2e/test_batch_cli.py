@@ -56,7 +56,7 @@ def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(cl
     assert made.returncode == 0, made.stderr
     assert "churn-lr v1" in made.stdout and "churn-hgb v1" in made.stdout
     tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_REGISTRY_URI": tracking}
     # cwd: a plain MLflow puts its artifacts under ./mlruns of wherever it runs
     logged = subprocess.run([sys.executable, "-c", USER_MODEL], env=env, cwd=tmp_path, capture_output=True,
                             text=True, timeout=180)

@@ -314,12 +314,22 @@ class Registry(PerProcess):
         """A run of ``experiment`` to log params, metrics, artifacts and models into (ended on exit)."""
         import mlflow
 
+        # MLflow also exports the URIs it is given as MLFLOW_*_URI: restored afterwards, so a
+        # subprocess started later (a user's own script, say) does not inherit ours.
+        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         with _fluent_lock, self._calling():
-            mlflow.set_tracking_uri(self.url)  # the fluent API's process-global URIs: set here, nowhere else
-            mlflow.set_registry_uri(self.registry_uri)
-            with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
-                                  tags=dict(tags or {})) as run:
-                yield TrackedRun(self, run.info.run_id)
+            try:
+                mlflow.set_tracking_uri(self.url)  # the fluent API's process-global URIs: set here, nowhere else
+                mlflow.set_registry_uri(self.registry_uri)
+                with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
+                                      tags=dict(tags or {})) as run:
+                    yield TrackedRun(self, run.info.run_id)
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
 
 
 class TrackedRun:
