@@ -235,5 +235,10 @@ class QueueStore:
     def delete(self, receipt_handle: str) -> None:
         self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
 
+    def retry_later(self, receipt_handle: str, after_s: int) -> None:
+        """Hide a received message for ``after_s`` seconds, then deliver it again."""
+        self.client.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle,
+                                              VisibilityTimeout=after_s)
+
     def health(self) -> Health:
         return timed_health(self.name, self.url, lambda: {"queue": self.queue_url.rsplit("/", 1)[-1]})
