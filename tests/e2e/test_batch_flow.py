@@ -16,6 +16,7 @@ import pytest
 from nimbus.batch.examples import write_records
 from nimbus.batch.job import RunRequest, run_batch
 from nimbus.batch.performance import score_labels
+from nimbus.batch.spark import log_path
 from nimbus.config import Settings
 from nimbus.local.gateway import Gateway, GatewayOptions, serving
 from nimbus.local.serverless import load_project
@@ -46,13 +47,14 @@ def test_a_file_dropped_in_s3_is_scored_by_the_batch_function(batch_stack: Setti
 
 
 # What the Spark JVM prints at start-up when its log goes to the console.
-JVM_NOISE = ("log4j", "Setting default log level", "NativeCodeLoader", "WARN ", "SparkContext", "Using Spark's")
+JVM_NOISE = ("log4j", "Setting default log level", "NativeCodeLoader", "WARN ", "SparkContext", "Using Spark's",
+             "incubator")
 
 
 def test_batch_run_in_a_terminal_shows_nimbus_output_only(batch_stack: Settings) -> None:
     uri = f"s3://{batch_stack.data_bucket}/{batch_stack.drop_prefix}quiet.parquet"
     write_records(batch_stack, uri, 500, bad_rows=2, seed=41)
-    log = batch_stack.home / "logs" / "spark.log"
+    log = log_path(batch_stack)
     log.unlink(missing_ok=True)
     done = nimbus(["batch", "run", uri, "--models", "churn-lr", "--sinks", "parquet"], timeout=300)
     assert done.returncode == 0, done.stderr
