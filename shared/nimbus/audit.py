@@ -7,7 +7,6 @@ Records are only ever inserted (never updated or deleted by Nimbus) in MongoDB's
 from __future__ import annotations
 
 import getpass
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,10 +14,12 @@ from nimbus.config import Settings
 from nimbus.stores.documents import Collections, DocumentStore
 
 
-def actor() -> str:
-    """Who is acting: NIMBUS_ACTOR when set (functions set it from the caller), else the OS user."""
+def actor(settings: Settings) -> str:
+    """Who is acting: ``settings.actor`` when set (functions set it from the caller), else the OS user."""
+    if settings.actor:
+        return settings.actor
     try:
-        return os.environ.get("NIMBUS_ACTOR") or getpass.getuser()
+        return getpass.getuser()
     except OSError:
         return "unknown"
 
@@ -27,7 +28,7 @@ def record(settings: Settings, action: str, subject: str, outcome: str, *, who: 
            input: dict[str, Any] | None = None, models: dict[str, str] | None = None,
            details: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = {
-        "at": datetime.now(UTC), "actor": who or actor(), "action": action, "subject": subject,
+        "at": datetime.now(UTC), "actor": who or actor(settings), "action": action, "subject": subject,
         "outcome": outcome, "input": input or {}, "models": models or {}, "details": details or {},
     }
     DocumentStore.for_settings(settings).collection(Collections.AUDIT).insert_one(doc)

@@ -277,8 +277,8 @@ def batch_run(
     from nimbus.batch.job import RunRequest, run_batch
 
     settings = get_settings()
-    request = RunRequest(input_uri, models or settings.batch_models, schema or settings.batch_schema,
-                         tuple((sinks or settings.batch_sinks).split(",")), max_bad_share)
+    request = RunRequest.from_settings(settings, input_uri, models=models, schema=schema, sinks=sinks,
+                                       max_bad_share=max_bad_share)
     status, say = progress()
     with status:
         result = run_batch(settings, request, progress=say)
@@ -294,7 +294,7 @@ def batch_validate(
     from nimbus.batch.job import BatchJob, RunRequest
 
     settings = get_settings()
-    job = BatchJob(settings, RunRequest(input_uri, settings.batch_models, schema or settings.batch_schema))
+    job = BatchJob(settings, RunRequest.from_settings(settings, input_uri, schema=schema))
     with out.status("validating with Spark..."):
         key, _ = job.prepare()
         counts = job.validate(key)

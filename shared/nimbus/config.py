@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     mlflow_registry_uri: str | None = None
 
     spark_master: str = "local[*]"
+    spark_driver_memory: str = Field(default="2g", pattern=r"^\d+[kmgtKMGT]?$",
+                                     description="Heap of the Spark driver JVM (spark.driver.memory), e.g. 2g.")
     ray_address: str | None = Field(
         default=None, pattern=r"^(auto|[^\s:/]+:\d+|ray://[^\s:/]+:\d+)$",
         description="None: a fresh local Ray; '127.0.0.1:6379' (a `ray start --head` GCS, host:port): join that "
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
     traffic_flush_s: float = Field(default=1.0, gt=0, description="How often each process adds its traffic to Redis.")
     traffic_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long traffic buckets stay in Redis.")
 
+    actor: str | None = Field(default=None, description="Who the audit trail names as acting; None: the OS user. "
+                                                        "Functions set it from their caller.")
+
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000
 
@@ -99,7 +104,8 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", mode="before")
+    @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

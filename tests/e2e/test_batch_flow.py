@@ -4,6 +4,7 @@ instead of local mode is only a different master URL."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,12 +16,14 @@ import pytest
 from nimbus.batch.examples import write_records
 from nimbus.batch.job import RunRequest, run_batch
 from nimbus.batch.performance import score_labels
+from nimbus.batch.spark import log_path
 from nimbus.config import Settings
 from nimbus.local.gateway import Gateway, GatewayOptions, serving
 from nimbus.local.serverless import load_project
 from nimbus.local.stack import free_port
 from nimbus.stores.documents import Collections, DocumentStore
 from tests.conftest import ROOT
+from tests.e2e.test_cli import run as nimbus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,6 +46,24 @@ def test_a_file_dropped_in_s3_is_scored_by_the_batch_function(batch_stack: Setti
     assert ("batch", uri) in gateway.fired
 
 
+# What the Spark JVM prints at start-up when its log goes to the console.
+JVM_NOISE = ("log4j", "Setting default log level", "NativeCodeLoader", "WARN ", "SparkContext", "Using Spark's",
+             "incubator")
+
+
+def test_batch_run_in_a_terminal_shows_nimbus_output_only(batch_stack: Settings) -> None:
+    uri = f"s3://{batch_stack.data_bucket}/{batch_stack.drop_prefix}quiet.parquet"
+    write_records(batch_stack, uri, 500, bad_rows=2, seed=41)
+    log = log_path(batch_stack)
+    log.unlink(missing_ok=True)
+    done = nimbus(["batch", "run", uri, "--models", "churn-lr", "--sinks", "parquet"], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    noise = [line for line in done.stderr.splitlines() if any(word in line for word in JVM_NOISE)]
+    assert noise == [], done.stderr
+    assert log.exists()  # the JVM's own log went here instead
+
+
 def test_labels_that_arrive_later_measure_each_model_version(batch_stack: Settings, churn_models: dict,
                                                             tmp_path: Path) -> None:
     uri = f"s3://{batch_stack.data_bucket}/{batch_stack.drop_prefix}labelled.parquet"
@@ -60,7 +81,7 @@ def test_labels_that_arrive_later_measure_each_model_version(batch_stack: Settin
 
 
 @pytest.fixture
-def spark_cluster(tmp_path: Path):  # noqa: ANN201
+def spark_cluster(tmp_path: Path):
     """A real Spark standalone master and worker on loopback, from the pyspark package itself."""
     import pyspark
 

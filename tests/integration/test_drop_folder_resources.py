@@ -56,3 +56,22 @@ def test_applying_the_resources_twice_changes_nothing(clean_stack: Settings) -> 
     assert sorted(names) == ["nimbus-drop-events", "nimbus-drop-events-dlq"]
     attributes = sqs.get_queue_attributes(QueueUrl=QueueStore(clean_stack).queue_url, AttributeNames=["All"])
     assert json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"] in (3, "3")
+
+
+def test_a_message_put_back_for_later_is_received_again(clean_stack: Settings) -> None:
+    objects, queue = ObjectStore.for_settings(clean_stack), QueueStore(clean_stack)
+    key = f"{clean_stack.drop_prefix}retry.csv"
+    objects.put_bytes(clean_stack.data_bucket, key, b"a\n1\n")
+    deadline = time.monotonic() + 15
+    first = None
+    while first is None and time.monotonic() < deadline:
+        for message in queue.receive(wait_s=1):
+            if json.loads(message["Body"]).get("Event") == "s3:TestEvent":
+                queue.delete(message["ReceiptHandle"])
+            else:
+                first = message
+    assert first is not None
+    queue.retry_later(first["ReceiptHandle"], 0)  # visible again at once
+    again = [m for m in queue.receive(wait_s=2) if m["MessageId"] == first["MessageId"]]
+    assert len(again) == 1 and int(again[0]["Attributes"]["ApproximateReceiveCount"]) == 2
+    queue.delete(again[0]["ReceiptHandle"])

@@ -65,3 +65,27 @@ def test_serverless_yml_uses_the_names_in_settings() -> None:
     assert f"'{defaults.data_bucket}'" in doc["custom"]["dataBucket"]
     assert f"'{defaults.artifacts_bucket}'" in doc["custom"]["artifactsBucket"]
     assert doc["custom"]["dropPrefix"] == defaults.drop_prefix
+
+
+def test_the_actor_and_the_spark_driver_memory_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    from nimbus.audit import actor
+
+    defaults = Settings(_env_file=None)
+    assert defaults.spark_driver_memory == "2g" and defaults.actor is None
+    assert actor(defaults) == getpass.getuser()
+    monkeypatch.setenv("NIMBUS_ACTOR", "api-key:nimb…")
+    monkeypatch.setenv("NIMBUS_SPARK_DRIVER_MEMORY", "4g")
+    settings = Settings(_env_file=None)
+    assert actor(settings) == "api-key:nimb…" and settings.spark_driver_memory == "4g"
+    monkeypatch.setenv("NIMBUS_ACTOR", "")
+    assert Settings(_env_file=None).actor is None
+
+
+def test_a_driver_memory_spark_would_not_read_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("NIMBUS_SPARK_DRIVER_MEMORY", "lots")
+    with pytest.raises(ValidationError, match="spark_driver_memory"):
+        Settings(_env_file=None)

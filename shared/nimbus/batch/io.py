@@ -90,15 +90,14 @@ def list_inputs(fs_config: FsConfig, uri: str) -> list[InputFile]:
 
 def etag_fingerprints(settings: Settings, files: list[InputFile]) -> list[InputFile]:
     """Replace S3 fingerprints by ETags: the same bytes dropped again give the same run."""
-    from nimbus.stores.objects import ObjectStore
+    from nimbus.stores.objects import ObjectStore, S3Uri
 
-    client = ObjectStore.for_settings(settings).client
+    store = ObjectStore.for_settings(settings)
     out = []
     for f in files:
-        if f.uri.startswith("s3://"):
-            bucket, _, key = f.uri[5:].partition("/")
-            etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-            out.append(InputFile(f.uri, f.size, etag))
+        if S3Uri.is_s3(f.uri):
+            uri = S3Uri.parse(f.uri)
+            out.append(InputFile(f.uri, f.size, store.etag(uri.bucket, uri.key)))
         else:
             digest = hashlib.sha256(Path(f.uri).read_bytes()).hexdigest() if f.size < 64 << 20 else f.fingerprint
             out.append(InputFile(f.uri, f.size, digest))
@@ -151,6 +150,13 @@ def read_split(fs_config: FsConfig, split: Split) -> pa.Table:
     with fs.open_input_stream(path, compression="detect") as handle:
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in header.names}, strings_can_be_null=True)
         return pacsv.read_csv(handle, convert_options=convert)
+
+
+def read_parquet(fs_config: FsConfig, uri: str) -> pa.Table:
+    """A whole Parquet file."""
+    fs, path = fs_config.filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        return pq.read_table(handle)
 
 
 def write_parquet(fs_config: FsConfig, table: pa.Table, uri: str) -> None:

@@ -87,7 +87,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 def publish_report(settings: Settings, key: str, report: dict[str, Any]) -> str:
     store = ObjectStore.for_settings(settings)
     prefix = f"batch/reports/{key}"
-    store.put_bytes(settings.artifacts_bucket, f"{prefix}/report.json", json.dumps(report, default=str, indent=2).encode(),
-                    "application/json")
+    store.put_bytes(settings.artifacts_bucket, f"{prefix}/report.json",
+                    json.dumps(report, default=str, indent=2).encode(), "application/json")
     store.put_bytes(settings.artifacts_bucket, f"{prefix}/report.html", to_html(report).encode(), "text/html")
     return f"s3://{settings.artifacts_bucket}/{prefix}/report.json"

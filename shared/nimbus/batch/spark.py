@@ -1,10 +1,15 @@
-"""One SparkSession per process, configured from Settings: local[*] or a spark:// cluster."""
+"""One SparkSession per process, configured from Settings: local[*] or a spark:// cluster.
+
+The driver JVM's own output (start-up banner, log4j, the JDK's and Hadoop's warnings) goes to
+``<home>/logs/spark.log``, not to the user's terminal: the terminal shows Nimbus output only.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nimbus.config import Settings
@@ -15,13 +20,18 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 
 
+def log_path(settings: Settings) -> Path:
+    """Where the driver JVM's stdout and stderr go (its log4j console, start-up warnings)."""
+    return settings.home / "logs" / "spark.log"
+
+
 def spark_session(settings: Settings) -> SparkSession:
     # Executors must run this interpreter (same Python, same packages); loopback only here.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
-
-    from pyspark import SparkContext
 
     with _lock:
         context = SparkContext._active_spark_context
@@ -29,18 +39,21 @@ def spark_session(settings: Settings) -> SparkSession:
             return SparkSession(context)
         if context is not None:  # another master was asked for: one context per process
             context.stop()
-        builder = (
-            SparkSession.builder.master(settings.spark_master).appName("nimbus-batch")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+        conf = SparkConf().setMaster(settings.spark_master).setAppName("nimbus-batch").setAll([
+            ("spark.ui.enabled", "false"),
+            ("spark.ui.showConsoleProgress", "false"),
+            ("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")),
             # One Python worker per core: scikit-learn's own threads would only oversubscribe it.
-            .config("spark.executorEnv.OMP_NUM_THREADS", "1")
-            .config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-            .config("spark.python.worker.reuse", "true")
-            .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
-            .config("spark.driver.memory", os.environ.get("NIMBUS_SPARK_DRIVER_MEMORY", "2g"))
-        )
-        session = builder.getOrCreate()
-        session.sparkContext.setLogLevel("ERROR")
-        return session
+            ("spark.executorEnv.OMP_NUM_THREADS", "1"),
+            ("spark.executorEnv.OPENBLAS_NUM_THREADS", "1"),
+            ("spark.python.worker.reuse", "true"),
+            ("spark.sql.execution.arrow.maxRecordsPerBatch", "100000"),
+            ("spark.driver.memory", settings.spark_driver_memory),
+        ])
+        log = log_path(settings)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as stream:  # the JVM keeps its own copy of the descriptor
+            gateway = launch_gateway(conf, popen_kwargs={"stdout": stream, "stderr": stream})
+        context = SparkContext(conf=conf, gateway=gateway)
+        context.setLogLevel("ERROR")
+        return SparkSession.builder.config(conf=conf).getOrCreate()

@@ -7,14 +7,9 @@ from typing import Any
 
 from nimbus.batch.job import BatchFailed, RunRequest, run_batch
 from nimbus.config import Settings
-from nimbus.events import NimbusEvent, ObjectsCreated, ScheduledTrigger
 from nimbus.errors import InvalidInput
-from nimbus.stores.objects import ObjectStore
-
-
-def _request(settings: Settings, uri: str) -> RunRequest:
-    return RunRequest(uri, settings.batch_models, settings.batch_schema, tuple(settings.batch_sinks.split(",")),
-                      actor="drop-folder")
+from nimbus.events import NimbusEvent, ObjectsCreated, ScheduledTrigger
+from nimbus.stores.objects import ObjectStore, S3Uri
 
 
 def pending_files(settings: Settings) -> list[str]:
@@ -28,7 +23,7 @@ def pending_files(settings: Settings) -> list[str]:
     fs = FsConfig.from_settings(settings)
     pending = []
     for key in sorted(k for k in keys if k.endswith((".csv", ".csv.gz", ".parquet"))):
-        uri = f"s3://{settings.data_bucket}/{key}"
+        uri = str(S3Uri(settings.data_bucket, key))
         run = runs.find_one({"_id": run_key_for(etag_fingerprints(settings, list_inputs(fs, uri)))}, {"status": 1})
         if run is None or run.get("status") not in ("succeeded", "failed"):
             pending.append(uri)
@@ -37,7 +32,7 @@ def pending_files(settings: Settings) -> list[str]:
 
 def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
     if isinstance(event, ObjectsCreated):
-        uris = [f"s3://{o.bucket}/{o.key}" for o in event.objects]
+        uris = [str(S3Uri(o.bucket, o.key)) for o in event.objects]
     elif isinstance(event, ScheduledTrigger):
         uris = pending_files(settings)
     else:
@@ -45,7 +40,7 @@ def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
     results = []
     for uri in uris:
         try:
-            results.append(run_batch(settings, _request(settings, uri)).as_dict())
+            results.append(run_batch(settings, RunRequest.from_settings(settings, uri, actor="drop-folder")).as_dict())
         except BatchFailed as exc:  # refused input: reported and audited, not retried
             results.append({"input": uri, "status": "failed", "message": str(exc)})
     return results

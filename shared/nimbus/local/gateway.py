@@ -279,9 +279,7 @@ class Gateway:
                     queue.delete(message["ReceiptHandle"])
                 else:
                     receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-                    queue.client.change_message_visibility(
-                        QueueUrl=queue.queue_url, ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=min(2 ** receives, 300))
+                    queue.retry_later(message["ReceiptHandle"], min(2 ** receives, 300))
 
     def deliver(self, body: str) -> bool:
         """Hand one S3 notification (an SQS message body) to every matching function."""

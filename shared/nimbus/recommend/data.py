@@ -50,9 +50,10 @@ def read_table(location: str | Path) -> pd.DataFrame:
     text = str(location)
     if text.startswith("s3://"):
         from nimbus.config import get_settings
-        from nimbus.stores.objects import ObjectStore
+        from nimbus.stores.objects import ObjectStore, S3Uri
 
-        bucket, _, key = text[5:].partition("/")
+        uri = S3Uri.parse(text)
+        bucket, key = uri.bucket, uri.key
         store = ObjectStore.for_settings(get_settings())
         keys = [key] if key and not key.endswith("/") else []
         if not keys:

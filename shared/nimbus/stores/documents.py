@@ -11,7 +11,7 @@ from typing import Any
 import pymongo
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
@@ -36,7 +36,8 @@ class Collections:
 
 # name -> list of (keys, options) passed to create_index
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
-    Collections.AUDIT: [([("at", pymongo.DESCENDING)], {}), ([("subject", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
+    Collections.AUDIT: [([("at", pymongo.DESCENDING)], {}),
+                        ([("subject", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
     Collections.BATCH_RUNS: [([("status", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {})],
     Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_id", pymongo.ASCENDING)], {})],
     Collections.MODEL_PERFORMANCE: [([("model", pymongo.ASCENDING), ("version", pymongo.ASCENDING)], {})],
@@ -74,6 +75,20 @@ class DocumentStore(PerProcess):
 
     def collection(self, name: str) -> Collection:
         return self.db[name]
+
+    def insert_new(self, name: str, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert ``docs`` into collection ``name``, skipping those whose ``_id`` is already there
+        (a retried write); returns (inserted, skipped as duplicates). Any other write error raises."""
+        if not docs:
+            return 0, 0
+        try:
+            return len(self.db[name].insert_many(docs, ordered=False).inserted_ids), 0
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            duplicates = sum(1 for e in errors if e.get("code") == 11000)
+            if duplicates != len(errors):
+                raise
+            return exc.details.get("nInserted", len(docs) - duplicates), duplicates
 
     def ping(self) -> None:
         try:

@@ -7,6 +7,8 @@ is LocalStack or moto on port 4566 and any credentials do. Same code either way.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -14,9 +16,46 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from nimbus.config import Settings
-from nimbus.errors import StoreUnavailable
+from nimbus.errors import InvalidInput, StoreUnavailable
 from nimbus.stores import Health
 from nimbus.stores._base import PerProcess, timed_health
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """``s3://bucket/key``: parsed once, formatted by ``str``. A key ending in ``/`` (or empty) is a folder."""
+
+    bucket: str
+    key: str = ""
+
+    SCHEME = "s3://"
+
+    @classmethod
+    def is_s3(cls, text: str) -> bool:
+        return text.startswith(cls.SCHEME)
+
+    @classmethod
+    def parse(cls, text: str) -> S3Uri:
+        if not cls.is_s3(text):
+            raise InvalidInput(f"{text!r} is not an S3 URI (expected s3://bucket/key)")
+        bucket, _, key = text[len(cls.SCHEME):].partition("/")
+        if not _BUCKET.fullmatch(bucket):
+            raise InvalidInput(f"{text!r}: {bucket!r} is not a bucket name (3-63 lowercase letters, digits, '.', '-')")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"{self.SCHEME}{self.bucket}/{self.key}"
+
+    def child(self, name: str) -> S3Uri:
+        """The object or folder ``name`` inside this folder."""
+        return S3Uri(self.bucket, self.folder + name.lstrip("/"))
+
+    @property
+    def folder(self) -> str:
+        """The key as a folder prefix: everything under it, and not ``key-other/``."""
+        return self.key if not self.key or self.key.endswith("/") else self.key + "/"
 
 
 def aws_client(service: str, settings: Settings) -> Any:
@@ -68,7 +107,8 @@ class ObjectStore(PerProcess):
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write an object; returns its ETag."""
         try:
-            return self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)["ETag"].strip('"')
+            answer = self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+            return answer["ETag"].strip('"')
         except (BotoCoreError, ClientError) as exc:
             raise _unreachable(self.name, self.url, exc) from exc
 
@@ -86,6 +126,57 @@ class ObjectStore(PerProcess):
         except (BotoCoreError, ClientError) as exc:
             raise _unreachable(self.name, self.url, exc) from exc
         return keys
+
+    def etag(self, bucket: str, key: str) -> str:
+        """The object's ETag (same bytes, same ETag)."""
+        try:
+            return self.client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+
+    def download(self, bucket: str, key: str, path: str) -> None:
+        """Copy one object to a local file (streamed, multipart for large objects)."""
+        try:
+            self.client.download_file(bucket, key, path)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+
+    # -- everything under a folder --
+    def list_under(self, folder: S3Uri) -> list[S3Uri]:
+        """The objects under ``folder`` (its key taken as a folder), in key order."""
+        return [S3Uri(folder.bucket, k) for k in sorted(self.list_keys(folder.bucket, folder.folder))]
+
+    def delete_under(self, folder: S3Uri) -> int:
+        """Delete every object under ``folder``; returns how many there were."""
+        keys = self.list_keys(folder.bucket, folder.folder)
+        try:
+            for start in range(0, len(keys), 1000):  # S3 deletes at most 1000 keys per call
+                answer = self.client.delete_objects(
+                    Bucket=folder.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+                if answer.get("Errors"):
+                    error = answer["Errors"][0]
+                    raise StoreUnavailable(self.name, self.url, f"cannot delete {error.get('Key')}: "
+                                                                f"{error.get('Message', error.get('Code'))}")
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+        return len(keys)
+
+    def copy_under(self, source: S3Uri, target: S3Uri) -> int:
+        """Copy every object under ``source`` to the same relative key under ``target``; returns the count."""
+        keys = self.list_keys(source.bucket, source.folder)
+        try:
+            for k in keys:
+                self.client.copy_object(Bucket=target.bucket, Key=target.folder + k[len(source.folder):],
+                                        CopySource={"Bucket": source.bucket, "Key": k})
+        except (BotoCoreError, ClientError) as exc:
+            raise _unreachable(self.name, self.url, exc) from exc
+        return len(keys)
+
+    def move_under(self, source: S3Uri, target: S3Uri) -> int:
+        """Copy everything under ``source`` to ``target``, then delete the source; returns the count."""
+        moved = self.copy_under(source, target)
+        self.delete_under(source)
+        return moved
 
     def bucket_names(self) -> set[str]:
         """The buckets there are; raises StoreUnavailable when the endpoint does not answer."""
@@ -143,6 +234,11 @@ class QueueStore:
 
     def delete(self, receipt_handle: str) -> None:
         self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
+
+    def retry_later(self, receipt_handle: str, after_s: int) -> None:
+        """Hide a received message for ``after_s`` seconds, then deliver it again."""
+        self.client.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle,
+                                              VisibilityTimeout=after_s)
 
     def health(self) -> Health:
         return timed_health(self.name, self.url, lambda: {"queue": self.queue_url.rsplit("/", 1)[-1]})
