@@ -59,8 +59,8 @@ def write_dataset(folder: Path, target_bytes: float, seed: int = 0) -> tuple[int
 
 def data_path(location: str, memory_mb: float) -> dict:
     """AutoML's data path on ``location`` (run in a fresh process); its figures and peak RSS."""
+    from nimbus.automl.budget import JobBudget
     from nimbus.automl.data import scan
-    from nimbus.automl.jobs import search_rows
     from nimbus.automl.profile import profile
     from nimbus.automl.refit import refit
     from nimbus.config import Settings
@@ -69,7 +69,7 @@ def data_path(location: str, memory_mb: float) -> dict:
     start = time.monotonic()
     sampled = scan(settings, location, "label")
     scanned = time.monotonic()
-    search = sampled.search_sample(search_rows(60))
+    search = sampled.search_sample(JobBudget(60).search_rows())
     prof = profile(sampled.training(), "label", rows=sampled.rows, class_counts=sampled.class_counts)
     model, info = refit(settings, sampled, {"algorithm": "logistic", "C": 1.0}, prof, "accuracy",
                         deadline=time.monotonic() + 3600, passes=1)

@@ -24,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "shared"))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nimbus.config import Settings  # noqa: E402
@@ -54,18 +53,18 @@ def baselines(settings: Settings, path: str, task: str, metric: str) -> dict[str
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from nimbus.automl.jobs import read_dataset
-    from nimbus.automl.search import LOWER_IS_BETTER, scorer_name
+    from nimbus.automl.data import scan
+    from nimbus.automl.metrics import scorer_name, sign
 
-    split = read_dataset(settings, path, "target", task)
+    split = scan(settings, path, "target", task)
     train, test = split.training(), split.test
     x_train, y_train = train.drop(columns=["target"]), train["target"]
     x_test, y_test = test.drop(columns=["target"]), test["target"]
-    scorer, sign = get_scorer(scorer_name(metric)), -1 if metric in LOWER_IS_BETTER else 1
+    scorer, direction = get_scorer(scorer_name(metric)), sign(metric)
     models = {"default HGB": HistGradientBoostingClassifier() if task == "classification" else HistGradientBoostingRegressor(),
               "default linear": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)
                                               if task == "classification" else Ridge())}
-    return {name: sign * float(scorer(m.fit(x_train, y_train), x_test, y_test)) for name, m in models.items()}
+    return {name: direction * float(scorer(m.fit(x_train, y_train), x_test, y_test)) for name, m in models.items()}
 
 
 def main() -> None:
@@ -83,7 +82,8 @@ def main() -> None:
     stack = LocalStack(settings, ephemeral=True)
     stack.up(["mongodb", "s3", "mlflow"])
     try:
-        from nimbus.automl.jobs import JobRequest, ray_session, run_job, submit
+        from nimbus.automl.jobs import JobRequest, submit
+        from nimbus.automl.runner import ray_session, run_job
 
         ray_session(settings)
         print(f"{'dataset':<16}{'rows':>8}{'metric':>10}{'winner':>14}{'AutoML':>9}{'def. HGB':>10}"
@@ -103,9 +103,9 @@ def main() -> None:
 
         if args.scaling_seconds <= 0:  # --scaling-seconds 0: the quality table only
             return
+        from nimbus.automl.algorithms import choose
         from nimbus.automl.profile import profile
         from nimbus.automl.search import SearchData, plan_steps, run_search
-        from nimbus.automl.space import algorithms
 
         frame = data["breast_cancer"]
         prof = profile(frame, "target")
@@ -115,7 +115,7 @@ def main() -> None:
         rates = {}
         for workers in (1, 2):
             start = time.monotonic()
-            trials = run_search(search, algorithms(prof), args.scaling_seconds, None, workers,
+            trials = run_search(search, choose(prof), args.scaling_seconds, None, workers,
                                 storage=str(home / f"scaling-{workers}"))
             minutes = (time.monotonic() - start) / 60
             rates[workers] = len(trials) / minutes

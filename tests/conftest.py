@@ -131,7 +131,7 @@ def ray_ready(stack_settings: Settings) -> Iterator[None]:
     """A local Ray for the session (a serving process keeps one too), shut down at the end."""
     import ray
 
-    from nimbus.automl.jobs import ray_session
+    from nimbus.automl.runner import ray_session
 
     ray_session(stack_settings)
     yield

@@ -46,7 +46,7 @@ app.add_typer(monitor_app, name="monitor")
 
 
 
-def _stack(mlflow_server: bool = False):  # noqa: ANN202
+def _stack(mlflow_server: bool = False):
     from nimbus.local.stack import LocalStack
 
     return LocalStack(get_settings(), mlflow_server=mlflow_server)
@@ -186,8 +186,8 @@ def recommend_generate(
     out_dir: Annotated[str | None, typer.Option("--out", help="A folder; default: upload to the data bucket.")] = None,
 ) -> None:
     """Make a synthetic interaction log and catalogue (Parquet), locally or in S3."""
-    from nimbus.recommend.publish import write_dataset
     from nimbus.recommend.data import generate
+    from nimbus.recommend.publish import write_dataset
 
     with out.status("generating..."):
         dataset = generate(users, items, days=days, seed=seed)
@@ -365,7 +365,8 @@ def automl_run(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from nimbus.automl.jobs import JobRequest, get_job, run_in_background, submit
+    from nimbus.automl.jobs import JobRequest, submit
+    from nimbus.automl.runner import run_once
 
     settings = get_settings()
     request = JobRequest(dataset=dataset, target=target, budget_s=budget, metric=metric, task=task,
@@ -373,20 +374,17 @@ def automl_run(
                          exclude=exclude.split(",") if exclude else None)
     job = submit(settings, request)
     out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, metric {job['metric']}")
-    thread = run_in_background(settings, job["_id"])
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out) as bar:
         task_id = bar.add_task("searching", total=budget)
         start = _time.monotonic()
-        while thread.is_alive():
-            doc = get_job(settings, job["_id"])
+
+        def show(doc: dict) -> None:
             p = doc.get("progress", {})
             best = "-" if p.get("best") is None else f"{p['best']:.4f}"
             bar.update(task_id, completed=min(budget, _time.monotonic() - start),
                        description=f"{doc['status']}: {p.get('trials', 0)} trials, best {best}")
-            _time.sleep(0.5)
-    doc = get_job(settings, job["_id"])
-    if doc["status"] != "succeeded":
-        raise NimbusError(f"job {job['_id']} failed: {doc.get('error')}")
+
+        doc = run_once(settings, job["_id"], watch=show)
     table = Table(title=f"leaderboard ({doc['trials']} configurations, {doc['elapsed_s']:.0f} s)")
     for column in ("#", "algorithm", doc["metric"], "complete"):
         table.add_column(column)
@@ -409,13 +407,12 @@ def automl_worker(
     """Run queued jobs (submitted through the API of a function that cannot run them itself)."""
     import time as _time
 
-    from nimbus.automl.jobs import COLLECTION, run_job
-    from nimbus.stores.documents import DocumentStore
+    from nimbus.automl.jobs import claim_queued
+    from nimbus.automl.runner import run_once
 
     settings = get_settings()
-    jobs = DocumentStore.for_settings(settings).collection(COLLECTION)
     while True:
-        job = jobs.find_one_and_update({"status": "queued"}, {"$set": {"status": "running"}})
+        job = claim_queued(settings)
         if job is None:
             if once:
                 return
@@ -423,13 +420,13 @@ def automl_worker(
             continue
         out.print(f"running job {job['_id']}")
         try:
-            run_job(settings, job["_id"])
+            run_once(settings, job["_id"])  # Ray ends with each job: an idle worker holds none
         except Exception as exc:  # recorded in the job; the worker goes on
             out.print(f"job {job['_id']} failed: {exc}")
 
 
 # ---- models ----------------------------------------------------------------------------
-def _governance():  # noqa: ANN202 - the module
+def _governance():
     """Governance with every domain hook registered (the recommender publishes what is promoted)."""
     from nimbus import governance
     from nimbus.recommend import models as _recommender  # noqa: F401 - registers its hook

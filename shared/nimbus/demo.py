@@ -107,7 +107,8 @@ def _automl(settings: Settings, out: Console, budget_s: float) -> None:
     """A short AutoML job on a churn table: searched on Ray, tracked in MLflow, registered."""
     from rich.table import Table
 
-    from nimbus.automl.jobs import JobRequest, run_job, submit
+    from nimbus.automl.jobs import JobRequest, submit
+    from nimbus.automl.runner import run_once
     from nimbus.batch.examples import make_records
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,12 +121,7 @@ def _automl(settings: Settings, out: Console, budget_s: float) -> None:
         out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, "
                   f"metric {job['metric']}, budget {budget_s:.0f} s")
         with out.status("Ray Tune searching scikit-learn algorithms, every trial an MLflow run..."):
-            try:
-                doc = run_job(settings, job["_id"])
-            finally:
-                import ray
-
-                ray.shutdown()  # this process's local Ray ends with the job (else exit waits on it)
+            doc = run_once(settings, job["_id"])  # starts this process's Ray and shuts it down with the job
     leaderboard = Table(title=f"leaderboard ({doc['trials']} configurations in {doc['elapsed_s']:.0f} s)")
     for column in ("#", "algorithm", doc["metric"], "complete"):
         leaderboard.add_column(column)

@@ -28,10 +28,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_classification
 
-from nimbus.automl.jobs import COLLECTION
 from nimbus.config import Settings
 from nimbus.local.stack import free_port
-from nimbus.stores.documents import DocumentStore
+from nimbus.stores.documents import Collections, DocumentStore
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -120,7 +119,7 @@ def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     job_id = re.search(r"job ([0-9a-f]{12})", done.stdout).group(1)
 
-    job = DocumentStore.for_settings(clean_stack).collection(COLLECTION).find_one({"_id": job_id})
+    job = DocumentStore.for_settings(clean_stack).collection(Collections.AUTOML_JOBS).find_one({"_id": job_id})
     assert job["status"] == "succeeded", job.get("error")
     nodes = {row["node"] for row in job["leaderboard"]}
     assert nodes == ray_cluster["nodes"], (nodes, ray_cluster["nodes"], job["timings"], done.stdout[-2000:])

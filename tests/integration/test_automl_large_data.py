@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from nimbus.automl.data import scan, training_chunks
-from nimbus.automl.jobs import JobRequest, get_job, run_job, submit
+from nimbus.automl.jobs import JobRequest, get_job, submit
+from nimbus.automl.runner import run_job
 from nimbus.config import Settings
 from nimbus.stores.objects import ObjectStore
 

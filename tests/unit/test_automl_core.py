@@ -10,10 +10,11 @@ from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import get_scorer
 
-from nimbus.automl.jobs import evaluate
-from nimbus.automl.profile import check_metric, infer_task, profile
-from nimbus.automl.search import scorer_name
-from nimbus.automl.space import algorithms, pipeline
+from nimbus.automl.algorithms import choose
+from nimbus.automl.evaluation import evaluate
+from nimbus.automl.metrics import check_metric, scorer_name
+from nimbus.automl.profile import infer_task, profile
+from nimbus.automl.space import pipeline
 from nimbus.errors import InvalidInput
 
 
@@ -70,7 +71,7 @@ def test_metric_and_algorithm_choices_are_checked() -> None:
     with pytest.raises(InvalidInput, match="does not fit a regression"):
         check_metric("regression", "accuracy", 0)
     prof = profile(pd.DataFrame({"x": range(30_000), "y": [0.5, 1.5, 2.25] * 10_000}), "y")
-    pool = algorithms(prof)
+    pool = choose(prof)
     assert "svm" not in pool and "ridge" in pool  # kernel SVMs only on small data
     with pytest.raises(InvalidInput, match="no algorithm left"):
-        algorithms(prof, include=["ridge"], exclude=["ridge"])
+        choose(prof, include=["ridge"], exclude=["ridge"])

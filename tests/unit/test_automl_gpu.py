@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nimbus.automl.gpu import GPU_ALGORITHMS, GPU_PER_TRIAL, WORKER_ENV, gpu_available, on_device
+from nimbus.automl.algorithms import ALGORITHMS, get
+from nimbus.automl.gpu import GPU_PER_TRIAL, WORKER_ENV, gpu_available
 
 STRICT_DEVICE = "array_api_strict:device1"
 DEVICES = [
@@ -27,14 +28,17 @@ DEVICES = [
 ]
 
 
-def test_the_gpu_family_names_scikit_learn_estimators() -> None:
-    import sklearn.decomposition
-    import sklearn.discriminant_analysis
-    import sklearn.linear_model
+def test_the_gpu_family_is_scikit_learns_array_api_estimators() -> None:
+    family = {a.name for a in ALGORITHMS.values() if a.gpu is not None}
+    assert family == {"ridge", "logistic", "lda"}
+    for name in family:
+        task = get(name).tasks[0]
+        assert type(get(name).estimator({}, task, 0)).__module__.startswith(
+            ("sklearn.linear_model", "sklearn.discriminant_analysis")), name
 
-    modules = (sklearn.linear_model, sklearn.decomposition, sklearn.discriminant_analysis)
-    for name in GPU_ALGORITHMS.values():
-        assert any(hasattr(m, name) for m in modules), name
+
+def on_device(params: dict) -> bool:
+    return get(params["algorithm"]).on_device(params)
 
 
 def test_only_array_api_configurations_go_to_the_device() -> None:
@@ -46,7 +50,7 @@ def test_only_array_api_configurations_go_to_the_device() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_with_a_gpu():  # noqa: ANN201
+def ray_with_a_gpu():
     """A local Ray that declares one GPU (there need be none): Ray schedules by the declared resources."""
     import ray
 
@@ -78,7 +82,7 @@ def mixed_frame(task: str, rows: int = 400) -> pd.DataFrame:
                                     {"algorithm": "logistic", "C": 2.0},
                                     {"algorithm": "lda", "solver": "svd"}], ids=lambda p: p["algorithm"])
 def test_a_pipeline_fitted_on_the_device_is_a_plain_pipeline_that_predicts_like_the_cpu_one(
-        ray_with_a_gpu, device: str, params: dict) -> None:  # noqa: ANN001
+        ray_with_a_gpu, device: str, params: dict) -> None:
     from nimbus.automl.gpu import fit_on_device
     from nimbus.automl.profile import profile
     from nimbus.automl.space import pipeline
@@ -104,7 +108,7 @@ def test_a_pipeline_fitted_on_the_device_is_a_plain_pipeline_that_predicts_like_
 
 
 @pytest.mark.slow
-def test_gpu_family_trials_ask_for_a_fraction_of_a_gpu_and_the_others_do_not(ray_with_a_gpu, tmp_path) -> None:  # noqa: ANN001
+def test_gpu_family_trials_ask_for_a_fraction_of_a_gpu_and_the_others_do_not(ray_with_a_gpu, tmp_path) -> None:
     from sklearn.datasets import load_breast_cancer
 
     from nimbus.automl.profile import profile
@@ -126,7 +130,7 @@ def test_gpu_family_trials_ask_for_a_fraction_of_a_gpu_and_the_others_do_not(ray
 
 
 @pytest.mark.slow
-def test_without_a_device_no_trial_asks_for_a_gpu(ray_with_a_gpu, tmp_path) -> None:  # noqa: ANN001
+def test_without_a_device_no_trial_asks_for_a_gpu(ray_with_a_gpu, tmp_path) -> None:
     from nimbus.automl.gpu import search_device
     from nimbus.automl.profile import profile
     from nimbus.automl.search import SearchData, plan_steps, run_search

@@ -8,7 +8,8 @@ from fastapi import APIRouter, FastAPI, UploadFile
 from pydantic import BaseModel, Field
 
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.automl.jobs import JobRequest, compare, get_job, run_in_background, submit
+from nimbus.automl.jobs import JobRequest, compare, get_job, submit
+from nimbus.automl.runner import run_in_background
 from nimbus.errors import InvalidInput
 from nimbus.stores.objects import ObjectStore
 
@@ -27,6 +28,7 @@ class JobPublic(BaseModel):
     status: str = Field(description="queued | running | succeeded | failed")
     progress: dict[str, Any] = Field(examples=[{"trials": 17, "best": 0.981}])
     request: dict[str, Any]
+    trials: int | None = Field(default=None, description="Configurations tried, when done.")
     winner: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
@@ -34,6 +36,11 @@ class JobPublic(BaseModel):
     error: str | None = None
     elapsed_s: float | None = None
     timings: dict[str, float] | None = None
+    budget: dict[str, float] | None = Field(default=None, description="The job's budget and its reserves, seconds: "
+                                            "after the search, after the refit, after the extras.",
+                                            examples=[{"total_s": 60, "search_s": 39.2, "after_search_s": 18,
+                                                       "after_refit_s": 12, "after_extras_s": 3,
+                                                       "search_rows": 15_000}])
     data: dict[str, Any] | None = Field(default=None, description="What the sampling pass found: rows, class counts, "
                                         "sample sizes, whether the training rows fit the memory budget.",
                                         examples=[{"rows": 40_000_000, "training_rows": 30_000_000,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nimbus.automl.search import LOWER_IS_BETTER, scorer_name
+from nimbus.automl.metrics import scorer_name, sign
 
 EXPLAIN_ROWS = 20
 BACKGROUND_ROWS = 20
@@ -34,9 +34,8 @@ CURVE_MAX_ROWS = 5000
 
 def warm_up() -> None:
     """Import shap, skl2onnx and onnxruntime and compile shap's numba code once per process."""
-    import shap
-
     import onnxruntime  # noqa: F401
+    import shap
     import skl2onnx  # noqa: F401
 
     data = np.arange(6, dtype=float).reshape(3, 2)
@@ -168,9 +167,9 @@ def learning_curve(model: Any, x_train: pd.DataFrame, y_train: pd.Series, metric
             clone(model), x, y, train_sizes=[share], cv=CURVE_FOLDS, scoring=scorer_name(metric), shuffle=True,
             random_state=seed, error_score=np.nan, return_times=True)
         per_row = (time.monotonic() - clock) / max(1, int(sizes[0])) * 1.2
-        sign = -1 if metric in LOWER_IS_BETTER else 1
-        points.append({"train_rows": int(sizes[0]), "train_score": _mean(sign * train),
-                       "validation_score": _mean(sign * valid), "validation_std": _finite(np.nanstd(valid)),
+        direction = sign(metric)
+        points.append({"train_rows": int(sizes[0]), "train_score": _mean(direction * train),
+                       "validation_score": _mean(direction * valid), "validation_std": _finite(np.nanstd(valid)),
                        "fit_s": _mean(fit_times)})
     if not points:
         return {"skipped": reason}

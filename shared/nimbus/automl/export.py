@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nimbus.automl import algorithms
 from nimbus.automl.profile import Profile
 
 LABEL_AGREEMENT = 1.0  # every held-out label must match
@@ -82,6 +83,13 @@ def to_onnx_within(model: Any, profile: Profile, x_check: pd.DataFrame, seconds:
         return future.result(timeout=seconds)
     except concurrent.futures.TimeoutError:
         return OnnxExport(None, {"error": f"not finished within the {seconds:.1f} s left in the job's budget"})
+
+
+def winner_to_onnx(model: Any, algorithm: str, profile: Profile, x_check: pd.DataFrame, seconds: float) -> OnnxExport:
+    """The refit winner as ONNX within ``seconds``, when its algorithm declares an ONNX export."""
+    if not algorithms.get(algorithm).onnx:
+        return OnnxExport(None, {"error": f"not attempted: {algorithm} has no ONNX export"})
+    return to_onnx_within(model, profile, x_check, seconds)
 
 
 def onnx_inputs(frame: pd.DataFrame, profile: Profile, precision: Any = np.float64) -> dict[str, np.ndarray]:
@@ -156,9 +164,9 @@ def _register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from sklearn.impute import SimpleImputer
     from skl2onnx import update_registered_converter
     from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+    from sklearn.impute import SimpleImputer
 
     def shape(operator: Any) -> None:
         calculate_sklearn_imputer_output_shapes(operator)
@@ -172,8 +180,8 @@ def _register() -> None:
             operator.outputs[0].type.shape[1] = width + len(indicator.features_)
 
     update_registered_converter(SimpleImputer, "SklearnSimpleImputer", shape, _convert_imputer)
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from skl2onnx.common._registration import get_converter, get_shape_calculator
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     for cls in (HistGradientBoostingClassifier, HistGradientBoostingRegressor):
         alias = f"Sklearn{cls.__name__}"

@@ -9,7 +9,8 @@ sets it (``WORKER_ENV``), so their workers dispatch whatever the driver imported
 In a search, the preprocessing (imputer, scaler, one-hot) is fitted on the CPU; only the
 numeric matrix goes to the device for the estimator, and the fitted estimator's arrays come
 back as numpy, so the pipeline is a plain scikit-learn Pipeline that pickles and predicts
-on CPU numpy like any other.
+on CPU numpy like any other. Which configurations go to the device is each algorithm's
+declaration (``gpu`` in ``algorithms.py``).
 
 A device is named ``cuda``, ``cuda:1`` or ``cpu`` (torch), or ``array_api_strict:device1``:
 array-api-strict is the strict reference namespace with simulated devices that scikit-learn
@@ -27,9 +28,6 @@ from typing import Any
 
 import numpy as np
 
-# Estimators whose fit/predict run under array_api_dispatch (scikit-learn's list, kept to what we search).
-GPU_ALGORITHMS = {"ridge": "Ridge", "lda": "LinearDiscriminantAnalysis", "logistic": "LogisticRegression",
-                  "pca": "PCA"}
 GPU_PER_TRIAL = 0.25  # a fraction of one GPU per trial: four small fits share a device
 WORKER_ENV = {"SCIPY_ARRAY_API": "1"}  # for Ray workers, which import scipy after this is set
 STRICT = "array_api_strict"
@@ -57,12 +55,6 @@ def search_device(requested: bool | None, cluster_gpus: float) -> str | None:
     """Where the GPU family of a search is fitted: on ``cuda`` when the cluster has GPUs and the
     request does not say no; None (the CPU) otherwise."""
     return "cuda" if requested is not False and cluster_gpus > 0 else None
-
-
-def on_device(params: dict[str, Any]) -> bool:
-    """Whether a configuration's estimator runs on the device (LDA's lsqr solver goes through scipy: CPU)."""
-    algo = params["algorithm"]
-    return algo in GPU_ALGORITHMS and not (algo == "lda" and params.get("solver", "svd") != "svd")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ class Progress(Callback):
     def __init__(self, job: str) -> None:
         self.job, self.trials, self.best, self.last = job, set(), None, 0.0
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN003, ANN201
+    def on_trial_result(self, iteration, trials, trial, result, **info):
         state = ACTIVE.get(self.job)
         if state is None:
             return
@@ -34,7 +34,7 @@ class Progress(Callback):
             best = None if self.best is None else (-self.best if state["lower"] else self.best)
             state["progress"]({"trials": len(self.trials), "best": best})
 
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN003, ANN201
+    def on_trial_complete(self, iteration, trials, trial, **info):
         state = ACTIVE.get(self.job)
         r = trial.last_result or {}
         if state is not None and "score" in r:
@@ -55,4 +55,4 @@ class Budget(Stopper):
 
     def stop_all(self) -> bool:
         state = ACTIVE.get(self.job)
-        return state is not None and time.monotonic() + state["logger"].backlog_s() >= state["deadline"]
+        return state is not None and not state["budget"].can_finish(state["logger"].backlog_s(), state["deadline"])

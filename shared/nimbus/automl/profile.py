@@ -15,8 +15,6 @@ from nimbus.errors import InvalidInput
 
 Task = Literal["classification", "regression"]
 MIN_ROWS = 20
-CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss")
-REGRESSION_METRICS = ("r2", "rmse", "mae")
 
 
 @dataclass
@@ -33,20 +31,6 @@ class Profile:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def default_metric(task: Task) -> str:
-    return "roc_auc" if task == "classification" else "r2"
-
-
-def check_metric(task: Task, metric: str | None, classes: int) -> str:
-    metric = metric or default_metric(task)
-    allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-    if metric not in allowed:
-        raise InvalidInput(f"metric {metric!r} does not fit a {task} task; use one of {', '.join(allowed)}")
-    if metric == "roc_auc" and classes > 2:
-        return "roc_auc_ovr"
-    return metric
 
 
 def infer_task(y: pd.Series) -> Task:

@@ -16,30 +16,26 @@ from typing import Any
 
 import numpy as np
 
+from nimbus.automl import algorithms
 from nimbus.automl.data import Scan, training_chunks
+from nimbus.automl.metrics import scorer_name, sign
 from nimbus.automl.profile import Profile
-from nimbus.automl.search import LOWER_IS_BETTER, scorer_name
 from nimbus.automl.space import pipeline, preprocessor
 from nimbus.config import Settings
 
-LINEAR = {"logistic", "ridge", "elastic_net"}
 MAX_EPOCHS = 5  # passes over the training chunks when time allows (small data over a tiny budget)
 
 
 def incremental_estimator(params: dict[str, Any], task: str, rows: int, seed: int = 0) -> Any:
-    """The SGD model matching a linear winner's regularisation (the same objective up to scale);
+    """The SGD model matching a linear winner's regularisation (its declared ``incremental``);
     scikit-learn's defaults for any other winner."""
     from sklearn.linear_model import SGDClassifier, SGDRegressor
 
-    algo, n = params["algorithm"], max(1, rows)
+    declared = algorithms.get(params["algorithm"]).incremental
+    if declared is not None:
+        return declared(params, task, rows, seed)
     if task == "classification":
-        alpha = 1.0 / (params["C"] * n) if algo == "logistic" else 1e-4
-        return SGDClassifier(loss="log_loss", alpha=alpha, average=True, random_state=seed)
-    if algo == "ridge":  # Ridge: |y - Xw|^2 + a|w|^2; SGD: mean of half squares + alpha/2 |w|^2
-        return SGDRegressor(alpha=params["alpha"] / n, average=True, random_state=seed)
-    if algo == "elastic_net":  # ElasticNet and SGD share the objective
-        return SGDRegressor(penalty="elasticnet", alpha=params["alpha"], l1_ratio=params["l1_ratio"], average=True,
-                            random_state=seed)
+        return SGDClassifier(loss="log_loss", alpha=1e-4, average=True, random_state=seed)
     return SGDRegressor(average=True, random_state=seed)
 
 
@@ -71,7 +67,7 @@ def _refit(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile
                        "training_rows": scan.train_rows, "incremental": False, "differs_from_winner": False,
                        "limited_by_time": len(x) < scan.train_rows}
     candidates: dict[str, tuple[Any, dict[str, Any]]] = {}
-    if searched not in LINEAR:  # the winner itself, on as much as memory holds
+    if not algorithms.get(searched).linear:  # the winner itself, on as much as memory holds
         model = pipeline(params, prof).fit(x, y)
         candidates["in_memory"] = (model, {"model": searched, "estimator": type(model[-1]).__name__,
                                            "rows": len(x), "incremental": False, "differs_from_winner": False})
@@ -80,10 +76,9 @@ def _refit(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile
     scores = {name: _score(m, scan, metric) for name, (m, _) in candidates.items()}
     best = max(scores, key=scores.get)
     model, info = candidates[best]
-    sign = -1 if metric in LOWER_IS_BETTER else 1
     return model, {**info, "training_rows": scan.train_rows, "searched": searched,
                    "validation": {"rows": len(scan.valid), "metric": metric,
-                                  "scores": {name: sign * s for name, s in scores.items()}}}
+                                  "scores": {name: sign(metric) * s for name, s in scores.items()}}}
 
 
 def fit_incremental(settings: Settings, scan: Scan, params: dict[str, Any], prof: Profile, x_sample: Any,
@@ -117,7 +112,7 @@ def fit_incremental(settings: Settings, scan: Scan, params: dict[str, Any], prof
                    "estimator": type(estimator).__name__, "rows": rows, "rows_seen": seen, "chunks": chunks,
                    "full_passes": epochs, "incremental": True, "differs_from_winner": True,
                    "why": "the training rows do not fit the memory budget (automl_memory_mb); an incremental "
-                          f"learner read them in chunks{' (matching the winner regularisation)' if params['algorithm'] in LINEAR else ''}"}
+                          f"learner read them in chunks{' (matching the winner regularisation)' if algorithms.get(params['algorithm']).linear else ''}"}
 
 
 def _classes(scan: Scan) -> np.ndarray:

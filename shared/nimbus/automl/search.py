@@ -15,18 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nimbus.automl import gpu
+from nimbus.automl import algorithms, gpu
+from nimbus.automl.budget import step_fits
+from nimbus.automl.metrics import scorer_name
 from nimbus.automl.profile import Profile
 from nimbus.automl.space import define_space, pipeline
 
 CV_MAX_ROWS = 5_000
 FRACTIONS = (0.25, 0.5, 1.0)
-LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
-
-
-def scorer_name(metric: str) -> str:
-    return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error",
-            "log_loss": "neg_log_loss"}.get(metric, metric)
 
 
 def plan_steps(y: pd.Series, profile: Profile, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -66,7 +62,7 @@ def fit_on_the_device(data: SearchData, params: dict[str, Any], rows: np.ndarray
     return model, float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
-def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported lazily)
+def make_trainable():
     import ray
     from ray import tune
     from sklearn.metrics import get_scorer
@@ -107,9 +103,7 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             train, valid = d.steps[self.step_no]
             if self.scores:  # a step whose fit would end after the deadline is not started
                 done_rows = sum(len(d.steps[i][0]) for i in range(self.step_no))
-                # at 1.5x the rate so far: fits grow faster than their rows (trees: n log n)
-                expected = 1.5 * self.fit_s / max(1, done_rows) * len(train)
-                if time.time() + expected > d.deadline:
+                if not step_fits(time.time(), self.fit_s, done_rows, len(train), d.deadline):
                     return self._result(float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else self.scores[-1],
                                         done=True)
             start = time.perf_counter()
@@ -126,7 +120,7 @@ def make_trainable():  # noqa: ANN201 - a tune.Trainable subclass (ray imported 
             return self._result(estimate, done=self.step_no >= len(d.steps))
 
         def _on_device(self) -> bool:
-            return self.data.device is not None and gpu.on_device(self.params)
+            return self.data.device is not None and algorithms.get(self.params["algorithm"]).on_device(self.params)
 
         def _result(self, estimate: float, done: bool) -> dict[str, Any]:
             return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
@@ -153,15 +147,14 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
 
     With a ``device``, the GPU family's configurations are fitted there, in Ray tasks that take a
     fraction of a GPU each."""
+    import optuna
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    import optuna
-
-    import ray
-
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
     if device is not None:
         data = replace(data, device=device)
     shared = [ray.put(data)]  # a list: Tune hands the reference itself to the trials

@@ -32,6 +32,7 @@ class Collections:
     RECOMMEND_PERFORMANCE = "recommend_performance"
     DRIFT_CHECKS = "drift_checks"  # one document per scheduled drift check and model version
     DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
+    AUTOML_JOBS = "automl_jobs"  # one document per AutoML job: request, status, progress, results
 
 
 # name -> list of (keys, options) passed to create_index
@@ -49,6 +50,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.RECOMMEND_PERFORMANCE: [([("bucket", pymongo.ASCENDING)], {})],
     Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
     Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
+    # by _id (the API's reads); the worker claims the oldest queued job
+    Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {})],
 }
 
 

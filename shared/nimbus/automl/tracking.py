@@ -1,0 +1,95 @@
+"""An AutoML job in MLflow, through :class:`nimbus.stores.registry.Registry`: every trial a run of
+the job's experiment (logged while the search goes on), and the winner's run, which registers
+the refit model with its held-out metric, its report and its ONNX export."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+
+from nimbus.automl.metrics import sign
+from nimbus.config import Settings
+from nimbus.stores.registry import Registry
+
+
+def experiment_name(job_id: str) -> str:
+    return f"automl-{job_id}"
+
+
+class TrialLogger:
+    """Logs each finished trial as an MLflow run while the search goes on (overlapping the two),
+    and measures what a trial costs to log, so the search can stop in time for the rest."""
+
+    THREADS = 4  # a trial is three small HTTP calls: several in flight hide the round trips
+
+    def __init__(self, settings: Settings, job_id: str, metric: str) -> None:
+        self.registry = Registry.for_settings(settings)
+        self.experiment = experiment_name(job_id)
+        self.registry.experiment_id(self.experiment)  # created once, before the threads log into it
+        self.job_id, self.metric = job_id, metric
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.submitted: set[str] = set()
+        self.pending = 0
+        self.cost_s = 0.05  # per trial and thread, refined as trials are logged
+        self._threads = [threading.Thread(target=self._drain, name=f"mlflow-{job_id}-{n}", daemon=True)
+                         for n in range(self.THREADS)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, trial: dict[str, Any]) -> None:
+        if trial["trial_id"] in self.submitted:  # seen by the callback already
+            return
+        self.submitted.add(trial["trial_id"])
+        self.pending += 1
+        self.queue.put(trial)
+
+    def _drain(self) -> None:
+        while (trial := self.queue.get()) is not None:
+            start = time.monotonic()
+            self._log(trial)
+            self.cost_s = 0.8 * self.cost_s + 0.2 * (time.monotonic() - start)
+            self.pending -= 1
+
+    def _log(self, t: dict[str, Any]) -> None:
+        self.registry.log_run(self.experiment, f"trial-{t['params']['algorithm']}",
+                              tags={"nimbus.job": self.job_id, "nimbus.complete": str(t["complete"])},
+                              metrics={f"cv_{self.metric}": sign(self.metric) * t["score"], "fit_s": t["fit_s"],
+                                       "steps": t["steps"]},
+                              params=t["params"])
+
+    def backlog_s(self) -> float:
+        """Seconds the trials still queued need to be logged."""
+        return self.pending * self.cost_s / self.THREADS
+
+    def finish(self, trials: list[dict[str, Any]]) -> None:
+        """Log whatever the callbacks did not see, then wait for the queue to empty."""
+        for trial in trials:
+            self.submit(trial)
+        for _ in self._threads:
+            self.queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str, Any], model: Any,
+                    x_train: pd.DataFrame, test: dict[str, Any], report: dict[str, Any],
+                    onnx: bytes | None = None) -> tuple[str, str]:
+    """The winner's run in the job's experiment: its parameters, held-out metric, the model
+    (registered as a new version of ``name``), a report and the ONNX export; (version, run id)."""
+    example = x_train.head(5)
+    output = model.predict_proba(example)[:, -1] if hasattr(model, "predict_proba") else model.predict(example)
+    metric = test["metric"]
+    with Registry.for_settings(settings).tracked_run(experiment_name(job_id), "winner",
+                                                     tags={"nimbus.job": job_id}) as run:
+        run.log_params({f"winner_{k}": v for k, v in winner["params"].items()})
+        run.log_metrics({f"test_{metric}": test["value"], f"test_{metric}_ci_low": test["ci95"][0],
+                         f"test_{metric}_ci_high": test["ci95"][1]})
+        version = run.log_sklearn(model, example, output, name)
+        run.log_json(report, "report/report.json")
+        if onnx is not None:
+            run.log_bytes(onnx, "onnx/model.onnx")
+    return version, run.run_id
