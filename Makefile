@@ -14,7 +14,8 @@ setup: $(STAMP)  ## install everything (apt as root, .venv, npm)
 demo: setup  ## the main job on the local stack
 	$(VENV)/bin/nimbus demo
 
-test: setup  ## the whole suite (starts its own services)
+test: setup  ## lint, then the whole suite (starts its own services)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-fast: setup  ## unit tests only

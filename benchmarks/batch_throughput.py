@@ -85,7 +85,7 @@ def alternatives(sample: Path, settings: Settings, versions: dict[str, str]) -> 
     schema = T.StructType([T.StructField("record_id", T.StringType()), T.StructField("lr", T.DoubleType()),
                            T.StructField("hgb", T.DoubleType())])
 
-    def score(batches):  # noqa: ANN001, ANN202
+    def score(batches):
         import pandas as pd
 
         m_lr, m_hgb = models.value

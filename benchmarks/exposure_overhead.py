@@ -32,7 +32,7 @@ from nimbus.config import Settings  # noqa: E402
 from nimbus.local.stack import LocalStack, free_port  # noqa: E402
 
 
-def per_request_us(recommender, users: list[str]) -> float:  # noqa: ANN001
+def per_request_us(recommender, users: list[str]) -> float:
     start = time.perf_counter()
     for user in users:
         recommender.recommend(user, 10)
@@ -136,7 +136,7 @@ def run(settings: Settings, n: int, rounds: int) -> None:
           f"({flushed:,} answers in batches of 5,000)")
 
 
-def drain(tracker) -> int:  # noqa: ANN001
+def drain(tracker) -> int:
     total = 0
     while n := tracker.flush():
         total += n

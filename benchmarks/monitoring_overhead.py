@@ -32,7 +32,7 @@ from nimbus.config import Settings  # noqa: E402
 from nimbus.local.stack import LocalStack, free_port  # noqa: E402
 
 
-def per_call_ns(fn, n: int, repeats: int) -> float:  # noqa: ANN001
+def per_call_ns(fn, n: int, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter_ns()
@@ -42,7 +42,7 @@ def per_call_ns(fn, n: int, repeats: int) -> float:  # noqa: ANN001
     return best
 
 
-def asgi_us_per_request(app, n: int, repeats: int) -> float:  # noqa: ANN001
+def asgi_us_per_request(app, n: int, repeats: int) -> float:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": "/hello", "raw_path": b"/hello", "query_string": b"", "root_path": "",
              "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
@@ -68,7 +68,7 @@ def asgi_us_per_request(app, n: int, repeats: int) -> float:  # noqa: ANN001
     return asyncio.run(best())
 
 
-def hello_app(metrics: bool, settings: Settings):  # noqa: ANN201
+def hello_app(metrics: bool, settings: Settings):
     from fastapi import FastAPI, Response
 
     from nimbus.api.common import BodyLimit

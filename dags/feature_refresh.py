@@ -9,7 +9,7 @@ from airflow.sdk import dag, task
 
 @dag(schedule=timedelta(hours=1), start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1,
      default_args={"retries": 2, "retry_delay": timedelta(seconds=30)}, tags=["nimbus", "recommend"])
-def feature_refresh():  # noqa: ANN201
+def feature_refresh():
     @task
     def refresh() -> dict:
         from nimbus.config import get_settings

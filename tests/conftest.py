@@ -80,7 +80,7 @@ def clean_stack(stack_settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def recommender_models(stack_settings: Settings):  # noqa: ANN201
+def recommender_models(stack_settings: Settings):
     """A small synthetic log, its features, and two registered ranker versions (not yet live)."""
     from nimbus.recommend.data import generate
     from nimbus.recommend.featurize import compute_features

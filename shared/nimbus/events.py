@@ -430,9 +430,8 @@ class SqsWrappedS3(EventSource):
         except json.JSONDecodeError as exc:
             raise EventError(f"{here}: body is not JSON ({exc.msg} at char {exc.pos})") from exc
         # S3 -> SNS -> SQS fan-out wraps the notification once more, as a string in "Message".
-        if isinstance(payload, dict) and payload.get("Type") == "Notification":
-            if isinstance(payload.get("Message"), str):
-                return cls._notification(payload["Message"], here)
+        if isinstance(payload, dict) and payload.get("Type") == "Notification" and isinstance(payload.get("Message"), str):
+            return cls._notification(payload["Message"], here)
         if not isinstance(payload, dict):
             raise EventError(f"{here}: body is JSON {type(payload).__name__}, expected an S3 notification object")
         # S3 sends this once when the notification is configured; it announces no object.

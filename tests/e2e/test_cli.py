@@ -85,14 +85,14 @@ def test_an_unknown_service_is_a_one_line_error(own_stack: dict[str, str]) -> No
     assert_one_line_error(run(["local", "up", "--services", "postgres"], own_stack), "unknown service(s) postgres")
 
 
-def test_invoke_runs_the_health_function_with_a_cloud_event(clean_stack) -> None:  # noqa: ANN001
+def test_invoke_runs_the_health_function_with_a_cloud_event(clean_stack) -> None:
     done = run(["invoke", "health", "--event", "tests/data/events/apigw_v2_health.json"], {})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "ok"
 
 
-def test_invoke_reads_the_event_from_stdin(clean_stack) -> None:  # noqa: ANN001
+def test_invoke_reads_the_event_from_stdin(clean_stack) -> None:
     event = (ROOT / "tests/data/events/apigw_v2_health.json").read_text()
     done = run(["invoke", "health", "--event", "-"], {}, stdin=event)
     assert done.returncode == 0 and json.loads(done.stdout)["statusCode"] == 200

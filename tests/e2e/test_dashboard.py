@@ -29,10 +29,10 @@ import httpx
 import pytest
 
 from nimbus.config import Settings
+from nimbus.dashboard import iso
 from nimbus.experiments.assignment import assign, bucket_ranges
 from nimbus.local.stack import free_port
 from nimbus.monitoring import drift
-from nimbus.dashboard import iso
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features

@@ -39,7 +39,7 @@ def logged(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def wait_for(check, timeout_s: float = 20.0):  # noqa: ANN001, ANN201
+def wait_for(check, timeout_s: float = 20.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if value := check():

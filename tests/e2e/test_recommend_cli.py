@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_trainings_and_promotions_are_audited_and_a_rollback_returns_to_the_previous_training(
-    clean_stack, recommender_models: dict, tmp_path: Path  # noqa: ANN001
+    clean_stack, recommender_models: dict, tmp_path: Path
 ) -> None:
     from nimbus import audit
     from nimbus.stores.redis.live import LiveModelStore
@@ -48,16 +48,16 @@ def test_trainings_and_promotions_are_audited_and_a_rollback_returns_to_the_prev
     assert LiveModelStore.for_settings(clean_stack).live("nimbus-recommender")["champion"] == second
 
 
-def test_promoting_an_unknown_version_is_a_one_line_error(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001
+def test_promoting_an_unknown_version_is_a_one_line_error(clean_stack, recommender_models: dict) -> None:
     assert_one_line_error(run(["recommend", "promote", "4242"]), "nimbus-recommender has no version '4242'")
 
 
-def test_training_on_a_missing_file_is_a_one_line_error(clean_stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_training_on_a_missing_file_is_a_one_line_error(clean_stack, tmp_path: Path) -> None:
     assert_one_line_error(run(["recommend", "train", "--logs", str(tmp_path / "nope.parquet")], {}),
                           "nope.parquet: no such file or folder")
 
 
-def test_the_features_function_runs_on_its_schedule_event(clean_stack, recommender_models: dict) -> None:  # noqa: ANN001
+def test_the_features_function_runs_on_its_schedule_event(clean_stack, recommender_models: dict) -> None:
     write_dataset(recommender_models["dataset"], clean_stack)
     done = run(["invoke", "features", "--event", "tests/data/events/eventbridge_scheduled.json"], {})
     assert done.returncode == 0, done.stderr
@@ -66,7 +66,7 @@ def test_the_features_function_runs_on_its_schedule_event(clean_stack, recommend
     assert answer["rule"] and answer["version"]
 
 
-def test_the_features_function_refuses_an_http_event(clean_stack) -> None:  # noqa: ANN001
+def test_the_features_function_refuses_an_http_event(clean_stack) -> None:
     assert_one_line_error(run(["invoke", "features", "--event", "tests/data/events/apigw_v2_health.json"], {}),
                           "features runs on a schedule; got HttpRequest")
 

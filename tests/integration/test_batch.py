@@ -94,7 +94,7 @@ def test_a_wrong_schema_fails_fast_and_writes_nothing(batch_stack: Settings) -> 
     uri = f"s3://{batch_stack.data_bucket}/{batch_stack.drop_prefix}wrong.parquet"
     fs, path = FsConfig.from_settings(batch_stack).filesystem(uri)
     pq.write_table(table.drop(["f5", "f6"]), path, filesystem=fs)
-    with pytest.raises(BatchFailed, match="missing required column.s. f5, f6"):
+    with pytest.raises(BatchFailed, match=r"missing required column.s. f5, f6"):
         run_batch(batch_stack, RunRequest(uri, "churn-lr"))
     assert ObjectStore.for_settings(batch_stack).list_keys(batch_stack.artifacts_bucket, "batch/results/") == []
     assert predictions(batch_stack) == 0

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from nimbus import governance
 from nimbus.api.dashboard import STATIC, create_dashboard_app
 from nimbus.config import Settings
+from nimbus.dashboard import DashboardQuery, build, iso, models_section
 from nimbus.local.gateway import Gateway, GatewayOptions, serving
 from nimbus.local.serverless import load_project
 from nimbus.local.stack import free_port
-from nimbus.dashboard import DashboardQuery, build, iso, models_section
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.registry import Registry
 

@@ -34,7 +34,7 @@ def stack(live_recommender: dict) -> dict:
         yield {**live_recommender, "rec": rec, "events": ev, "admin": admin}
 
 
-def service(stack: dict):  # noqa: ANN201
+def service(stack: dict):
     return stack["rec"].app.state.service.recommender
 
 
@@ -187,7 +187,7 @@ def test_a_version_variant_is_served_live_under_its_own_alias(stack: dict) -> No
     assert exp["variants"][1]["version"] == challenger
 
 
-def test_the_cli_lists_and_reports_and_words_errors_without_a_traceback(stack: dict, monkeypatch) -> None:  # noqa: ANN001
+def test_the_cli_lists_and_reports_and_words_errors_without_a_traceback(stack: dict, monkeypatch) -> None:
     from nimbus import cli
 
     exp = start_experiment(stack, FIFTY_FIFTY, "cli-test")

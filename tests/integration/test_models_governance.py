@@ -44,7 +44,7 @@ def test_promote_then_rollback_restores_the_previous_version_and_audits_both(
 
 
 def test_bad_promotions_and_rollbacks_are_clear_errors(clean_stack: Settings, two_versions: tuple[str, str]) -> None:
-    first, _ = two_versions
+    _first, _ = two_versions
     with pytest.raises(NotFound, match="churn-lr has no version '999'"):
         promote(clean_stack, "churn-lr", "999")
     with pytest.raises(Conflict, match="already version"):

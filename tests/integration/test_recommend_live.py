@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nimbus.api.recommend import RecommendService, create_recommend_app
-from nimbus.config import Settings
 from nimbus.local.gateway import serving
 from nimbus.local.stack import LocalStack, free_port
 from nimbus.recommend.bundle import MODEL_NAME

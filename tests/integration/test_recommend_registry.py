@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nimbus.config import Settings
-from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.errors import NotFound
+from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.models import load_bundle, promote_version, sync_live
 from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
@@ -40,7 +40,7 @@ def test_promotion_moves_the_alias_and_publishes_live(clean_stack: Settings, rec
 
 
 def test_an_alias_moved_in_mlflow_is_synced_to_redis(clean_stack: Settings, recommender_models: dict) -> None:
-    first, second = recommender_models["versions"]
+    _first, second = recommender_models["versions"]
     Registry.for_settings(clean_stack).client.set_registered_model_alias(MODEL_NAME, "challenger", second)
     try:
         changed = sync_live(clean_stack)

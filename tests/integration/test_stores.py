@@ -140,7 +140,7 @@ def test_registry_answers_through_the_mlflow_server(clean_stack: Settings) -> No
     registry.client.delete_experiment(experiment_id)
 
 
-def test_registry_on_sqlite_needs_no_server(tmp_path) -> None:  # noqa: ANN001
+def test_registry_on_sqlite_needs_no_server(tmp_path) -> None:
     registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}", 30)
     assert not registry.is_server
     health = registry.health()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from nimbus.automl.data import _split as split_of
 from nimbus.automl.data import memory_rows, peek, row_bytes, scan, training_chunks
 from nimbus.automl.profile import profile

@@ -34,7 +34,7 @@ REGRESS = {"ridge": {"alpha": 1.0}, "extra_trees": {"n_estimators": 30, "max_dep
            "hist_gb": {"learning_rate": 0.1, "max_leaf_nodes": 15, "l2_regularization": 1e-3, "max_iter": 30}}
 
 
-def fitted(task: str, algorithm: str, params: dict, dates: bool = False):  # noqa: ANN201
+def fitted(task: str, algorithm: str, params: dict, dates: bool = False):
     data = frame(dates=dates)
     target, other = ("churn", "spend") if task == "classification" else ("spend", "churn")
     data = data.drop(columns=[other])
@@ -47,7 +47,7 @@ def fitted(task: str, algorithm: str, params: dict, dates: bool = False):  # noq
                          [("regression", a) for a in REGRESS])
 def test_shap_contributions_add_up_to_the_prediction(task: str, algorithm: str) -> None:
     params = (CLASSIFY if task == "classification" else REGRESS)[algorithm]
-    model, prof, x, _ = fitted(task, algorithm, params, dates=True)
+    model, _prof, x, _ = fitted(task, algorithm, params, dates=True)
     result = explain(model, task, x[:480], x[480:], seconds=5, rows=3)
     assert 1 <= len(result["rows"]) <= 3 and result["background_rows"] == 20
     for row in result["rows"]:

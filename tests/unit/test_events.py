@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ def load(name: str) -> dict[str, Any]:
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)
+    return datetime(*parts, tzinfo=UTC)
 
 
 def raises_event_error(event: object) -> str:

@@ -54,7 +54,7 @@ def test_raising_a_variants_weight_only_moves_users_into_it() -> None:
 
 
 def test_weights_not_summing_to_one_name_the_field() -> None:
-    with pytest.raises(ValueError, match="sum to 1; they sum to 0.9") as info:
+    with pytest.raises(ValueError, match=r"sum to 1; they sum to 0\.9") as info:
         ExperimentSpec(name="x", variants=[{"name": "a", "model": "champion", "weight": 0.5},
                                            {"name": "b", "model": "challenger", "weight": 0.4}])
     assert info.value.errors()[0]["loc"] == ("variants",)

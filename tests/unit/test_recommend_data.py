@@ -61,7 +61,7 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "nope.csv")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(DataError, match="expected a .csv"):
+    with pytest.raises(DataError, match=r"expected a \.csv"):
         load_dataset(tmp_path / "x.json")
 
 

@@ -41,7 +41,7 @@ def test_every_reason_of_a_record_is_reported_in_words() -> None:
 
 
 def test_inputs_missing_required_columns_do_not_match() -> None:
-    with pytest.raises(SchemaMismatch, match="missing required column.s. f3"):
+    with pytest.raises(SchemaMismatch, match=r"missing required column.s. f3"):
         load_schema("churn").check_columns({c: "string" for c in COLUMNS if c != "f3"})
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import boto3
 
 
-
 def _spec_path() -> Path:
     if os.environ.get("NIMBUS_RESOURCES"):
         return Path(os.environ["NIMBUS_RESOURCES"])

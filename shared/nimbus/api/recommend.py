@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
@@ -27,7 +28,6 @@ from nimbus.recommend.serving import FeatureSampler, Recommender
 from nimbus.stores.redis.experiments import ExperimentStore
 from nimbus.stores.redis.features import FeatureStore
 from nimbus.stores.redis.live import LiveModelStore
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 ALLOWED_QUERY = frozenset({"k", "category"})
 K_MIN, K_MAX, USER_MAX, CATEGORY_MAX = 1, 100, 128, 64

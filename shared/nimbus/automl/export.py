@@ -51,12 +51,12 @@ def to_onnx(model: Any, profile: Profile, x_check: pd.DataFrame) -> OnnxExport:
     for precision in (np.float64, np.float32):
         try:
             data = _convert(model, profile, x_check, precision).SerializeToString()
-        except Exception as exc:  # a step skl2onnx has no converter for, or one it cannot express
+        except Exception as exc:  # noqa: BLE001 - a step skl2onnx has no converter for, or one it cannot express
             reasons.append(f"does not convert: {type(exc).__name__}: {_first_line(exc)}")
             continue
         try:
             outputs = _session(data).run(None, onnx_inputs(rows, profile, precision))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the runtime on the model is a reason not to export
             reasons.append(f"onnxruntime cannot run it: {type(exc).__name__}: {_first_line(exc)}")
             continue
         check = _compare(model, rows, outputs, profile.task)

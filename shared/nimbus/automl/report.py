@@ -54,11 +54,12 @@ def to_html(report: dict[str, Any]) -> str:
         body = "".join(f"<tr><th>{esc(diag['labels'][i])}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
                        for i, row in enumerate(diag["confusion_matrix"]))
         cm = f"<h2>Confusion matrix (rows: true)</h2><table><tr><th></th>{head}</tr>{body}</table>"
+    winner = next(r for r in report["leaderboard"] if r.get("chosen"))["algorithm"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>AutoML job {esc(report['job'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>AutoML job {esc(report['job'])}</h1>
-<p>Winner (refit and registered): {esc(next(r for r in report['leaderboard'] if r.get('chosen'))['algorithm'])}; held-out {esc(test['metric'])} {test['value']:.4f}
+<p>Winner (refit and registered): {esc(winner)}; held-out {esc(test['metric'])} {test['value']:.4f}
 (95% CI {test['ci95'][0]:.4f} – {test['ci95'][1]:.4f}, {test['rows']} rows); {report['trials']} configurations tried.</p>
 <h2>Leaderboard (validation score)</h2><table><tr><th>#</th><th>algorithm</th><th>score</th><th>complete</th>
 <th>parameters</th></tr>{rows}</table>{cm}

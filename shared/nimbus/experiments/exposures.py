@@ -136,7 +136,7 @@ class ExposureTracker:
         s = self.settings
         try:
             self.store.record_served(rows, s.attribution_window_s, s.perf_bucket_s, s.perf_keep_s)
-        except Exception as exc:  # never the request's problem; counted and logged
+        except Exception as exc:  # noqa: BLE001 - never the request's problem; counted and logged
             self.dropped += len(rows)
             log.warning("dropped %d exposures: %s", len(rows), exc)
             return 0

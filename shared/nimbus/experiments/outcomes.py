@@ -29,7 +29,7 @@ class Interaction(Protocol):
     request_id: str | None
 
     @property
-    def timestamp(self):  # noqa: ANN201 - datetime | None
+    def timestamp(self):
         ...
 
 

@@ -95,7 +95,7 @@ class ExperimentSpec(BaseModel):
         return variants
 
 
-def _collection(settings: Settings):  # noqa: ANN202
+def _collection(settings: Settings):
     return DocumentStore.for_settings(settings).collection(Collections.EXPERIMENTS)
 
 

@@ -204,7 +204,7 @@ class Gateway:
                 routes.append(Route(starlette_path(route.path), self._endpoint(fn, route_key), methods=methods))
         return routes
 
-    def _endpoint(self, fn: FunctionSpec, route_key: str):  # noqa: ANN202 - a Starlette endpoint
+    def _endpoint(self, fn: FunctionSpec, route_key: str):
         async def endpoint(request: Request) -> Response:
             length = int(request.headers.get("content-length") or 0)
             if length > MAX_BODY_BYTES:
@@ -241,7 +241,7 @@ class Gateway:
         if self.options.watch and any(fn.s3 for fn in self.project.functions.values()):
             self._spawn("drop-folder", self._watch_loop)
 
-    def _spawn(self, name: str, target) -> None:  # noqa: ANN001
+    def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=f"gateway-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)

@@ -111,7 +111,7 @@ class Invoker:
             # Lambda ends the sandbox; a thread cannot be killed, so it is left to finish unseen.
             ok, payload = False, {"errorType": "TimeoutError",
                                   "errorMessage": f"Task timed out after {fn.timeout_s:.2f} seconds"}
-        except Exception as exc:  # the handler's own failure, reported as Lambda reports it
+        except Exception as exc:  # noqa: BLE001 - the handler's own failure, reported as Lambda reports it
             # The trace is in the payload (as Lambda returns it) and at DEBUG; callers say what to show.
             log.debug("function %s failed: %s", fn.name, "".join(traceback.format_exception(exc)))
             ok, payload = False, {"errorType": type(exc).__name__, "errorMessage": str(exc),

@@ -43,7 +43,7 @@ class S3Trigger:
     def matches(self, bucket: str, key: str, event_name: str) -> bool:
         """Does an S3 record (bucket, decoded key, eventName like 'ObjectCreated:Put') fire this trigger?"""
         wanted = self.event.removeprefix("s3:")
-        kind_ok = wanted.endswith("*") and event_name.startswith(wanted[:-1]) or event_name == wanted
+        kind_ok = (wanted.endswith("*") and event_name.startswith(wanted[:-1])) or event_name == wanted
         return bucket == self.bucket and key.startswith(self.prefix) and key.endswith(self.suffix) and kind_ok
 
 

@@ -77,7 +77,7 @@ def numeric_reference(values: np.ndarray, bins: int = 10, sample: int = _SAMPLE,
     counts = bin_counts(edges, values)
     keep = np.random.default_rng(seed).permutation(len(values))[:sample]
     return {"edges": edges, "proportions": [c / max(1, len(values)) for c in counts],
-            "sample": values[keep].tolist(), "n": int(len(values))}
+            "sample": values[keep].tolist(), "n": len(values)}
 
 
 def categorical_reference(values: Sequence[str]) -> dict[str, Any]:

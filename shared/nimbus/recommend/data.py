@@ -21,7 +21,7 @@ import pandas as pd
 from nimbus.errors import InvalidInput
 from nimbus.recommend.ranking import EVENT_TYPES, EVENT_WEIGHT
 
-__all__ = ["EVENT_TYPES", "EVENT_WEIGHT", "Dataset", "DataError", "generate", "load_dataset"]
+__all__ = ["EVENT_TYPES", "EVENT_WEIGHT", "DataError", "Dataset", "generate", "load_dataset"]
 
 LOG_COLUMNS = ("user_id", "item_id", "event", "timestamp")
 

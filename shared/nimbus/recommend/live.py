@@ -48,7 +48,7 @@ def warm(items: ItemTable, bundle: ModelBundle | None) -> None:
     _ = items.index, items.category_index
     ctx = UserContext(True, items.item_emb[0].copy(), np.ones(items.n_categories, np.float32),
                       items.popular[:3].astype(np.int32), emb_top=items.popular[3:20].astype(np.int32))
-    cand, x = score_inputs(items, ctx)
+    _cand, x = score_inputs(items, ctx)
     if bundle is not None:
         scores = bundle.decision(x)
         if not np.all(np.isfinite(scores)):
@@ -106,7 +106,7 @@ class LiveModels:
                 if items is not None:
                     for bundle in models.values() or [None]:
                         warm(items, bundle)
-            except Exception as exc:  # report and keep serving the old state
+            except Exception as exc:  # noqa: BLE001 - report and keep serving the old state
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("live refresh failed, still serving %s: %s", self.describe(old), self.last_error)
                 return False

@@ -65,7 +65,7 @@ def refresh_features(
         from nimbus.recommend.models import sync_live
 
         result["models_synced"] = sync_live(settings)
-    except Exception as exc:  # the features are in; a registry hiccup is reported, not fatal
+    except Exception as exc:  # noqa: BLE001 - the features are in; a registry hiccup is reported, not fatal
         log.warning("live model sync skipped: %s", exc)
         result["models_synced"] = f"skipped: {exc}"
     return result

@@ -10,7 +10,7 @@ from nimbus.recommend.data import Dataset
 from nimbus.stores.objects import ObjectStore
 
 
-def _parquet(frame) -> bytes:  # noqa: ANN001 - a DataFrame
+def _parquet(frame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from nimbus.recommend.ranking import EVENT_WEIGHT, RECENT_N, ItemTable
 from nimbus.stores.redis.features import FeatureStore, RealtimeEvent
 
+
 class InteractionEvent(BaseModel):
     """One user interaction."""
 

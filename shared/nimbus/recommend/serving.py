@@ -180,7 +180,7 @@ class Recommender:
         for listener in self.listeners:
             try:
                 listener(served)
-            except Exception as exc:  # a listener must never fail a request
+            except Exception as exc:  # noqa: BLE001 - a listener must never fail a request
                 log.warning("listener %s failed: %s", listener, exc)
 
 

@@ -54,7 +54,7 @@ def timed_health(store: str, url: str, probe: Callable[[], dict[str, str] | None
     start = time.perf_counter()
     try:
         info = probe() or {}
-    except Exception as exc:  # a health check reports, it never raises
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
         # The URL is already in the Health; keep the detail to the reason alone.
         reason = getattr(exc, "reason", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return Health(store, redact(url), False, (time.perf_counter() - start) * 1000, reason[:300])

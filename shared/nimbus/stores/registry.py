@@ -208,7 +208,7 @@ class Registry(PerProcess):
         with self._calling():
             try:
                 self.client.create_registered_model(check_name(name))
-            except Exception as exc:  # noqa: BLE001 - narrowed just below
+            except Exception as exc:
                 if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise
             mv = self.client.create_model_version(name, source, run_id=run_id, tags=dict(tags or {}),
