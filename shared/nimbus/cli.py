@@ -420,7 +420,7 @@ def automl_worker(
         out.print(f"running job {job['_id']}")
         try:
             run_once(settings, job["_id"])  # Ray ends with each job: an idle worker holds none
-        except Exception as exc:  # recorded in the job; the worker goes on
+        except Exception as exc:  # noqa: BLE001 - recorded in the job; the worker goes on
             out.print(f"job {job['_id']} failed: {exc}")
 
 

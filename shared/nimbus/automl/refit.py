@@ -108,11 +108,12 @@ def fit_incremental(settings: Settings, scan: Scan, params: dict[str, Any], prof
             epochs += 1
             stopped = time.monotonic() + (time.monotonic() - started) > deadline  # another pass would not fit
     model = Pipeline([("prep", prep), ("model", estimator)])
+    matching = " (matching the winner regularisation)" if algorithms.get(params["algorithm"]).linear else ""
     return model, {"model": f"sgd_{'classifier' if classes is not None else 'regressor'}",
                    "estimator": type(estimator).__name__, "rows": rows, "rows_seen": seen, "chunks": chunks,
                    "full_passes": epochs, "incremental": True, "differs_from_winner": True,
                    "why": "the training rows do not fit the memory budget (automl_memory_mb); an incremental "
-                          f"learner read them in chunks{' (matching the winner regularisation)' if algorithms.get(params['algorithm']).linear else ''}"}
+                          f"learner read them in chunks{matching}"}
 
 
 def _classes(scan: Scan) -> np.ndarray:

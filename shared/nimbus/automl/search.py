@@ -177,7 +177,8 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
         if result.metrics is None or "score" not in result.metrics:
             continue
         m = result.metrics
-        trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1], "params": result.config["params"], "score": m["score"],
+        trials.append({"trial_id": m.get("trial_id") or result.path.rsplit("/", 1)[-1],
+                       "params": result.config["params"], "score": m["score"],
                        "steps": m.get("steps", 0), "complete": m.get("steps", 0) >= len(data.steps),
                        "fit_s": m.get("fit_s", 0.0), "node": m.get("node"), "gpu": m.get("gpu", 0.0),
                        "device": m.get("device", "cpu")})
