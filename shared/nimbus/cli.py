@@ -19,7 +19,6 @@ import typer
 from nimbus.config import get_settings
 from nimbus.console import fmt, out, print_health, progress, status_table
 from nimbus.errors import NimbusError
-from nimbus.recommend.bundle import MODEL_NAME
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
                   pretty_exceptions_enable=False, no_args_is_help=True)
@@ -559,14 +558,16 @@ def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None
 # ---- monitor ---------------------------------------------------------------------------
 @monitor_app.command("drift")
 def monitor_drift(
-    model: Annotated[str, typer.Option(help="Registered model whose live versions are checked.")] = MODEL_NAME,
+    model: Annotated[str | None, typer.Option(help="Registered model whose live versions are checked; "
+                                                   "default: the recommender.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
 ) -> None:
     """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
     from nimbus.console import drift_tables
     from nimbus.monitoring.drift import run_check
+    from nimbus.recommend.bundle import MODEL_NAME  # here, not at the top: numpy is no cost of every command
 
-    checks = run_check(get_settings(), model)
+    checks = run_check(get_settings(), model or MODEL_NAME)
     if as_json:
         out.print_json(json.dumps(checks, default=str))
         return

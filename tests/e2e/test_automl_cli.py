@@ -17,8 +17,11 @@ from tests.e2e.test_cli import assert_one_line_error, run
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.mark.xfail(reason="issue 13: in a fresh CLI process on a loaded 2-core machine the first Tune trials' actors "
-                          "may not start within the budget ('no trial finished'); the in-process job tests pass",
+# Measured on an idle machine: in a fresh process the job's setup (Ray Tune imports, the explainer's
+# warm-up) and the trial actors' start-up (~8 s) use up a 30 s job's search, so Tune stops the first
+# trials as they start and the job ends "no trial finished". Issue 13 (AutoML in one process) owns it;
+# the in-process job tests (tests/integration/test_automl.py) and the demo's 45 s job pass.
+@pytest.mark.xfail(reason="issue 13: a fresh process's set-up and trial start-up use up a 30 s job's search",
                    strict=False)
 def test_automl_run_exits_0_and_prints_the_leaderboard(clean_stack: Settings, tmp_path: Path) -> None:
     frame = load_breast_cancer(as_frame=True).frame

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,42 +106,40 @@ class ObjectStore(PerProcess):
     def from_settings(cls, settings: Settings) -> ObjectStore:
         return cls(settings)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        """Write an object; returns its ETag."""
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """The one way this store calls S3: a boto error leaves as StoreUnavailable naming the endpoint."""
         try:
-            answer = self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-            return answer["ETag"].strip('"')
+            yield
         except (BotoCoreError, ClientError) as exc:
             raise _unreachable(self.name, self.url, exc) from exc
 
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write an object; returns its ETag."""
+        with self._calling():
+            answer = self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return answer["ETag"].strip('"')
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
-        try:
+        with self._calling():
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         keys: list[str] = []
-        try:
+        with self._calling():
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
         return keys
 
     def etag(self, bucket: str, key: str) -> str:
         """The object's ETag (same bytes, same ETag)."""
-        try:
+        with self._calling():
             return self.client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
 
     def download(self, bucket: str, key: str, path: str) -> None:
         """Copy one object to a local file (streamed, multipart for large objects)."""
-        try:
+        with self._calling():
             self.client.download_file(bucket, key, path)
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
 
     # -- everything under a folder --
     def list_under(self, folder: S3Uri) -> list[S3Uri]:
@@ -149,27 +149,23 @@ class ObjectStore(PerProcess):
     def delete_under(self, folder: S3Uri) -> int:
         """Delete every object under ``folder``; returns how many there were."""
         keys = self.list_keys(folder.bucket, folder.folder)
-        try:
-            for start in range(0, len(keys), 1000):  # S3 deletes at most 1000 keys per call
+        for start in range(0, len(keys), 1000):  # S3 deletes at most 1000 keys per call
+            with self._calling():
                 answer = self.client.delete_objects(
                     Bucket=folder.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
-                if answer.get("Errors"):
-                    error = answer["Errors"][0]
-                    raise StoreUnavailable(self.name, self.url, f"cannot delete {error.get('Key')}: "
-                                                                f"{error.get('Message', error.get('Code'))}")
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
+            if answer.get("Errors"):
+                error = answer["Errors"][0]
+                raise StoreUnavailable(self.name, self.url, f"cannot delete {error.get('Key')}: "
+                                                            f"{error.get('Message', error.get('Code'))}")
         return len(keys)
 
     def copy_under(self, source: S3Uri, target: S3Uri) -> int:
         """Copy every object under ``source`` to the same relative key under ``target``; returns the count."""
         keys = self.list_keys(source.bucket, source.folder)
-        try:
+        with self._calling():
             for k in keys:
                 self.client.copy_object(Bucket=target.bucket, Key=target.folder + k[len(source.folder):],
                                         CopySource={"Bucket": source.bucket, "Key": k})
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
         return len(keys)
 
     def move_under(self, source: S3Uri, target: S3Uri) -> int:
@@ -180,10 +176,8 @@ class ObjectStore(PerProcess):
 
     def bucket_names(self) -> set[str]:
         """The buckets there are; raises StoreUnavailable when the endpoint does not answer."""
-        try:
+        with self._calling():
             return {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
-        except (BotoCoreError, ClientError) as exc:
-            raise _unreachable(self.name, self.url, exc) from exc
 
     def ping(self) -> Health:
         """Health of the endpoint alone (buckets may not exist yet)."""
