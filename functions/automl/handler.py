@@ -3,6 +3,7 @@
 from mangum import Mangum
 
 from nimbus.api.automl import create_automl_app
+from nimbus.api.common import start
 
-app = create_automl_app()
+app = start(create_automl_app)  # refuses, in one line, to serve off the local stack on local keys
 handler = Mangum(app, lifespan="off")

@@ -3,12 +3,13 @@ rollup of exposure/outcome logs and performance buckets into MongoDB."""
 
 from mangum import Mangum
 
+from nimbus.api.common import start
 from nimbus.api.experiments import create_experiments_app
 from nimbus.config import get_settings
 from nimbus.events import ScheduledTrigger, parse
 from nimbus.experiments.service import persist
 
-app = create_experiments_app()
+app = start(create_experiments_app)  # refuses, in one line, to serve off the local stack on local keys
 http = Mangum(app, lifespan="off")
 
 

@@ -42,6 +42,23 @@ app.add_typer(experiments_app, name="experiments")
 monitor_app = typer.Typer(help="Monitoring: drift of the live models, traffic and latency of the functions.",
                           no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
+keys_app = typer.Typer(help="API keys: make a named, scoped key (Nimbus stores only its hash).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="Who holds it, e.g. ops-alice or clickstream (1-64 of A-Z a-z 0-9 _ . -).")],
+    scope: Annotated[list[str], typer.Option("--scope", help="admin, automl, events or read; repeat for several.")],
+) -> None:
+    """Print a new key (once: hand it to its holder) and the line to add to NIMBUS_API_KEYS or the secret."""
+    from nimbus.security import ApiKey
+
+    key, stored = ApiKey.create(name, scope)
+    print(f"key: {key}")
+    print(f"entry: {stored.entry}")
+    print("add the entry to NIMBUS_API_KEYS (comma-separated) or to the parameter at NIMBUS_API_KEYS_SOURCE",
+          file=sys.stderr)
 
 
 

@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nimbus.security import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
 
 
 class Settings(BaseSettings):
@@ -48,10 +50,19 @@ class Settings(BaseSettings):
         description="None: a fresh local Ray; '127.0.0.1:6379' (a `ray start --head` GCS, host:port): join that "
                     "cluster; 'auto': the cluster `ray start` left on this machine; 'ray://host:10001': Ray Client.")
 
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=lambda: [SecretStr("nimbus-local-key")],
-        description="Keys accepted by admin endpoints (header X-API-Key); comma-separated in the environment.",
-    )
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(
+        default_factory=lambda: [ApiKey.parse(LOCAL_ENTRY)],
+        description="Accepted API keys (header X-API-Key or Authorization: Bearer), stored hashed: "
+                    "name:scope+scope:sha256hex, comma-separated (`nimbus keys new NAME --scope SCOPE` makes one). "
+                    "The default is the local key, refused off the local stack.")
+    api_keys_source: str | None = Field(
+        default=None, pattern=r"^(ssm:/\S+|secretsmanager:\S+)$",
+        description="More keys, same format, from AWS: 'ssm:/nimbus/prod/api-keys' (a SecureString parameter) or "
+                    "'secretsmanager:nimbus/prod/api-keys'; re-read every api_keys_cache_s seconds (rotation).")
+    api_keys_cache_s: float = Field(default=300, ge=0, description="How long keys from api_keys_source are kept.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed to call the APIs (CORS), comma-separated; "
+                                          "none by default (same-origin only).")
     store_timeout_s: float = Field(default=2.0, gt=0, description="Connect/health timeout for every store.")
     request_timeout_s: float = Field(
         default=0.05, gt=0, description="Redis timeout on the recommendation request path; past it the answer degrades."
@@ -99,16 +110,29 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_entries(value)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
+                     "api_keys_source",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def local_stack(self) -> bool:
+        """True while every backend is on this machine (the only place the local key and secrets work)."""
+        return all(is_loopback_url(url) for url in (self.aws_endpoint_url, self.redis_url, self.mongo_url))
 
     @property
     def tracking_uri(self) -> str:

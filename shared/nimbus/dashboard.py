@@ -10,6 +10,7 @@ the audit trail). A section whose store is down comes back ``None`` with the rea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,11 +21,12 @@ import pymongo.errors
 
 from nimbus import audit
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NimbusError
+from nimbus.errors import InvalidInput, NimbusError, StoreUnavailable
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
+log = logging.getLogger("nimbus.dashboard")
 SECTIONS = ("traffic", "experiments", "performance", "drift", "models")
 
 
@@ -158,6 +160,8 @@ def build(settings: Settings, query: DashboardQuery | None = None) -> dict[str, 
         except InvalidInput:
             raise  # the caller's mistake (a window the section refuses): a 400, not a store down
         except STORE_ERRORS as exc:
-            document[name] = None
-            document["errors"][name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            document[name] = None  # the page shows which store is down, never its address or error text
+            log.warning("dashboard section %s: %s", name, exc)
+            document["errors"][name] = (f"{exc.store} is unavailable" if isinstance(exc, StoreUnavailable)
+                                        else f"a store is unavailable ({type(exc).__name__})")
     return document

@@ -12,6 +12,7 @@ stack stays up and the gateway keeps serving the dashboard until Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -69,12 +70,19 @@ def _batch(settings: Settings, out: Console) -> None:
     out.print(f"results: {run['outputs']['results_uri']}/   report: {run.get('report_uri')}")
 
 
+def demo_key() -> str:
+    """The key the demo calls the APIs with: NIMBUS_DEMO_KEY, else the local stack's key."""
+    from nimbus.security import LOCAL_KEY
+
+    return os.environ.get("NIMBUS_DEMO_KEY") or LOCAL_KEY
+
+
 def _experiment(settings: Settings, out: Console, http: httpx.Client, challenger: str, users: list[str]) -> None:
     """Champion vs a challenger version, 50/50 by user; simulated users click the challenger's
     answers more often (a planted effect the statistics should find)."""
     from nimbus.console import experiment_results
 
-    key = {"X-API-Key": settings.api_keys[0].get_secret_value()}
+    key = {"X-API-Key": demo_key()}
     spec = {"name": "demo-challenger", "metric": "ctr",
             "variants": [{"name": "control", "model": "champion", "weight": 0.5},
                          {"name": "treatment", "model": challenger, "weight": 0.5}]}
@@ -95,7 +103,7 @@ def _experiment(settings: Settings, out: Console, http: httpx.Client, challenger
                                "item_id": body["items"][0]["item_id"], "request_id": body["request_id"]})
         time.sleep(2 * settings.exposure_flush_s)  # the serving process writes its exposures each flush
         for start in range(0, len(events), 500):
-            http.post("/events", json={"events": events[start:start + 500]}).raise_for_status()
+            http.post("/events", json={"events": events[start:start + 500]}, headers=key).raise_for_status()
     results = http.get(f"/experiments/{exp_id}/results", headers=key)
     results.raise_for_status()
     experiment_results(results.json())
@@ -200,7 +208,7 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             now = time.time()
             batch = {"events": [{"event_id": f"demo-{now}-{n}", "user_id": user, "item_id": item["item_id"],
                                  "type": "click"} for n, item in enumerate(clicked)]}
-            ingest = http.post("/events", json=batch).json()
+            ingest = http.post("/events", json=batch, headers={"X-API-Key": demo_key()}).json()
             out.print(f"POST /events: {len(clicked)} clicks by {user} in {category} -> {ingest}")
             after = http.get(f"/recommendations/{user}", params={"k": 5}).json()
             out.print(_recommendation_table(after, f"GET /recommendations/{user}?k=5 (after the clicks)"))
@@ -222,7 +230,8 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             print_health(health.json())
             if health.status_code != 200:
                 raise NimbusError(f"health answered {health.status_code}: some store is down")
-            out.print(f"dashboard: {base}/dashboard  (traffic, latency, A/B results, drift, model versions)")
+            out.print(f"dashboard: {base}/dashboard#key={demo_key()}  (traffic, latency, A/B results, drift, "
+                      "model versions; the fragment hands the page the local read key)")
             if keep:
                 out.print("--keep: the stack stays up and the gateway serves here until Ctrl-C")
                 _wait_for_interrupt()

@@ -116,7 +116,7 @@ class Traffic:
     def events(self, events: list[dict]) -> None:
         for i in range(0, len(events), 500):
             self.requests["events"] += 1
-            assert self.client.post("/events", json={"events": events[i:i + 500]}).status_code == 200
+            assert self.client.post("/events", json={"events": events[i:i + 500]}, headers=KEY).status_code == 200
 
     def admin(self, method: str, path: str, **kwargs: Any) -> dict:
         answer = self.client.request(method, path, headers=KEY, **kwargs)
@@ -198,7 +198,7 @@ def monitored(served: dict) -> dict:
     second_checks = drift.run_check(settings, MODEL_NAME)
 
     client = served["client"]
-    counted = lambda: client.get("/dashboard/data").json()["traffic"]["functions"]  # noqa: E731
+    counted = lambda: client.get("/dashboard/data", headers=KEY).json()["traffic"]["functions"]  # noqa: E731
     wait_for(lambda: all(counted().get(f, {}).get("requests") == n for f, n in traffic.requests.items()),
              "the traffic rollup to count every request")
     return {**served, "traffic": traffic, "first": first, "expected": expected, "second": probe,
@@ -270,6 +270,14 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("requestfailed", lambda req: errors.append(f"{req.url}: {req.failure}"))
         page.goto(f"{monitored['url']}/dashboard?refresh=0")
+        # the page loads without a key and asks for one before it reads any data
+        page.wait_for_function("() => document.body.dataset.state === 'locked'", timeout=60_000)
+        page.fill("#api-key", "wrong-key")
+        page.click("#key-form button")
+        page.wait_for_function("() => document.getElementById('key-error').textContent.includes('not valid')",
+                               timeout=60_000)
+        page.fill("#api-key", KEY["X-API-Key"])
+        page.click("#key-form button")
         page.wait_for_function("() => window.nimbusDashboard && window.nimbusDashboard.renders > 0", timeout=60_000)
         data = page.evaluate("() => window.nimbusDashboard.data")  # the document the page drew
         shown = page.evaluate(READ_PAGE)
@@ -284,8 +292,11 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         # and the page keeps polling: a refreshing page renders again with newer data
-        page.goto(f"{monitored['url']}/dashboard?refresh=1")
+        # a fresh tab given the key in the URL fragment (never sent to the server) keeps polling
+        page = browser.new_page()
+        page.goto(f"{monitored['url']}/dashboard?refresh=1#key={KEY['X-API-Key']}")
         page.wait_for_function("() => window.nimbusDashboard && window.nimbusDashboard.renders >= 2", timeout=60_000)
+        assert "key=" not in page.url  # and it left the address bar
         browser.close()
     artifact = ROOT / ".nimbus" / "artifacts" / "dashboard.png"
     artifact.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +311,8 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
     assert all(c["has_chart"] and c["width"] > 0 and c["inked"] > 500 for c in shown["charts"]), shown["charts"]
 
     # ---- the page's document is what the APIs report, and what the test produced ------------------
-    api = client.get("/dashboard/data").json()
+    assert client.get("/dashboard/data").status_code == 401  # the data is behind the read key
+    api = client.get("/dashboard/data", headers=KEY).json()
     for section in ("experiments", "performance", "drift", "models"):  # nothing changed these since
         assert api[section] == data[section], section
     for fn, sent in traffic.requests.items():

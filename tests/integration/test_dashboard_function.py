@@ -22,6 +22,8 @@ from nimbus.local.stack import free_port
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.registry import Registry
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,10 +70,14 @@ def test_models_section_shows_each_version_and_when_it_went_live(live_recommende
 
 
 def test_bad_windows_are_clear_4xx(stack_settings: Settings) -> None:
-    client = TestClient(create_dashboard_app())
+    client = TestClient(create_dashboard_app(), headers=KEY)
     crossed = client.get("/dashboard/data", params={"traffic_window_s": 60, "traffic_bucket_s": 120})
     assert crossed.status_code == 400
     assert "traffic_bucket_s (120) must not exceed traffic_window_s (60)" in crossed.json()["detail"]
+    # a window of more than 2,000 buckets is refused before any store is read
+    wide = client.get("/dashboard/data", params={"traffic_window_s": 604800, "traffic_bucket_s": 10})
+    assert wide.status_code == 400
+    assert "traffic_window_s" in wide.json()["detail"] and "2000" in wide.json()["detail"]
     negative = client.get("/dashboard/data", params={"drift_limit": 0})
     assert negative.status_code == 422
     assert negative.json()["detail"][0]["loc"] == ["query", "drift_limit"]
@@ -93,5 +99,5 @@ def test_a_store_down_blanks_only_its_sections(clean_stack: Settings) -> None:
     assert document["models"] is None and "mlflow" in document["errors"]["models"]
     assert set(document["errors"]) == {"models"}
     assert document["traffic"] is not None and document["experiments"] == [] and document["drift"]["checks"] == []
-    answer = TestClient(create_dashboard_app()).get("/dashboard/data")
+    answer = TestClient(create_dashboard_app(), headers=KEY).get("/dashboard/data")
     assert answer.status_code == 200 and answer.json()["errors"] == {}

@@ -29,7 +29,7 @@ def stack(live_recommender: dict) -> dict:
 
     settings = live_recommender["settings"]
     promote_version(settings, live_recommender["versions"][1], "challenger")
-    with TestClient(create_recommend_app(settings)) as rec, TestClient(create_events_app(settings)) as ev, \
+    with TestClient(create_recommend_app(settings)) as rec, TestClient(create_events_app(settings), headers=KEY) as ev, \
             TestClient(create_experiments_app(settings)) as admin:
         yield {**live_recommender, "rec": rec, "events": ev, "admin": admin}
 

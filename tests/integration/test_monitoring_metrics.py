@@ -18,6 +18,8 @@ from nimbus.errors import InvalidInput
 from nimbus.monitoring.traffic import LATENCY_BUCKETS_MS, FunctionTraffic, rollup_for, summary
 from nimbus.stores.redis.base import RedisStore
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
+
 pytestmark = pytest.mark.integration
 
 REQUESTS, ERRORS = "nimbus_http_requests_total", "nimbus_http_request_errors_total"
@@ -43,7 +45,7 @@ def empty_rollup(settings: Settings) -> None:
 
 
 def test_the_health_function_counts_and_times_each_request_and_the_rollup_agrees(clean_stack: Settings) -> None:
-    with TestClient(create_health_app()) as client:
+    with TestClient(create_health_app(), headers=KEY) as client:
         empty_rollup(clean_stack)
         before = counted(client, "health", "/health", 200)
         timed = metric(client, "health", LATENCY_COUNT, function="health", route="/health")
@@ -64,7 +66,7 @@ def test_recommend_counts_the_fast_path_the_fastapi_route_and_degraded_answers(l
     settings = live_recommender["settings"]
     user = str(live_recommender["features"].user_ids[0])
     route = "/recommendations/{user_id}"
-    with TestClient(create_recommend_app(settings)) as client:
+    with TestClient(create_recommend_app(settings), headers=KEY) as client:
         fast, slow = counted(client, "recommend", route, 200), counted(client, "recommend", route, 422)
         degraded = metric(client, "recommend", DEGRADED, function="recommend")
         for _ in range(4):
@@ -81,8 +83,8 @@ def test_recommend_counts_the_fast_path_the_fastapi_route_and_degraded_answers(l
 
 def test_events_models_and_automl_expose_their_counts(live_recommender: dict) -> None:
     settings = live_recommender["settings"]
-    key = settings.api_keys[0].get_secret_value()
-    with TestClient(create_events_app(settings)) as client:
+    key = KEY["X-API-Key"]
+    with TestClient(create_events_app(settings), headers=KEY) as client:
         before = counted(client, "events", "/events", 200, "POST")
         refused = counted(client, "events", "/events", 422, "POST")
         body = {"events": [{"event_id": "m-1", "user_id": "u1", "item_id": "i1", "type": "view"}]}
@@ -97,7 +99,7 @@ def test_events_models_and_automl_expose_their_counts(live_recommender: dict) ->
         assert client.get("/models", headers={"X-API-Key": key}).status_code == 200
         assert counted(client, "models", "/models", 200) - ok == 2
         assert counted(client, "models", "/models", 401) - denied == 1
-    with TestClient(create_automl_app()) as client:
+    with TestClient(create_automl_app(), headers=KEY) as client:
         route = "/automl/jobs/{job_id}"
         before = counted(client, "automl", route, 404)
         assert client.get("/automl/jobs/no-such-job").status_code == 404

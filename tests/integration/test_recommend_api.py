@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 from nimbus.api.events import create_events_app
 from nimbus.api.recommend import create_recommend_app
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
+
 pytestmark = pytest.mark.integration
 
 
@@ -26,7 +28,7 @@ def slow_client(live_recommender: dict) -> TestClient:
 
 @pytest.fixture
 def events(live_recommender: dict) -> TestClient:
-    with TestClient(create_events_app(live_recommender["settings"])) as c:
+    with TestClient(create_events_app(live_recommender["settings"]), headers=KEY) as c:
         yield c
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from nimbus.config import Settings
+from nimbus.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,12 +33,14 @@ def test_defaults_point_at_the_local_stack(tmp_path: Path, monkeypatch: pytest.M
 def test_environment_overrides_with_the_nimbus_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIMBUS_REDIS_URL", "redis://cache:6380/2")
     monkeypatch.setenv("NIMBUS_MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    monkeypatch.setenv("NIMBUS_API_KEYS", "alpha, beta,,")
+    ops, ingest = "a" * 64, "b" * 64
+    monkeypatch.setenv("NIMBUS_API_KEYS", f"ops:admin:{ops}, ingest:events+read:{ingest},,")
     settings = Settings(_env_file=None)
     assert settings.redis_url == "redis://cache:6380/2"
     assert settings.tracking_uri == "http://mlflow:5000"
     assert settings.registry_uri == "http://mlflow:5000"
-    assert [k.get_secret_value() for k in settings.api_keys] == ["alpha", "beta"]
+    assert [(k.name, sorted(k.scopes), k.sha256.hex()) for k in settings.api_keys] == [
+        ("ops", ["admin"], ops), ("ingest", ["events", "read"], ingest)]
 
 
 def test_an_empty_endpoint_means_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,9 +48,11 @@ def test_an_empty_endpoint_means_real_aws(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings(_env_file=None).aws_endpoint_url is None
 
 
-def test_api_keys_are_not_shown_in_repr() -> None:
-    settings = Settings(_env_file=None, api_keys="very-secret")
-    assert "very-secret" not in repr(settings)
+def test_a_plain_key_in_the_settings_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(_env_file=None, api_keys="very-secret")
+    assert "very-secret" not in str(caught.value)
+    assert "nimbus keys new" in str(caught.value)
 
 
 def test_localstack_resources_use_the_names_in_settings() -> None:

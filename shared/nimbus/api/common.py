@@ -3,19 +3,23 @@ errors as clear JSON answers (never a stack trace)."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nimbus import __version__
 from nimbus.config import Settings, get_settings
-from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
+from nimbus.errors import ConfigError, Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 
+log = logging.getLogger("nimbus.api")
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 T = TypeVar("T")
 
@@ -49,6 +53,28 @@ HTTP_STATUS: tuple[tuple[type[NimbusError], int], ...] = (
 
 def status_for(exc: NimbusError) -> int:
     return next((status for kind, status in HTTP_STATUS if isinstance(exc, kind)), 500)  # ConfigError...: ours
+
+
+def public_message(exc: NimbusError) -> str:
+    """What a caller is told. A backend's address and its error text stay in the log: they describe
+    the inside of the deployment, not the caller's request."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s", exc)
+        return f"{exc.store} is unavailable; try again later"
+    if status_for(exc) >= 500:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return "internal error"
+    return str(exc)
+
+
+def start(build: Callable[[], T]) -> T:
+    """Build a function's app at import (cold start); a ConfigError (e.g. the local key off the local
+    stack) ends the process with one clear line on stderr instead of a traceback."""
+    try:
+        return build()
+    except ConfigError as exc:
+        print(f"nimbus: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class BodyLimit:
@@ -97,13 +123,19 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
     """A FastAPI app whose Nimbus errors become JSON answers, whose bodies are bounded and
     whose requests are counted and timed (``/metrics``; ``function`` names it there)."""
     from nimbus.api.metrics import instrument
+    from nimbus.security import check_deployable
 
+    resolved = settings or get_settings()
+    check_deployable(resolved)  # off the local stack: never on the local key or a default secret
     app = FastAPI(title=title, description=description, version=__version__, **kwargs)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    if resolved.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=resolved.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
     instrument(app, function or title.split()[-1].lower(), settings)
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        return JSONResponse({"detail": public_message(exc)}, status_code=status_for(exc))
 
     return app

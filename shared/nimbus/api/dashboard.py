@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from nimbus.api.auth import AUTH_ERRORS, ReadKey
 from nimbus.api.common import SettingsDep, create_app
 from nimbus.dashboard import DashboardQuery, build
 
@@ -123,9 +124,9 @@ def create_dashboard_app() -> FastAPI:
         return FileResponse(STATIC / "dashboard.html", media_type="text/html",
                             headers={"Cache-Control": "no-cache"})
 
-    @router.get("/data", response_model=DashboardData)
+    @router.get("/data", response_model=DashboardData, responses=AUTH_ERRORS)
     def data(
-        settings: SettingsDep,
+        settings: SettingsDep, _: ReadKey,
         traffic_window_s: Annotated[int, Query(ge=10, le=7 * 86400, description="Traffic window.")] = 900,
         traffic_bucket_s: Annotated[int, Query(ge=1, le=3600, description="Traffic bucket.")] = 10,
         performance_window_s: Annotated[int, Query(ge=60, le=30 * 86400)] = 3600,
@@ -133,7 +134,7 @@ def create_dashboard_app() -> FastAPI:
         drift_limit: Annotated[int, Query(ge=1, le=500, description="Drift checks to return.")] = 50,
         experiments_limit: Annotated[int, Query(ge=0, le=50)] = 5,
     ) -> dict[str, Any]:
-        """The dashboard's data: traffic, experiments, performance, drift, model versions."""
+        """The dashboard's data (a key with the ``read`` scope): traffic, experiments, performance, drift, models."""
         query = DashboardQuery(traffic_window_s, traffic_bucket_s, performance_window_s, performance_bucket_s,
                                drift_limit, experiments_limit)
         return build(settings, query)

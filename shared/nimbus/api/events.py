@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from nimbus.api.auth import AUTH_ERRORS, EventsKey
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.experiments.outcomes import record_outcomes
@@ -51,9 +52,9 @@ def create_events_app(settings: Settings | None = None) -> FastAPI:
                      lifespan=lifespan, function="events", settings=settings)
     router = APIRouter(tags=["events"])
 
-    @router.post("/events", response_model=IngestResult, responses={413: {"description": "Body over 256 KiB."}})
-    def post_events(batch: EventBatch) -> IngestResult:
-        """Apply up to 500 interactions at once; idempotent on event_id. Clicks and purchases
+    @router.post("/events", response_model=IngestResult, responses={**AUTH_ERRORS, 413: {"description": "Body over 256 KiB."}})
+    def post_events(batch: EventBatch, _: EventsKey) -> IngestResult:
+        """Apply up to 500 interactions at once (a key with the ``events`` scope); idempotent on event_id. Clicks and purchases
         also count as A/B and performance outcomes of the answer they follow (by request_id,
         else the user's latest answer within the attribution window)."""
         result = ingest(FeatureStore.for_settings(service.settings), service.catalogue.state.items, batch.events)

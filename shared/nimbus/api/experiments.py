@@ -1,7 +1,7 @@
 """The ``experiments`` function's app (admin): create, start, stop, list A/B experiments,
 read their results, and recommendation performance.
 
-Every route needs an API key (header ``X-API-Key``, one of NIMBUS_API_KEYS)."""
+Reading needs a key with the ``read`` scope, changing an experiment ``admin`` (see nimbus.api.auth)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Query
 from pydantic import BaseModel, Field
 
+from nimbus.api.auth import AUTH_ERRORS, AdminKey, ReadKey
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.api.models import ApiKeyDep
 from nimbus.config import Settings
 from nimbus.experiments.service import ExperimentSpec
 
@@ -111,7 +111,7 @@ class PerformancePublic(BaseModel):
     lists: int
 
 
-ERRORS = {401: {"description": "Missing or wrong X-API-Key."}, 404: {"description": "No such experiment."},
+ERRORS = {**AUTH_ERRORS, 404: {"description": "No such experiment."},
           409: {"description": "The experiment's state forbids it, or another runs on the surface."}}
 
 
@@ -127,41 +127,41 @@ def create_experiments_app(settings: Settings | None = None) -> FastAPI:
     @router.post("", response_model=ExperimentPublic, status_code=201,
                  responses={422: {"description": "Bad body, e.g. weights not summing to 1 (names the field)."},
                             400: {"description": "A variant's model is not in the registry."}})
-    def create(body: ExperimentSpec, settings: SettingsDep, who: ApiKeyDep) -> dict[str, Any]:
+    def create(body: ExperimentSpec, settings: SettingsDep, caller: AdminKey) -> dict[str, Any]:
         """Create a draft experiment."""
-        return service.create(settings, body, who=who)
+        return service.create(settings, body, who=caller.actor)
 
     @router.get("", response_model=list[ExperimentPublic])
-    def list_all(settings: SettingsDep, _: ApiKeyDep) -> list[dict[str, Any]]:
+    def list_all(settings: SettingsDep, _: ReadKey) -> list[dict[str, Any]]:
         """Every experiment, newest first."""
         return service.list_experiments(settings)
 
     @router.get("/{experiment_id}", response_model=ExperimentPublic)
-    def read(experiment_id: str, settings: SettingsDep, _: ApiKeyDep) -> dict[str, Any]:
+    def read(experiment_id: str, settings: SettingsDep, _: ReadKey) -> dict[str, Any]:
         """One experiment."""
         return service.get(settings, experiment_id)
 
     @router.post("/{experiment_id}/start", response_model=ExperimentPublic)
-    def start(experiment_id: str, settings: SettingsDep, who: ApiKeyDep) -> dict[str, Any]:
+    def start(experiment_id: str, settings: SettingsDep, caller: AdminKey) -> dict[str, Any]:
         """Start a draft: its variants' models go live and users are split between them."""
-        return service.start(settings, experiment_id, who=who)
+        return service.start(settings, experiment_id, who=caller.actor)
 
     @router.post("/{experiment_id}/stop", response_model=ExperimentPublic)
-    def stop(experiment_id: str, settings: SettingsDep, who: ApiKeyDep) -> dict[str, Any]:
+    def stop(experiment_id: str, settings: SettingsDep, caller: AdminKey) -> dict[str, Any]:
         """Stop a running experiment and freeze its results."""
-        return service.stop(settings, experiment_id, who=who)
+        return service.stop(settings, experiment_id, who=caller.actor)
 
     @router.get("/{experiment_id}/results", response_model=ResultsPublic)
-    def read_results(experiment_id: str, settings: SettingsDep, _: ApiKeyDep) -> dict[str, Any]:
+    def read_results(experiment_id: str, settings: SettingsDep, _: ReadKey) -> dict[str, Any]:
         """Per variant: exposures, CTR and conversion with 95% intervals, lift, p-value,
         chance to beat control; the sample-ratio check and the verdict."""
         return service.results(settings, experiment_id)
 
-    perf = APIRouter(prefix="/performance", tags=["performance"], responses={401: ERRORS[401]})
+    perf = APIRouter(prefix="/performance", tags=["performance"], responses=AUTH_ERRORS)
 
     @perf.get("/recommendations", response_model=PerformancePublic)
     def recommendation_performance(
-        settings: SettingsDep, _: ApiKeyDep,
+        settings: SettingsDep, _: ReadKey,
         window_s: Annotated[int, Query(ge=60, le=30 * 86400, description="How far back.")] = 3600,
         bucket_s: Annotated[int, Query(ge=1, le=86400, description="Series step; a multiple of NIMBUS_PERF_BUCKET_S.")] = 60,
     ) -> dict[str, Any]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nimbus.api.auth import AUTH_ERRORS, require
 from nimbus.config import Settings, get_settings
 from nimbus.monitoring.traffic import FunctionTraffic
 
@@ -61,7 +62,8 @@ def instrument(app: FastAPI, function: str, settings: Settings | None = None) ->
 
     for path in ("/metrics", f"/{function}/metrics"):
         app.add_api_route(path, metrics, methods=["GET"], tags=["monitoring"], summary=metrics.__doc__,
-                          response_class=Response, responses={200: {
+                          dependencies=[Depends(require("read"))],
+                          response_class=Response, responses={**AUTH_ERRORS, 200: {
                               "description": "Prometheus text exposition format.",
                               "content": {CONTENT_TYPE_LATEST: {"example": (
                                   'nimbus_http_requests_total{function="recommend",method="GET",'

@@ -35,6 +35,7 @@ from typing import Any
 
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
+from nimbus.monitoring.windows import check_window
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.experiments import ExperimentStore
 from nimbus.stores.redis.features import FeatureStore
@@ -74,6 +75,7 @@ def summary(settings: Settings, window_s: int = 3600, bucket_s: int = 60) -> dic
     if window_s <= 0 or bucket_s <= 0 or bucket_s % base:
         raise InvalidInput(f"bucket_s must be a positive multiple of {base} (NIMBUS_PERF_BUCKET_S) and "
                            f"window_s positive; got bucket_s={bucket_s}, window_s={window_s}")
+    check_window("window_s", window_s, bucket_s, base)
     buckets = _buckets(settings, window_s)
     counters = ExperimentStore.for_settings(settings).perf_buckets(buckets)
     missing = [b for b, c in zip(buckets, counters) if not c]

@@ -45,6 +45,7 @@ from prometheus_client import Counter, Histogram
 
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, StoreUnavailable
+from nimbus.monitoring.windows import check_window
 from nimbus.stores.redis.telemetry import TelemetryStore
 
 log = logging.getLogger("nimbus.monitoring.traffic")
@@ -215,6 +216,7 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
         raise InvalidInput(f"bucket_s must be a multiple of the rollup's {base} s bucket; got {bucket_s}")
     if window_s < bucket_s:
         raise InvalidInput(f"window_s must be at least bucket_s ({bucket_s}); got {window_s}")
+    check_window("traffic_window_s", window_s, bucket_s, base)
     now = time.time()
     last = int(now) // bucket_s * bucket_s
     first = last - (math.ceil(window_s / bucket_s) - 1) * bucket_s
@@ -222,12 +224,14 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
     functions = store.traffic_functions()
     rows = store.traffic(functions, range(first // base * base, last + bucket_s, base))
     series, totals = [], {}
+    grouped: dict[tuple[str, int], list[dict[str, int]]] = {}  # (function, series bucket) -> stored rows
+    for (function, b), row in rows.items():
+        grouped.setdefault((function, first + (b - first) // bucket_s * bucket_s), []).append(row)
     for function in functions:
-        mine = {b: r for (f, b), r in rows.items() if f == function}
+        mine = [row for (f, _), row in rows.items() if f == function]
         for t in range(first, last + 1, bucket_s):
-            series.append({"t": t, "function": function,
-                           **_stats([r for b, r in mine.items() if t <= b < t + bucket_s])})
-        totals[function] = {**_stats(list(mine.values())), "rps": 0.0}
+            series.append({"t": t, "function": function, **_stats(grouped.get((function, t), []))})
+        totals[function] = {**_stats(mine), "rps": 0.0}
         totals[function]["rps"] = totals[function]["requests"] / window_s
     return {"window_s": window_s, "bucket_s": bucket_s, "generated_at": now, "functions": totals,
             "series": sorted(series, key=lambda s: (s["t"], s["function"]))}

@@ -7,6 +7,10 @@
  *
  * Page query: ?refresh=N polls every N seconds (default 5; 0 = once). The window parameters
  * of /dashboard/data (traffic_window_s, ...) are passed through.
+ *
+ * The data needs an API key with the read scope (header X-API-Key). The page asks for it in a
+ * form, or takes it from the URL fragment (#key=..., never sent to a server), and keeps it in
+ * sessionStorage for this tab only.
  */
 "use strict";
 (() => {
@@ -373,9 +377,40 @@
     b.textContent = `Could not load ${dataUrl}: ${message} (retrying)`;
   }
 
+  // ---- the API key ------------------------------------------------------------------------
+  const KEY_SLOT = "nimbus.dashboard.key";
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get("key")) {
+    sessionStorage.setItem(KEY_SLOT, fragment.get("key"));
+    history.replaceState(null, "", location.pathname + location.search);  // the key leaves the address bar
+  }
+  const keyForm = document.getElementById("key-form");
+  let timer = null;
+
+  function askForKey(message) {
+    keyForm.hidden = false;
+    document.getElementById("key-error").textContent = message || "";
+    document.body.dataset.state = "locked";
+  }
+
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_SLOT, document.getElementById("api-key").value.trim());
+    keyForm.hidden = true;
+    clearTimeout(timer);
+    tick();
+  });
+
   async function tick() {
+    const key = sessionStorage.getItem(KEY_SLOT);
+    if (!key) { askForKey(); return; }
     try {
-      const answer = await fetch(dataUrl, { cache: "no-store", headers: { Accept: "application/json" } });
+      const answer = await fetch(dataUrl, { cache: "no-store", headers: { Accept: "application/json", "X-API-Key": key } });
+      if (answer.status === 401 || answer.status === 403) {
+        sessionStorage.removeItem(KEY_SLOT);
+        askForKey(answer.status === 401 ? "That key is not valid." : "That key lacks the read scope.");
+        return;
+      }
       if (!answer.ok) throw new Error(`HTTP ${answer.status}: ${(await answer.text()).slice(0, 200)}`);
       render(await answer.json());
       fetchError(null);
@@ -383,7 +418,7 @@
       fetchError(exc.message || String(exc));
       document.body.dataset.state = state.renders ? "stale" : "error";
     } finally {
-      if (refreshS > 0) setTimeout(tick, refreshS * 1000);
+      if (refreshS > 0) timer = setTimeout(tick, refreshS * 1000);
     }
   }
 
