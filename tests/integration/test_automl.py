@@ -17,6 +17,8 @@ from nimbus.config import Settings
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.objects import ObjectStore
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
+
 pytestmark = pytest.mark.integration
 
 
@@ -27,7 +29,7 @@ def put_csv(settings: Settings, key: str, frame: pd.DataFrame) -> str:
 
 @pytest.fixture
 def client(clean_stack: Settings, ray_ready: None) -> TestClient:
-    with TestClient(create_automl_app()) as c:
+    with TestClient(create_automl_app(), headers=KEY) as c:
         yield c
 
 

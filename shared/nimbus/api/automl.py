@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, UploadFile
 from pydantic import BaseModel, Field
 
+from nimbus.api.auth import AUTH_ERRORS, AutomlKey
 from nimbus.api.common import SettingsDep, create_app
 from nimbus.automl.jobs import JobRequest, compare, get_job, submit
 from nimbus.automl.runner import run_in_background
@@ -60,11 +61,11 @@ class CompareRequest(BaseModel):
 def create_automl_app() -> FastAPI:
     app = create_app("Nimbus AutoML", "Submit a dataset; get a searched, tracked, registered model.",
                      max_body_bytes=UPLOAD_LIMIT + 64 * 1024, function="automl")
-    router = APIRouter(prefix="/automl", tags=["automl"])
+    router = APIRouter(prefix="/automl", tags=["automl"], responses=AUTH_ERRORS)
 
     @router.post("/jobs", response_model=JobAccepted, status_code=202,
                  responses={400: {"description": "The dataset cannot be used: the reason is in `detail`."}})
-    def create_job(body: JobRequest, settings: SettingsDep) -> dict[str, Any]:
+    def create_job(body: JobRequest, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
         """Check the dataset, queue the job and start it; answers at once with the job id."""
         doc = submit(settings, body)
         run_in_background(settings, doc["_id"])
@@ -72,7 +73,7 @@ def create_automl_app() -> FastAPI:
                 "metric": doc["metric"]}
 
     @router.post("/uploads", responses={413: {"description": "Over 20 MiB: put it in S3 and give its URI."}})
-    async def upload(file: UploadFile, settings: SettingsDep) -> dict[str, str]:
+    async def upload(file: UploadFile, settings: SettingsDep, caller: AutomlKey) -> dict[str, str]:
         """Upload a small CSV or Parquet file; answers the dataset URI to submit."""
         name = (file.filename or "").rsplit("/", 1)[-1]
         if not name.endswith((".csv", ".parquet")):
@@ -83,14 +84,14 @@ def create_automl_app() -> FastAPI:
         return {"dataset": f"s3://{settings.data_bucket}/{key}"}
 
     @router.get("/jobs/{job_id}", response_model=JobPublic)
-    def job(job_id: str, settings: SettingsDep) -> dict[str, Any]:
+    def job(job_id: str, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
         """Status, progress (trials done, best score so far) and, when done, the results."""
         doc = get_job(settings, job_id)
         return {"job_id": doc["_id"], **{k: doc.get(k) for k in JobPublic.model_fields if k != "job_id"},
                 "progress": doc.get("progress", {})}
 
     @router.get("/jobs/{job_id}/leaderboard")
-    def leaderboard(job_id: str, settings: SettingsDep) -> list[dict[str, Any]]:
+    def leaderboard(job_id: str, settings: SettingsDep, caller: AutomlKey) -> list[dict[str, Any]]:
         """Every configuration tried, best first."""
         doc = get_job(settings, job_id)
         if doc["status"] != "succeeded":
@@ -98,7 +99,7 @@ def create_automl_app() -> FastAPI:
         return doc["leaderboard"]
 
     @router.post("/compare")
-    def compare_jobs(body: CompareRequest, settings: SettingsDep) -> list[dict[str, Any]]:
+    def compare_jobs(body: CompareRequest, settings: SettingsDep, caller: AutomlKey) -> list[dict[str, Any]]:
         """Finished jobs side by side, best held-out score first."""
         return compare(settings, body.jobs)
 
