@@ -116,3 +116,35 @@ def test_the_serverless_framework_reads_the_file_as_we_do() -> None:
         routes = [(e["httpApi"]["method"], e["httpApi"]["path"]) for e in fn.get("events", []) if "httpApi" in e]
         assert routes == [(r.method, r.path) for r in ours.functions[name].http]
     assert shutil.which("node") is not None
+
+
+def test_every_function_has_its_own_least_privilege_role() -> None:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "serverless.yml").read_text())
+    assert "iam" not in raw["provider"]  # no role shared by every function
+    resources = raw["resources"]["Resources"]
+    roles = {name: fn["role"] for name, fn in raw["functions"].items()}
+    assert len(set(roles.values())) == len(roles)  # one each
+    actions = {}
+    for name, role in roles.items():
+        statements = resources[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        actions[name] = {a for st in statements for a in st["Action"]}
+        assert all(st["Effect"] == "Allow" and "*" not in str(st["Action"]) for st in statements), name
+        assert all(r != "*" for st in statements for r in st["Resource"]), name
+    # the functions that keep no data in AWS get no S3 at all; only batch may delete (it moves drop files)
+    assert not any(a.startswith("s3:") for fn in ("events", "experiments", "dashboard") for a in actions[fn])
+    assert [fn for fn, a in actions.items() if "s3:DeleteObject" in a] == ["batch"]
+    # every function that serves HTTP reads the keys, and nothing else reads secrets
+    http = {name for name, fn in raw["functions"].items() if any("httpApi" in e for e in fn.get("events", []))}
+    assert {fn for fn, a in actions.items() if "ssm:GetParameter" in a} == http
+
+
+def test_the_deployment_names_no_default_key_and_no_open_cors() -> None:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "serverless.yml").read_text())
+    env = raw["provider"]["environment"]
+    assert env["NIMBUS_API_KEYS"] == "" and env["NIMBUS_API_KEYS_SOURCE"] == "ssm:${self:custom.secretsPath}/api-keys"
+    assert "nimbus-local-key" not in (ROOT / "serverless.yml").read_text()
+    assert "cors" not in raw["provider"]["httpApi"]
