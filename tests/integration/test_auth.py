@@ -235,3 +235,31 @@ def test_the_public_list_is_short_and_named() -> None:
     assert len(PUBLIC) <= 12
     assert not is_public("/models") and not is_public("/dashboard/data") and not is_public("/metrics")
     assert is_public("/dashboard/static/dashboard.js") and is_public("/recommendations/u1")
+
+
+def test_every_route_serverless_yml_exposes_is_checked_by_its_function(stack_settings: Settings) -> None:
+    """No authorizer in front: each httpApi route of serverless.yml must land on an app that asks for a key,
+    unless the path is public."""
+    import importlib
+
+    from nimbus.local.serverless import load_project
+
+    checked = 0
+    for fn in load_project(ROOT).functions.values():
+        if not fn.http:
+            continue
+        app = importlib.import_module(fn.module_path).app
+        with TestClient(app, raise_server_exceptions=False) as client:
+            for route in fn.http:
+                path = concrete(route.path.replace("{proxy+}", "x1"))
+                for method in (["GET", "POST"] if route.method == "*" else [route.method]):
+                    answer = client.request(method, path)
+                    checked += 1
+                    if is_public(path):
+                        assert answer.status_code != 401, (fn.name, method, path)
+                    else:  # 401, or 404/405 where the app has no such route (never served without a key)
+                        assert answer.status_code in (401, 404, 405), (fn.name, method, path, answer.status_code)
+                        if answer.status_code != 401:
+                            assert not any(r.path == path or r.path.startswith(path + "/")
+                                           for r in app.routes if isinstance(r, APIRoute)), (method, path)
+    assert checked >= 15
