@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nimbus.security import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         description="More keys, same format, from AWS: 'ssm:/nimbus/prod/api-keys' (a SecureString parameter) or "
                     "'secretsmanager:nimbus/prod/api-keys'; re-read every api_keys_cache_s seconds (rotation).")
     api_keys_cache_s: float = Field(default=300, ge=0, description="How long keys from api_keys_source are kept.")
+    request_secret: SecretStr = Field(
+        default=SecretStr("nimbus-local-request-secret"),
+        description="HMAC secret that signs recommendation request ids (outcomes count only with a valid one); "
+                    "the default works only on the local stack.")
+    request_secret_source: str | None = Field(
+        default=None, pattern=r"^(ssm:/\S+|secretsmanager:\S+)$",
+        description="Where the request secret lives on AWS ('ssm:/nimbus/prod/request-secret'); wins over "
+                    "request_secret.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed to call the APIs (CORS), comma-separated; "
                                           "none by default (same-origin only).")
@@ -123,7 +131,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
-                     "api_keys_source",
+                     "api_keys_source", "request_secret_source",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

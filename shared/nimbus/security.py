@@ -189,11 +189,28 @@ def keyring(settings: Settings) -> KeyRing:
     return KeyRing(cached.get())
 
 
+_secrets: dict[tuple, bytes] = {}
+
+
+def request_secret(settings: Settings) -> bytes:
+    """The key that signs request ids: from ``request_secret_source`` (read once per process) or the setting."""
+    if not settings.request_secret_source:
+        return settings.request_secret.get_secret_value().encode()
+    ident = (settings.request_secret_source, settings.aws_endpoint_url, settings.aws_region)
+    with _rings_lock:
+        if ident not in _secrets:
+            from nimbus.stores.secrets import read_secret
+
+            _secrets[ident] = read_secret(settings, settings.request_secret_source).strip().encode()
+        return _secrets[ident]
+
+
 def check_deployable(settings: Settings) -> None:
     """Raise ConfigError (one line) when this process must not serve: off the local stack with no keys,
     the local key, or a secret still at its local default."""
-    defaults = {name: getattr(settings, name).get_secret_value() == default
-                for name, default in LOCAL_SECRETS.items() if hasattr(settings, name)}
+    defaults = {name: not getattr(settings, f"{name}_source", None)
+                and getattr(settings, name).get_secret_value() in (default, "")
+                for name, default in LOCAL_SECRETS.items()}
     problems = deployment_problems(keyring(settings).keys, local=settings.local_stack, secrets_in_use=defaults)
     if problems:
         raise ConfigError("refusing to start off the local stack: " + "; ".join(problems))
