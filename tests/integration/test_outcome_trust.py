@@ -270,6 +270,15 @@ def test_a_stop_that_cannot_persist_leaves_the_experiment_running_unchanged(stac
     assert stack["ab"].running_experiments()["recommendations"]["id"] == exp["id"]
 
     stack["redis"].delete(Keys.ab_log("outcomes"))
+
+    claim = stack["ab"].running_experiments()["recommendations"]
+    stack["redis"].set(Keys.ab_counts(exp["id"]), "not a hash")  # fails after the surface was released
+    failed = stack["admin"].post(f"/experiments/{exp['id']}/stop", headers=KEY)
+    assert failed.status_code == 503 and "still running, unchanged" in failed.json()["detail"]
+    assert stack["ab"].running_experiments()["recommendations"] == claim  # the claim was put back
+    assert stack["docs"].collection(Collections.EXPERIMENTS).find_one({"_id": exp["id"]})["status"] == "running"
+
+    stack["redis"].delete(Keys.ab_counts(exp["id"]))
     stopped = stack["admin"].post(f"/experiments/{exp['id']}/stop", headers=KEY)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
     assert "recommendations" not in stack["ab"].running_experiments()
