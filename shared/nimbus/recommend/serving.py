@@ -4,7 +4,10 @@ One Redis round trip (batch vector, real-time hash, recent items), candidates an
 features in numpy, a linear ranker, top-k. When Redis fails or is slow the answer comes
 from the in-process fallback (popular items) flagged ``degraded``; a circuit breaker
 then skips Redis for a moment so every request stays inside the latency budget, and
-retries on its own.
+retries on its own. An error about the data under one user's keys (WRONGTYPE) degrades
+that answer only: it is not an outage, so the breaker stays closed. A user id outside
+:data:`nimbus.ids.ID_PATTERN` is refused (InvalidUserId) before any key is built; every
+answer's ``request_id`` is signed for its user (:class:`nimbus.ids.RequestSigner`).
 
 Seams for experiments and monitoring: the model alias is chosen per request (``alias``,
 or the ``assigner`` — an A/B experiment's variant for this user — when none is given),
