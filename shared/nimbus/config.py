@@ -60,10 +60,6 @@ class Settings(BaseSettings):
         description="More keys, same format, from AWS: 'ssm:/nimbus/prod/api-keys' (a SecureString parameter) or "
                     "'secretsmanager:nimbus/prod/api-keys'; re-read every api_keys_cache_s seconds (rotation).")
     api_keys_cache_s: float = Field(default=300, ge=0, description="How long keys from api_keys_source are kept.")
-    request_secret: SecretStr = Field(
-        default=SecretStr("nimbus-local-request-secret"),
-        description="HMAC secret that signs recommendation request ids (outcomes count only with a valid one); "
-                    "the default works only on the local stack.")
     request_secret_source: str | None = Field(
         default=None, pattern=r"^(ssm:/\S+|secretsmanager:\S+)$",
         description="Where the request secret lives on AWS ('ssm:/nimbus/prod/request-secret'); wins over "
@@ -89,6 +85,15 @@ class Settings(BaseSettings):
     attribution_window_s: int = Field(
         default=1800, gt=0, description="A click/purchase without a request_id counts for the user's latest "
                                         "recommendation answer served within this many seconds.")
+    request_secret: SecretStr = Field(
+        default=SecretStr("nimbus-local-request-secret"),
+        description="HMAC key signing the request_id of each recommendation answer (a click counts only for an id "
+                    "signed with it); the default is for the local stack only.")
+    event_max_age_s: int = Field(
+        default=86400, gt=0, description="POST /events refuses an event timestamp older than this (422); kept below "
+                                         "the event-id idempotency marks' life (7 days), so a replay is always seen.")
+    event_max_skew_s: int = Field(default=300, ge=0,
+                                  description="POST /events refuses an event timestamp further ahead of now than this.")
     experiment_min_exposures: int = Field(default=100, ge=1,
                                           description="Exposures every variant needs before any verdict.")
     exposure_flush_s: float = Field(default=1.0, gt=0,

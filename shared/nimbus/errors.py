@@ -41,5 +41,19 @@ class StoreUnavailable(NimbusError):
         super().__init__(f"{store} at {url} is unreachable: {reason}")
 
 
+class StoreDataError(StoreUnavailable):
+    """A backend answered, but refused the command on the data it holds (Redis WRONGTYPE, a
+    script error): a data problem under one key, not an outage. A subclass of StoreUnavailable
+    so every caller that handles an unreachable store still handles it; the recommendation
+    request path tells the two apart (a data error must not open its circuit breaker)."""
+
+    def __init__(self, store: str, url: str, reason: str) -> None:
+        super().__init__(store, url, reason)
+        self.args = (f"{store} at {url} refused a command on the data it holds: {reason}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class LocalStackError(NimbusError):
     """The local stack could not start or stop a service (port taken, binary missing...)."""

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from nimbus.api.events import create_events_app
 from nimbus.api.recommend import create_recommend_app
+from nimbus.ids import REQUEST_ID_LEN, RequestSigner
 
 KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
 
@@ -44,7 +45,9 @@ def test_a_known_user_gets_personalised_items_with_the_live_version(client: Test
     assert body["strategy"] == "personalized" and body["degraded"] is False
     assert body["model_version"] == live_recommender["versions"][0]
     assert body["feature_version"] == live_recommender["features"].version
-    assert len(body["items"]) == 5 and len(body["request_id"]) == 32
+    assert len(body["items"]) == 5 and len(body["request_id"]) == REQUEST_ID_LEN
+    signer = RequestSigner.for_settings(live_recommender["settings"])
+    assert signer.verify(body["request_id"], user) and not signer.verify(body["request_id"], user + "x")
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     recent = {str(live_recommender["features"].items.item_ids[i]) for i in live_recommender["features"].user_recent[0]
@@ -93,7 +96,9 @@ def test_an_oversized_body_is_refused(client: TestClient, live_recommender: dict
     ["/recommendations/{u}", "/recommendations/{u}?k=1", "/recommendations/{u}?k=100", "/recommendations/{u}?k=0",
      "/recommendations/{u}?k=+3", "/recommendations/{u}?k=3&k=4", "/recommendations/{u}?category=",
      "/recommendations/{u}?category={c}", "/recommendations/{u}?x=1", "/recommendations/" + "u" * 129,
-     "/recommendations/nobody?k=7"],
+     "/recommendations/" + "u" * 128, "/recommendations/nobody?k=7", "/recommendations/{u}:recent",
+     "/recommendations/u%3A1", "/recommendations/u%201", "/recommendations/%F0%9F%98%80", "/recommendations/a*b",
+     "/recommendations/u.1@x_y-z"],
 )
 def test_the_fast_path_answers_exactly_as_the_fastapi_route(client: TestClient, slow_client: TestClient,
                                                             live_recommender: dict, url: str) -> None:
@@ -138,6 +143,11 @@ def test_events_change_what_is_recommended_at_once(client: TestClient, events: T
         ({"events": []}, "at least 1"),
         ({"events": [{"event_id": "e", "user_id": "u", "item_id": "i", "type": "like"}]}, "type"),
         ({"events": [{"event_id": "e", "user_id": "u 1", "item_id": "i", "type": "view"}]}, "user_id"),
+        ({"events": [{"event_id": "e", "user_id": "u42:recent", "item_id": "i", "type": "view"}]}, "user_id"),
+        ({"events": [{"event_id": "e:1", "user_id": "u", "item_id": "i", "type": "view"}]}, "event_id"),
+        ({"events": [{"event_id": "e", "user_id": "u", "item_id": "i:1", "type": "view"}]}, "item_id"),
+        ({"events": [{"event_id": "e", "user_id": "u", "item_id": "i", "type": "click", "request_id": "R:c"}]},
+         "request_id"),
         ({"events": [{"event_id": "e", "user_id": "u", "item_id": "i", "type": "view"}] * 501}, "at most 500"),
     ],
 )

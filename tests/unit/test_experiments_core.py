@@ -23,6 +23,38 @@ def test_hash_v2_matches_growthbooks_vectors(seed: str, value: str, version: int
     assert version == 2 and hash_v2(seed, value) == expected
 
 
+def code_point_hash_v2(seed: str, value: str) -> float:
+    """The hash as Nimbus computed it before: FNV-1a over code points (wrong above U+FFFF)."""
+    def fnv(text: str) -> int:
+        h = 0x811C9DC5
+        for ch in text:
+            h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
+        return h
+    return (fnv(str(fnv(seed + value))) % 10000) / 10000
+
+
+@pytest.mark.parametrize(("seed", "value", "version", "expected"), CASES["hash_utf16"])
+def test_hash_v2_hashes_utf16_code_units_as_growthbook_does(seed: str, value: str, version: int,
+                                                           expected: float) -> None:
+    assert version == 2 and hash_v2(seed, value) == expected
+
+
+def test_the_utf16_vectors_tell_code_units_from_code_points() -> None:
+    astral = [c for c in CASES["hash_utf16"] if any(ord(ch) > 0xFFFF for ch in c[0] + c[1])]
+    assert len(astral) >= 3
+    assert all(code_point_hash_v2(seed, value) != expected for seed, value, _, expected in astral)
+
+
+def test_hash_v2_agrees_with_the_growthbook_package_on_random_unicode() -> None:
+    core = pytest.importorskip("growthbook.core")
+    rng = np.random.default_rng(11)
+    alphabet = [*"az09-_.@", "\u00e9", "\u65e5", "\U0001F600", "\U0001F680", "\U00010348", "\uFFFD"]
+    for _ in range(500):
+        seed = "".join(rng.choice(alphabet, size=rng.integers(0, 6)))
+        value = "".join(rng.choice(alphabet, size=rng.integers(1, 12)))
+        assert hash_v2(seed, value) == core.gbhash(seed, value, 2), (seed, value)
+
+
 @pytest.mark.parametrize(("name", "args", "expected"), CASES["getBucketRange"], ids=[c[0] for c in CASES["getBucketRange"]])
 def test_bucket_ranges_match_growthbooks_vectors(name: str, args: list, expected: list) -> None:
     got = bucket_ranges(*args)

@@ -30,6 +30,16 @@ def test_key_layout(case: dict) -> None:
     assert getattr(Keys, case["fn"])(*case["args"]) == case["key"]
 
 
+@pytest.mark.parametrize("case", CASES["refused_ids"], ids=lambda c: f"{c['fn']}{tuple(c['args'])}")
+def test_an_id_that_could_name_another_key_is_refused(case: dict) -> None:
+    with pytest.raises(ValueError, match="not a valid id"):
+        getattr(Keys, case["fn"])(*case["args"])
+
+
+def test_event_marks_are_per_user() -> None:
+    assert Keys.rt_seen("alice", "e-1") != Keys.rt_seen("bob", "e-1")
+
+
 def test_outcome_kinds_and_metrics() -> None:
     assert CASES["metric_of"] == keys.METRIC_OF
     assert ("exposures", *CASES["metric_of"].values()) == keys.METRICS

@@ -21,6 +21,7 @@ from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput
 from nimbus.experiments.exposures import ExposureTracker, RunningExperiments
+from nimbus.ids import ID_CHARS, ID_PATTERN, RequestSigner, is_id
 from nimbus.monitoring.traffic import FunctionTraffic
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.live import LiveModels
@@ -42,7 +43,9 @@ class RecommendedItem(BaseModel):
 
 
 class RecommendationsPublic(BaseModel):
-    request_id: str = Field(examples=["5b0d6a5e8f0e4c0c9b8f1d2a3c4e5f60"])
+    request_id: str = Field(examples=["9c1f0e7d2b6a4c3e5f708192.5b0d6a5e8f0e4c0c9b8f1d2a3c4e5f60"],
+                            description="Signed by the server for this user; send it back with the clicks and "
+                                        "purchases on this answer (POST /events).")
     user_id: str = Field(examples=["u42"])
     items: list[RecommendedItem]
     model_version: str | None = Field(examples=["3"], description="Registry version of the ranker that answered.")
@@ -79,7 +82,7 @@ class RecommendService:
         live.start()
         # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
         fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
-        recommender = Recommender(fast, live)
+        recommender = Recommender(fast, live, signer=RequestSigner.for_settings(self.settings))
         experiment_store = ExperimentStore.for_settings(self.settings)
         experiments = RunningExperiments(experiment_store)
         experiments.start()
@@ -108,7 +111,7 @@ def fast_params(user_id: str, query: bytes) -> tuple[int, str | None] | None:
 
     Mirrors the route's declared constraints; a test checks that both agree.
     """
-    if not 1 <= len(user_id) <= USER_MAX or "/" in user_id:
+    if not is_id(user_id):  # the id character set (no "/", no ":"), 1..USER_MAX long
         return None
     k, category = 10, None
     seen = set()
@@ -170,11 +173,13 @@ def build_router(service: RecommendService) -> APIRouter:
         "/recommendations/{user_id}",
         response_model=RecommendationsPublic,
         responses={400: {"description": "Unknown query parameter or category."},
-                   422: {"description": "A parameter is out of range (k is 1..100)."}},
+                   422: {"description": "A parameter is out of range (k is 1..100) or the user id is outside "
+                                        "the id character set."}},
     )
     async def recommendations(
         request: Request,
-        user_id: Annotated[str, Path(min_length=1, max_length=USER_MAX, examples=["u42"])],
+        user_id: Annotated[str, Path(min_length=1, max_length=USER_MAX, pattern=ID_PATTERN, examples=["u42"],
+                                     description=f"1-{USER_MAX} of {ID_CHARS}.")],
         k: Annotated[int, Query(ge=K_MIN, le=K_MAX, description="How many items.")] = 10,
         category: Annotated[str | None, Query(min_length=1, max_length=CATEGORY_MAX, description="Only this category.",
                                               examples=["c7"])] = None,

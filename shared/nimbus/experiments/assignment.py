@@ -7,7 +7,8 @@ variant is the one whose range ``[start, end)`` holds that number. Ranges are
 GrowthBook's ``getBucketRanges``: consecutive slices of [0, 1) sized by the weights, so
 on a two-variant test raising one variant's weight only moves users *into* it — nobody
 already in it is moved out. The expected values live in tests/data/growthbook_cases.json,
-taken from GrowthBook's own cross-SDK test cases.
+taken from GrowthBook's own cross-SDK test cases (and, for ids with characters above
+U+FFFF, generated with the ``growthbook`` package: GrowthBook hashes UTF-16 code units).
 
 Written here rather than imported: GrowthBook's Python SDK pulls in a feature-flag
 client, HTTP and crypto dependencies for these ~20 lines, and the request path imports
@@ -23,12 +24,17 @@ FNV_PRIME = 0x01000193
 
 
 def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a over the string's code points, as GrowthBook's JavaScript does with
-    ``charCodeAt`` (identical for every character below U+10000, i.e. any realistic id)."""
+    """32-bit FNV-1a over the string's UTF-16 code units, as GrowthBook's SDKs hash (the
+    JavaScript ``charCodeAt`` loop; the Python SDK encodes UTF-16 with surrogatepass): a
+    character above U+FFFF (an emoji) counts as its two surrogates, not as one code point."""
     h = FNV_OFFSET
-    for ch in text:
-        h ^= ord(ch)
-        h = (h * FNV_PRIME) & 0xFFFFFFFF
+    if text.isascii():  # one byte per code unit: the common case, without the encode
+        for b in text.encode():
+            h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
+        return h
+    data = text.encode("utf-16-le", "surrogatepass")
+    for i in range(0, len(data), 2):
+        h = ((h ^ (data[i] | data[i + 1] << 8)) * FNV_PRIME) & 0xFFFFFFFF
     return h
 
 

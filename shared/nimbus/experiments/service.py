@@ -33,7 +33,9 @@ answers (per exposure, not per user) — see :mod:`nimbus.experiments.stats`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -42,12 +44,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from nimbus import audit
 from nimbus.config import Settings
-from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 from nimbus.experiments import stats
 from nimbus.experiments.assignment import bucket_ranges
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.experiments import ExperimentStore
 from nimbus.stores.redis.live import LiveModelStore
+
+log = logging.getLogger("nimbus.experiments")
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MODEL = r"^([A-Za-z][A-Za-z0-9_-]{0,63}|[0-9]{1,9})$"
@@ -186,19 +190,50 @@ def start(settings: Settings, experiment_id: str, who: str | None = None) -> dic
 
 
 def stop(settings: Settings, experiment_id: str, who: str | None = None) -> dict[str, Any]:
-    """Release the surface, persist the logs and freeze the final counts."""
+    """Persist the logs, release the surface and freeze the final counts — all or nothing:
+    the experiment ends stopped, or (on any failure) is left running as it was, its surface
+    still claimed, and the error says so."""
     doc = _doc(settings, experiment_id)
     if doc["status"] != "running":
         raise ExperimentConflict(f"experiment {experiment_id} is {doc['status']}; only a running one can stop")
     store = ExperimentStore.for_settings(settings)
-    store.release_surface(doc["surface"], experiment_id)
-    persist(settings)
-    counts = store.experiment_counts(experiment_id, [v["name"] for v in doc["variants"]])
-    _collection(settings).update_one({"_id": experiment_id}, {"$set": {
-        "status": "stopped", "stopped_at": datetime.now(UTC), "final_counts": counts}})
+    surface = doc["surface"]
+    try:
+        claimed = store.running_experiments().get(surface)
+        persist(settings)  # while it still runs: a failure here has changed nothing
+    except Exception as exc:
+        raise _not_stopped(experiment_id, exc) from exc
+    try:
+        store.release_surface(surface, experiment_id)
+        counts = store.experiment_counts(experiment_id, [v["name"] for v in doc["variants"]])
+        updated = _collection(settings).update_one({"_id": experiment_id, "status": "running"}, {"$set": {
+            "status": "stopped", "stopped_at": datetime.now(UTC), "final_counts": counts}})
+        if updated.matched_count != 1:
+            raise ExperimentConflict(f"experiment {experiment_id} changed state while stopping")
+    except Exception as exc:
+        if claimed is not None and claimed.get("id") == experiment_id:
+            try:  # put the claim back (HSETNX: a no-op if it was never released)
+                store.claim_surface(surface, json.dumps(claimed))
+            except Exception as again:  # noqa: BLE001 - the first error is the one to report
+                log.error("experiment %s: could not restore its claim on %s: %s", experiment_id, surface, again)
+        raise _not_stopped(experiment_id, exc) from exc
     audit.record(settings, "experiment.stop", f"experiment:{experiment_id}", "succeeded", who=who,
                  details={"counts": counts})
     return public(_doc(settings, experiment_id))
+
+
+class ExperimentStopFailed(NimbusError):
+    """Stopping failed for a reason other than a store; the experiment is left running."""
+
+
+def _not_stopped(experiment_id: str, exc: Exception) -> NimbusError:
+    """The error of a failed stop, saying the experiment is unchanged; a store's error keeps its type (503)."""
+    what = f"experiment {experiment_id} was not stopped and is still running, unchanged"
+    if isinstance(exc, ExperimentConflict):
+        return ExperimentConflict(f"{exc}; {what}")
+    if isinstance(exc, StoreUnavailable):
+        return type(exc)(exc.store, exc.url, f"{exc.reason}; {what}")
+    return ExperimentStopFailed(f"{what}: {type(exc).__name__}: {exc}")
 
 
 def get(settings: Settings, experiment_id: str) -> dict[str, Any]:
@@ -235,30 +270,79 @@ def _results(settings: Settings, doc: dict[str, Any]) -> dict[str, Any]:
             "source": source}
 
 
+def _log_docs(kind: str, rows: list[bytes]) -> tuple[list[tuple[bytes, dict[str, Any]]], list[tuple[bytes, str]]]:
+    """(row, MongoDB document) for the A/B log rows that make one, and (row, why) for the others."""
+    docs, bad = [], []
+    for raw in rows:
+        try:
+            row = json.loads(raw)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+            if not isinstance(row.get("request_id"), str) or not row["request_id"]:
+                raise ValueError("no request_id")
+            key = row["request_id"]
+            if kind == "outcomes":
+                if row.get("type") not in ("click", "purchase"):
+                    raise ValueError(f"type {row.get('type')!r} is not click or purchase")
+                key = f"{key}:{row['type']}"
+            ts = row.get("ts")
+            if isinstance(ts, bool) or not isinstance(ts, int | float):
+                raise ValueError(f"ts {ts!r} is not a number")
+            at = datetime.fromtimestamp(ts, UTC)  # ValueError / OverflowError / OSError past year 9999
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            bad.append((raw, f"{type(exc).__name__}: {exc}"))
+            continue
+        docs.append((raw, {**row, "_id": key, "at": at}))
+    return docs, bad
+
+
+def _quarantine(documents: DocumentStore, kind: str, bad: list[tuple[bytes, str]]) -> None:
+    """Keep rows the rollup could not store, with why (idempotent: keyed by the row's hash)."""
+    from pymongo.errors import BulkWriteError
+
+    if not bad:
+        return
+    now = datetime.now(UTC)
+    docs = [{"_id": f"{kind}:{hashlib.sha256(raw).hexdigest()[:32]}", "kind": kind,
+             "row": raw.decode("utf-8", "replace"), "reason": reason, "at": now} for raw, reason in bad]
+    try:
+        documents.collection(Collections.AB_QUARANTINE).insert_many(docs, ordered=False)
+    except BulkWriteError as exc:  # the same row quarantined by an earlier, interrupted run is fine
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
+    log.warning("quarantined %d %s log rows in %s: %s", len(bad), kind, Collections.AB_QUARANTINE,
+                "; ".join(sorted({reason for _, reason in bad}))[:500])
+
+
 def persist(settings: Settings, batch: int = 5000) -> dict[str, int]:
     """Move the exposure and outcome logs from Redis into MongoDB and roll the performance
     buckets up (the ``experiments`` function's schedule; also run on stop). Idempotent:
-    documents are keyed by request id (and outcome type), so a rerun inserts nothing twice."""
+    documents are keyed by request id (and outcome type), so a rerun inserts nothing twice.
+    A row that cannot be stored (not JSON, no request id, a time past year 9999, refused by
+    MongoDB) goes to ``ab_quarantine`` with the reason and is acknowledged like the others,
+    so one bad row never stops the rollup; counts: ``{exposures, outcomes, quarantined,
+    performance_buckets}``."""
     from pymongo.errors import BulkWriteError
 
     from nimbus.monitoring.performance import rollup
 
     store = ExperimentStore.for_settings(settings)
     documents = DocumentStore.for_settings(settings)
-    moved = {}
-    for kind, collection, key in (("exposures", Collections.EXPOSURES, lambda r: r["request_id"]),
-                                  ("outcomes", Collections.OUTCOMES, lambda r: f"{r['request_id']}:{r['type']}")):
+    moved = {"quarantined": 0}
+    for kind, collection in (("exposures", Collections.EXPOSURES), ("outcomes", Collections.OUTCOMES)):
         total = 0
         while rows := store.peek_log(kind, batch):
-            docs = [{"_id": key(r), **r, "at": datetime.fromtimestamp(r["ts"], UTC)} for r in rows]
-            try:
-                documents.collection(collection).insert_many(docs, ordered=False)
-            except BulkWriteError as exc:  # duplicates from an earlier, interrupted run are fine
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise
+            docs, bad = _log_docs(kind, rows)
+            if docs:
+                try:
+                    documents.collection(collection).insert_many([d for _, d in docs], ordered=False)
+                except BulkWriteError as exc:  # duplicates from an earlier, interrupted run are fine
+                    bad += [(docs[e["index"]][0], f"MongoDB refused it: {e.get('errmsg', e.get('code'))}")
+                            for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+            _quarantine(documents, kind, bad)
             store.ack_log(kind, len(rows))
-            total += len(rows)
+            total += len(rows) - len(bad)
+            moved["quarantined"] += len(bad)
         moved[kind] = total
     moved["performance_buckets"] = rollup(settings)
     return moved
-

@@ -33,6 +33,7 @@ class Collections:
     DRIFT_CHECKS = "drift_checks"  # one document per scheduled drift check and model version
     DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
     AUTOML_JOBS = "automl_jobs"  # one document per AutoML job: request, status, progress, results
+    AB_QUARANTINE = "ab_quarantine"  # A/B log rows the rollup could not store: the row as logged and why
 
 
 # name -> list of (keys, options) passed to create_index
@@ -51,6 +52,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
     Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
     # by _id (the API's reads); the worker claims the oldest queued job
+    Collections.AB_QUARANTINE: [([("kind", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
     Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {})],
 }
 

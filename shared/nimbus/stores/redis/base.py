@@ -1,6 +1,8 @@
 """What every Redis store shares: one connection pool per Redis URL per process, and the one
 way a store talks to Redis (:attr:`RedisStore.redis`), which turns any redis-py error
-(refused connection, timeout, ...) into :class:`nimbus.errors.StoreUnavailable` naming the URL.
+(refused connection, timeout, ...) into :class:`nimbus.errors.StoreUnavailable` naming the URL,
+and an error reply about the data under a key (WRONGTYPE, ...) into its subclass
+:class:`nimbus.errors.StoreDataError`.
 
 Pub/sub lives here too: each store announces its changes on ``events:{topic}``
 (:meth:`RedisStore.publish`) and :class:`nimbus.stores.redis.watcher.Watcher` follows them.
@@ -16,7 +18,7 @@ from typing import Self
 import redis
 
 from nimbus.config import Settings
-from nimbus.errors import StoreUnavailable
+from nimbus.errors import StoreDataError, StoreUnavailable
 from nimbus.stores import Health
 from nimbus.stores._base import PerProcess, redact, timed_health
 from nimbus.stores.redis.keys import Keys
@@ -41,6 +43,10 @@ def shared_client(url: str, timeout_s: float) -> redis.Redis:
         return client
 
 
+# Error replies that mean the server cannot serve anyone right now (not a problem of one key).
+_OUTAGES = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError)
+
+
 class Guarded:
     """``with store.redis as r:`` hands out the client; a redis-py or socket error inside the
     block leaves it as StoreUnavailable. Stateless, so one per store serves every thread."""
@@ -56,7 +62,10 @@ class Guarded:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc_type is not None and issubclass(exc_type, (redis.RedisError, OSError)):
-            raise StoreUnavailable(self.name, self.url, str(exc) or exc_type.__name__) from exc
+            reason = str(exc) or exc_type.__name__
+            if issubclass(exc_type, redis.ResponseError) and not issubclass(exc_type, _OUTAGES):
+                raise StoreDataError(self.name, self.url, reason) from exc
+            raise StoreUnavailable(self.name, self.url, reason) from exc
 
 
 class RedisStore(PerProcess):

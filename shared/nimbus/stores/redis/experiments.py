@@ -179,11 +179,12 @@ class ExperimentStore(RedisStore):
         return {v: {**{m: flat.get(ab_count_field(v, m), 0) for m in METRICS}, "users": int(n)}
                 for v, n in zip(variants, cards)}
 
-    def peek_log(self, kind: str, limit: int = 10_000) -> list[dict]:
-        """The ``limit`` oldest rows of an A/B log, oldest first (left in place until ``ack_log``)."""
+    def peek_log(self, kind: str, limit: int = 10_000) -> list[bytes]:
+        """The ``limit`` oldest rows of an A/B log, oldest first, as stored (JSON; the reader
+        decodes, so one bad row cannot hide the others); left in place until ``ack_log``."""
         with self.redis as r:
             rows = r.lrange(Keys.ab_log(kind), -limit, -1)
-        return [json.loads(row) for row in reversed(rows)]
+        return list(reversed(rows))
 
     def ack_log(self, kind: str, n: int) -> None:
         """Drop the ``n`` oldest rows of an A/B log (after they were stored elsewhere)."""

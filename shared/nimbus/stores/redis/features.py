@@ -24,7 +24,8 @@ class RealtimeEvent:
     ts: float  # epoch seconds
 
 
-# One round trip per batch, atomic per event: an event id seen before changes nothing.
+# One round trip per batch, atomic per event: an event id this user sent before changes nothing
+# (the marks are per user, so one user's ids never shadow another's).
 # KEYS: per event (seen, hash, recent); ARGV: seen_ttl, rt_ttl, recent_n, then per event
 # (item, category, weight, ts).
 _APPLY_EVENTS = """
@@ -153,7 +154,7 @@ class FeatureStore(RedisStore):
         keys: list[str] = []
         args: list[str | float] = [self.SEEN_TTL_S, self.RT_TTL_S, recent_n]
         for e in events:
-            keys += [Keys.rt_seen(e.event_id), Keys.rt_user(e.user_id), Keys.rt_recent(e.user_id)]
+            keys += [Keys.rt_seen(e.user_id, e.event_id), Keys.rt_user(e.user_id), Keys.rt_recent(e.user_id)]
             args += [e.item_id, e.category, repr(float(e.weight)), repr(float(e.ts))]
         with self.redis:
             return int(self._apply_events(keys=keys, args=args))

@@ -12,7 +12,8 @@ Layout (prefix ``nimbus:v1``):
   pointer ``fs:current`` that is swapped last, atomically;
 * real-time features, updated as events arrive: ``rt:u:{user}`` (hash: ``n``, ``last_ts``,
   ``c:{category}`` weighted counts), ``rt:u:{user}:recent`` (list of item ids, newest
-  first) and ``rt:seen:{event_id}`` (idempotency marks);
+  first) and ``rt:seen:{user}:{event_id}`` (idempotency marks, per user: one user's event
+  ids can never claim, or be claimed by, another's);
 * live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
   ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``,
   and ``model:{name}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
@@ -35,6 +36,13 @@ Layout (prefix ``nimbus:v1``):
   count, :func:`perf_field`, plus ``div_sum`` / ``lists``) and ``perf:{bucket}:items``
   (HyperLogLog of served item ids), one per ``bucket`` (epoch seconds, floored to the
    bucket size), expiring.
+
+Ids in keys (users, events, requests) are checked against :data:`nimbus.ids.ID_PATTERN`,
+which has no ``:``: a key function refuses (ValueError) an id that could name another key,
+e.g. user ``u42:recent`` (``rt:u:u42:recent`` is user ``u42``'s recent list) or request
+``R:c`` (``mon:req:R:c`` is request ``R``'s click mark). Batch feature keys
+(``fs:{version}:u:{user}``) are written from training data and cannot collide (the ``u``
+segment is theirs alone), so they take any id.
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from nimbus.ids import is_id
+
+
+def _id(value: str) -> str:
+    """``value`` when it is a valid id (no key separator); ValueError otherwise."""
+    if not is_id(value):
+        raise ValueError(f"{value!r} is not a valid id in a Redis key (1-128 of A-Z a-z 0-9 _ . @ -)")
+    return value
 
 
 class Keys:
@@ -83,15 +100,15 @@ class Keys:
     # real-time features
     @classmethod
     def rt_user(cls, user_id: str) -> str:
-        return cls.key("rt", "u", user_id)
+        return cls.key("rt", "u", _id(user_id))
 
     @classmethod
     def rt_recent(cls, user_id: str) -> str:
-        return cls.key("rt", "u", user_id, "recent")
+        return cls.key("rt", "u", _id(user_id), "recent")
 
     @classmethod
-    def rt_seen(cls, event_id: str) -> str:
-        return cls.key("rt", "seen", event_id)
+    def rt_seen(cls, user_id: str, event_id: str) -> str:
+        return cls.key("rt", "seen", _id(user_id), _id(event_id))
 
     # live models
     @classmethod
@@ -143,15 +160,15 @@ class Keys:
     # served answers and performance buckets
     @classmethod
     def served_request(cls, request_id: str) -> str:
-        return cls.key("mon", "req", request_id)
+        return cls.key("mon", "req", _id(request_id))
 
     @classmethod
     def outcome_mark(cls, request_id: str, kind: str) -> str:
-        return cls.key("mon", "req", request_id, kind)
+        return cls.key("mon", "req", _id(request_id), kind)
 
     @classmethod
     def last_request(cls, user_id: str) -> str:
-        return cls.key("mon", "last", user_id)
+        return cls.key("mon", "last", _id(user_id))
 
     @classmethod
     def perf_bucket(cls, bucket: int) -> str:
