@@ -61,7 +61,7 @@ def test_every_operation_answers_without_5xx_and_as_documented(name: str, live_r
         @given(case=operation.as_strategy())
         def check(case) -> None:
             response = case.call_and_validate(headers=KEY, checks=CHECKS)
-            key = f"{case.method} {operation.path}"
+            key = f"{case.method} {case.operation.path}"
             calls[key] = calls.get(key, 0) + 1
             statuses.setdefault(key, set()).add(response.status_code)
 

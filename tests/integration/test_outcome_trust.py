@@ -51,7 +51,7 @@ def stack(live_recommender: dict) -> dict:
     clock = Clock(1_800_000_000.0)
     with TestClient(create_recommend_app(settings)) as rec, \
             TestClient(create_recommend_app(settings, fast_path=False)) as slow, \
-            TestClient(create_events_app(settings, clock=clock)) as ev, \
+            TestClient(create_events_app(settings, clock=clock), headers=KEY) as ev, \
             TestClient(create_experiments_app(settings)) as admin:
         yield {**live_recommender, "rec": rec, "slow": slow, "events": ev, "admin": admin, "clock": clock,
                "redis": RedisStore.for_settings(settings).client, "ab": ExperimentStore.for_settings(settings),
