@@ -36,9 +36,10 @@ class EventError(InvalidInput):
 class StoreUnavailable(NimbusError):
     """A backend (Redis, MongoDB, S3, MLflow) cannot be reached at its URL."""
 
-    def __init__(self, store: str, url: str, reason: str) -> None:
+    def __init__(self, store: str, url: str, reason: str, consequence: str | None = None) -> None:
         self.store, self.url, self.reason = store, url, reason
-        super().__init__(f"{store} at {url} is unreachable: {reason}")
+        self.consequence = consequence  # what a caller may be told beyond the store's name (never its address)
+        super().__init__(f"{store} at {url} is unreachable: {reason}" + (f"; {consequence}" if consequence else ""))
 
 
 class StoreDataError(StoreUnavailable):
@@ -47,9 +48,10 @@ class StoreDataError(StoreUnavailable):
     so every caller that handles an unreachable store still handles it; the recommendation
     request path tells the two apart (a data error must not open its circuit breaker)."""
 
-    def __init__(self, store: str, url: str, reason: str) -> None:
-        super().__init__(store, url, reason)
-        self.args = (f"{store} at {url} refused a command on the data it holds: {reason}",)
+    def __init__(self, store: str, url: str, reason: str, consequence: str | None = None) -> None:
+        super().__init__(store, url, reason, consequence)
+        self.args = (f"{store} at {url} refused a command on the data it holds: {reason}"
+                     + (f"; {consequence}" if consequence else ""),)
 
     def __str__(self) -> str:
         return self.args[0]

@@ -60,7 +60,7 @@ def public_message(exc: NimbusError) -> str:
     the inside of the deployment, not the caller's request."""
     if isinstance(exc, StoreUnavailable):
         log.warning("%s", exc)
-        return f"{exc.store} is unavailable; try again later"
+        return f"{exc.store} is unavailable; {exc.consequence or 'try again later'}"
     if status_for(exc) >= 500:
         log.error("%s: %s", type(exc).__name__, exc)
         return "internal error"

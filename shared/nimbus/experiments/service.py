@@ -232,7 +232,7 @@ def _not_stopped(experiment_id: str, exc: Exception) -> NimbusError:
     if isinstance(exc, ExperimentConflict):
         return ExperimentConflict(f"{exc}; {what}")
     if isinstance(exc, StoreUnavailable):
-        return type(exc)(exc.store, exc.url, f"{exc.reason}; {what}")
+        return type(exc)(exc.store, exc.url, exc.reason, consequence=what)
     return ExperimentStopFailed(f"{what}: {type(exc).__name__}: {exc}")
 
 
