@@ -45,7 +45,7 @@ def print_health(report: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for s in report["stores"]:
         state = "[green]up[/green]" if s["up"] else "[red]down[/red]"
-        table.add_row(s["store"], state, s["url"], f"{s['latency_ms']:.1f} ms", s["detail"])
+        table.add_row(s["store"], state, s["url"] or "–", f"{s['latency_ms']:.1f} ms", s["detail"])
     out.print(table)
 
 

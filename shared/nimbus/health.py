@@ -20,9 +20,10 @@ _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
 class StoreHealth(BaseModel):
     store: str = Field(examples=["redis"])
     up: bool
-    url: str = Field(examples=["redis://127.0.0.1:6379/0"], description="Where it was looked for (passwords hidden).")
+    url: str | None = Field(examples=["redis://127.0.0.1:6379/0"],
+                            description="Where it was looked for (passwords hidden); only for a read key.")
     latency_ms: float = Field(examples=[0.4])
-    detail: str = Field(examples=["ok"], description="'ok', or why it is down.")
+    detail: str = Field(examples=["ok"], description="'ok', or why it is down ('down' without a read key).")
     info: dict[str, str] = Field(default_factory=dict, examples=[{"version": "7.0.15"}])
 
 
@@ -30,6 +31,11 @@ class HealthReport(BaseModel):
     status: Literal["ok", "degraded"] = Field(description="'ok' when every store is up.")
     version: str = Field(examples=[__version__])
     stores: list[StoreHealth]
+
+    def public(self) -> HealthReport:
+        """What anyone may see: which stores are up and how fast, not where they live or what failed."""
+        return self.model_copy(update={"stores": [
+            s.model_copy(update={"url": None, "detail": "ok" if s.up else "down", "info": {}}) for s in self.stores]})
 
 
 def check_stores(settings: Settings) -> HealthReport:

@@ -40,16 +40,22 @@ def test_health_names_the_store_that_is_down(
     monkeypatch.setenv("NIMBUS_REDIS_URL", url)
     monkeypatch.setenv("NIMBUS_STORE_TIMEOUT_S", "0.5")
     get_settings.cache_clear()
+    with_key = {**EVENT, "headers": {**EVENT.get("headers", {}), "x-api-key": "nimbus-local-key"}}
     try:
-        result = invoker.invoke("health", EVENT)
+        public, operator = invoker.invoke("health", EVENT), invoker.invoke("health", with_key)
     finally:
         get_settings.cache_clear()
-    assert result.payload["statusCode"] == 503
-    body = json.loads(result.payload["body"])
-    assert body["status"] == "degraded"
-    [redis] = [s for s in body["stores"] if s["store"] == "redis"]
-    assert redis["up"] is False and redis["url"] == url and redis["detail"]
-    assert all(s["up"] for s in body["stores"] if s["store"] != "redis")
+    for result in (public, operator):
+        assert result.payload["statusCode"] == 503
+        body = json.loads(result.payload["body"])
+        assert body["status"] == "degraded"
+        assert all(s["up"] for s in body["stores"] if s["store"] != "redis")
+    # anyone learns which store is down, not where it lives or what failed; a read key sees both
+    [redis] = [s for s in json.loads(public.payload["body"])["stores"] if s["store"] == "redis"]
+    assert redis["up"] is False and redis["url"] is None and redis["detail"] == "down" and redis["info"] == {}
+    assert str(url.split(":")[2].split("/")[0]) not in public.payload["body"]
+    [redis] = [s for s in json.loads(operator.payload["body"])["stores"] if s["store"] == "redis"]
+    assert redis["up"] is False and redis["url"] == url and redis["detail"] not in ("", "down")
 
 
 def test_an_event_no_adapter_understands_is_a_clear_failure(invoker: Invoker) -> None:

@@ -40,6 +40,9 @@ class Caller:
     def actor(self) -> str:
         return f"api-key:{self.name}"
 
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
 
 def require(scope: Scope) -> Callable[..., Caller]:
     """A dependency answering 401 without a known key and 403 when the key lacks ``scope``."""
@@ -61,6 +64,18 @@ def require(scope: Scope) -> Callable[..., Caller]:
     return caller
 
 
+def optional_caller(request: Request, settings: SettingsDep) -> Caller | None:
+    """The caller of a public route, when it sent a known key (never a 401): public routes say more to a
+    caller with the ``read`` scope. Read from the headers directly, so OpenAPI keeps the route public."""
+    presented = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if not presented and auth[:7].lower() == "bearer ":
+        presented = auth[7:].strip()
+    found = keyring(settings).identify(presented.encode("latin-1") if presented else None)
+    return Caller(found.name, found.scopes) if found is not None else None
+
+
+OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]
 AdminKey = Annotated[Caller, Depends(require("admin"))]
 ReadKey = Annotated[Caller, Depends(require("read"))]
 AutomlKey = Annotated[Caller, Depends(require("automl"))]

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Res
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nimbus.api.auth import OptionalCaller
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput
@@ -65,7 +66,8 @@ class RecommenderHealth(BaseModel):
     feature_version: str | None
     redis: Literal["ok", "unreachable"]
     swaps: int = Field(description="How many times this process swapped in a new model or feature version.")
-    last_error: str | None = Field(description="Why the last load failed (the previous state kept serving).")
+    last_error: str | None = Field(description="Why the last load failed (the previous state kept serving); "
+                                               "the reason itself only for a read key.")
 
 
 class RecommendService:
@@ -192,7 +194,7 @@ def build_router(service: RecommendService) -> APIRouter:
         served = service.recommender.recommend(user_id, k, category)
         return Response(served.to_json(), media_type="application/json")
 
-    def health() -> RecommenderHealth:
+    def health(caller: OptionalCaller) -> RecommenderHealth:
         live = service.recommender.live
         state = live.state
         redis_ok = service.recommender.breaker.allow()
@@ -201,7 +203,10 @@ def build_router(service: RecommendService) -> APIRouter:
             status="not_ready" if not ready else "ok" if redis_ok and live.last_error is None else "degraded",
             models={alias: bundle.version for alias, bundle in state.models.items()},
             feature_version=state.items.version if state.items else None,
-            redis="ok" if redis_ok else "unreachable", swaps=live.swaps, last_error=live.last_error,
+            redis="ok" if redis_ok else "unreachable", swaps=live.swaps,
+            # why a load failed names internal addresses: only for a read key
+            last_error=live.last_error if live.last_error is None or (caller and caller.allows("read"))
+            else "the last load failed (a read key shows why)",
         )
 
     for path in ("/health", "/recommend/health"):
