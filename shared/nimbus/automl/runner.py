@@ -26,7 +26,7 @@ from nimbus.automl import algorithms
 from nimbus.automl.budget import JobBudget
 from nimbus.automl.data import Scan, scan
 from nimbus.automl.evaluation import evaluate, permutation_importances
-from nimbus.automl.jobs import JobRequest, get_job, update
+from nimbus.automl.jobs import JobRequest, finish, get_job, public_error, update
 from nimbus.automl.metrics import check_metric, sign
 from nimbus.automl.profile import Profile, profile
 from nimbus.automl.search import SearchData, plan_steps, run_search
@@ -75,7 +75,8 @@ def run_once(settings: Settings, job_id: str, watch: Callable[[dict[str, Any]], 
             thread.join(WATCH_EVERY_S)
     doc = get_job(settings, job_id)
     if doc["status"] != "succeeded":
-        raise NimbusError(f"job {job_id} failed: {doc.get('error')}")
+        # a one-shot process runs for the user who started it: the full error, not only the public one
+        raise NimbusError(f"job {job_id} failed: {doc.get('error_detail') or doc.get('error')}")
     return doc
 
 
@@ -100,7 +101,12 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
 
     threading.Thread(target=warm_up, name="automl-warm-up", daemon=True).start()  # during the search
     job = get_job(settings, job_id)
-    request = JobRequest.model_validate(job["request"])
+    try:
+        request = JobRequest.model_validate(job["request"])
+    except Exception as exc:  # a record that does not validate ends too, freeing its slot
+        finish(settings, job_id, {"status": "failed", "error": "the job's request is not valid",
+                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
+        raise
     budget = JobBudget(request.budget_s, clock, started)
     update(settings, job_id, {"status": "running", "started_at": datetime.now(UTC), "budget": budget.as_dict()})
     from threadpoolctl import threadpool_limits
@@ -108,11 +114,11 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
     try:
         with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
             result = _run(settings, job_id, request, budget)
-    except Exception as exc:
-        update(settings, job_id, {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                  "finished_at": datetime.now(UTC)})
+    except Exception as exc:  # the end of a failed job: its owner's quota slot is freed with the status
+        finish(settings, job_id, {"status": "failed", "error": public_error(exc),
+                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
         raise
-    update(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
+    finish(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
                               "elapsed_s": budget.elapsed()})
     return get_job(settings, job_id)
 
