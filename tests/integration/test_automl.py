@@ -19,6 +19,8 @@ from nimbus.stores.objects import ObjectStore
 
 pytestmark = pytest.mark.integration
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the one place this file's requests get their credentials
+
 
 def put_csv(settings: Settings, key: str, frame: pd.DataFrame) -> str:
     ObjectStore.for_settings(settings).put_bytes(settings.data_bucket, key, frame.to_csv(index=False).encode())
@@ -27,7 +29,7 @@ def put_csv(settings: Settings, key: str, frame: pd.DataFrame) -> str:
 
 @pytest.fixture
 def client(clean_stack: Settings, ray_ready: None) -> TestClient:
-    with TestClient(create_automl_app()) as c:
+    with TestClient(create_automl_app(), headers=KEY) as c:
         yield c
 
 
@@ -123,7 +125,8 @@ def test_an_unreadable_file_gets_a_400(client: TestClient, clean_stack: Settings
     answer = client.post("/automl/jobs", json={"dataset": f"s3://{clean_stack.data_bucket}/datasets/x.parquet",
                                                "target": "y"})
     assert answer.status_code == 400 and "cannot be read" in answer.json()["detail"]
-    assert client.post("/automl/jobs", json={"dataset": "s3://nimbus-data/none.csv", "target": "y"}).status_code == 400
+    missing = client.post("/automl/jobs", json={"dataset": "s3://nimbus-data/datasets/none.csv", "target": "y"})
+    assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     assert client.post("/automl/jobs", json={"target": "y"}).status_code == 422
     assert jobs_count(clean_stack) == 0
 
@@ -131,7 +134,9 @@ def test_an_unreadable_file_gets_a_400(client: TestClient, clean_stack: Settings
 def test_an_uploaded_file_can_be_submitted(client: TestClient, clean_stack: Settings) -> None:
     data = io.BytesIO(pd.DataFrame({"a": range(30), "y": [0, 1, 1] * 10}).to_csv(index=False).encode())
     answer = client.post("/automl/uploads", files={"file": ("small.csv", data, "text/csv")})
-    assert answer.status_code == 200 and answer.json()["dataset"].endswith("datasets/uploads/small.csv")
+    assert answer.status_code == 200
+    upload_id = answer.json()["upload_id"]
+    assert answer.json()["dataset"].endswith(f"datasets/uploads/{upload_id}/small.csv")
     assert client.post("/automl/uploads", files={"file": ("x.txt", b"hi", "text/plain")}).status_code == 400
 
 
@@ -148,7 +153,8 @@ def test_every_trial_is_an_mlflow_run_of_the_jobs_experiment(clean_stack: Settin
 
     frame = pd.DataFrame({"x1": np.arange(300) % 17, "x2": np.sin(np.arange(300)), "y": np.arange(300) % 7 * 1.5})
     uri = put_csv(clean_stack, "datasets/reg.csv", frame)
-    job = run_job(clean_stack, submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=15, max_trials=12))["_id"])
+    job = run_job(clean_stack, submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=15, max_trials=12),
+                                      owner="test")["_id"])
     assert job["profile"]["task"] == "regression" and job["metric"] == "r2"
     client = mlflow.MlflowClient(clean_stack.tracking_uri)
     experiment = client.get_experiment_by_name(f"automl-{job['_id']}")
