@@ -275,6 +275,27 @@ def test_a_name_always_registers_under_automl(http: TestClient, settings: Settin
     assert answer.status_code == 422 and len(job_docs(settings)) == 1
 
 
+def test_a_name_never_adds_a_version_to_another_owners_model(http: TestClient, settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    from nimbus.automl.jobs import OWNER_TAG
+    from nimbus.stores.registry import Registry
+
+    monkeypatch.setattr("nimbus.api.automl.run_in_background", lambda *_: None)
+    uri = put_csv(settings, "datasets/ok.csv", good_frame())
+    client = Registry.for_settings(settings).client
+    theirs, untagged, ours = (f"automl-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("theirs", "untagged", "ours"))
+    client.create_registered_model(theirs, tags={OWNER_TAG: "someone-else"})
+    client.create_registered_model(untagged)  # e.g. an older job's automl-<job id>: no owner known
+    client.create_registered_model(ours, tags={OWNER_TAG: "anonymous"})  # the route's owner
+    for name in (theirs, untagged):
+        refused(http.post("/automl/jobs", json={"dataset": uri, "target": "y", "name": name}), 409,
+                "name", "registered by another owner's jobs")
+    assert job_docs(settings) == []
+    assert http.post("/automl/jobs", json={"dataset": uri, "target": "y", "name": ours}).status_code == 202
+
+
 # ---- finding: errors and the job's answer echo values, columns, paths ------------------------
 def test_refusals_name_the_problem_but_no_value_column_or_path(http: TestClient, settings: Settings) -> None:
     one_class = put_csv(settings, "datasets/one.csv", pd.DataFrame({"a": range(30), "y": [SECRET] * 30}))

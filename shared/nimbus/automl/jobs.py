@@ -22,6 +22,7 @@ from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUn
 from nimbus.stores.documents import INDEXES, Collections, DocumentStore
 
 MODEL_PREFIX = "automl-"
+OWNER_TAG = "nimbus.automl.owner"  # on a registered model: the owner whose jobs may add versions to it
 
 
 class JobRequest(BaseModel):
@@ -89,6 +90,8 @@ def submit(settings: Settings, request: JobRequest, *, owner: str, trusted_paths
         raise InvalidInput(f"budget_s: {request.budget_s:g} s is over the limit of {settings.automl_max_budget_s:g} s")
     location = resolve(settings, request.dataset, trusted=trusted_paths)
     _check_quota(settings, owner)  # early, before reading data; the insert below is the atomic check
+    if request.name is not None:
+        check_model_owner(settings, request.name, owner)
     frame, rows, whole = peek(settings, location)
     # Past the first rows the class checks wait for the job's full pass (a sorted file may hold
     # its other classes further on); a dataset read whole is checked completely here.
@@ -124,6 +127,28 @@ def _insert_holding_a_slot(settings: Settings, doc: dict[str, Any], owner: str) 
             continue  # that slot is held (a job-id clash, once in 2**48, refuses too: safe)
         return {**doc, "slot": slot}
     raise _over_quota(settings, owner)
+
+
+def check_model_owner(settings: Settings, name: str, owner: str) -> None:
+    """A named model is either new or registered by this owner's jobs (the first one tags it):
+    a job never adds a version to another owner's model."""
+    from nimbus.stores.registry import Registry
+
+    try:
+        holder = Registry.for_settings(settings).model_tag(name, OWNER_TAG)
+    except NotFound:
+        return
+    if holder != owner:
+        raise Conflict(f"name: the model {name!r} is registered by another owner's jobs; choose another name")
+
+
+def claim_model(settings: Settings, name: str, owner: str) -> None:
+    """Tag a model a job just registered with its owner, unless an earlier job did."""
+    from nimbus.stores.registry import Registry
+
+    registry = Registry.for_settings(settings)
+    if registry.model_tag(name, OWNER_TAG) is None:
+        registry.set_model_tag(name, OWNER_TAG, owner)
 
 
 def finish(settings: Settings, job_id: str, fields: dict[str, Any]) -> None:

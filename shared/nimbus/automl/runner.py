@@ -26,7 +26,7 @@ from nimbus.automl import algorithms
 from nimbus.automl.budget import JobBudget
 from nimbus.automl.data import Scan, scan
 from nimbus.automl.evaluation import evaluate, permutation_importances
-from nimbus.automl.jobs import JobRequest, finish, get_job, public_error, update
+from nimbus.automl.jobs import JobRequest, check_model_owner, claim_model, finish, get_job, public_error, update
 from nimbus.automl.metrics import check_metric, sign
 from nimbus.automl.profile import Profile, profile
 from nimbus.automl.search import SearchData, plan_steps, run_search
@@ -113,7 +113,7 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
 
     try:
         with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
-            result = _run(settings, job_id, request, budget)
+            result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"))
     except Exception as exc:  # the end of a failed job: its owner's quota slot is freed with the status
         finish(settings, job_id, {"status": "failed", "error": public_error(exc),
                                   "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
@@ -192,7 +192,7 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     return trials, logger, timings
 
 
-def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget) -> dict[str, Any]:
+def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str) -> dict[str, Any]:
     from nimbus.automl import explain, export
     from nimbus.automl.refit import refit
     from nimbus.automl.report import diagnostics, publish
@@ -224,9 +224,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     clock = budget.clock()
     logger.finish(trials)
     name = request.model_name(job_id)
+    check_model_owner(settings, name, owner)  # again: another owner's job may have registered it since submit
     version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
                                       {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
                                        "trials": len(trials)}, onnx.model)
+    claim_model(settings, name, owner)
     timings["track_s"] = budget.clock() - clock
     direction = sign(prep.metric)
     leaderboard = [{"rank": n + 1, "algorithm": t["params"]["algorithm"], "params": t["params"],
