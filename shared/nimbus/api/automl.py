@@ -80,7 +80,8 @@ def create_automl_app() -> FastAPI:
                              "(never a value of the data or a path). The dataset must be an upload id or "
                              "s3://<data bucket>/datasets/...; the budget at most `automl_max_budget_s`; "
                              "at most `automl_max_columns` columns of at most `automl_max_row_bytes` a row."},
-        409: {"description": "The caller already has `automl_max_running_jobs` jobs queued or running."}})
+        409: {"description": "The caller already has `automl_max_running_jobs` jobs queued or running, or the "
+                             "named model (always automl-...) is registered by another owner's jobs."}})
     def create_job(body: JobRequest, request: Request, settings: SettingsDep) -> dict[str, Any]:
         """Check the dataset, queue the job and start it; answers at once with the job id."""
         doc = submit(settings, body, owner=_owner(request))
