@@ -330,3 +330,21 @@ def test_a_jobs_answer_has_aggregates_not_class_counts_nor_local_paths(http: Tes
     assert body["request"]["dataset"] == "(a local file)" and "ValueError" in body["error"]
     assert SECRET not in answer.text and str(tmp_path) not in answer.text
     assert get_job(settings, job["_id"])["data"]["class_counts"][SECRET] == 20  # the stored record keeps them
+
+
+def test_the_first_job_to_register_a_name_tags_it_with_its_owner(settings: Settings) -> None:
+    import uuid
+
+    from nimbus.automl.jobs import OWNER_TAG, check_model_owner, claim_model
+    from nimbus.stores.registry import Registry
+
+    registry = Registry.for_settings(settings)
+    name = f"automl-claimed-{uuid.uuid4().hex[:8]}"
+    check_model_owner(settings, name, "erin")  # a new name: anyone's
+    registry.client.create_registered_model(name)  # what the job's first registration does
+    claim_model(settings, name, "erin")
+    claim_model(settings, name, "frank")  # a later job never takes it over
+    assert registry.model_tag(name, OWNER_TAG) == "erin"
+    check_model_owner(settings, name, "erin")
+    with pytest.raises(Conflict, match="registered by another owner's jobs"):
+        check_model_owner(settings, name, "frank")
