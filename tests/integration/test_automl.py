@@ -164,3 +164,23 @@ def test_every_trial_is_an_mlflow_run_of_the_jobs_experiment(clean_stack: Settin
     assert all("cv_r2" in r.data.metrics and "algorithm" in r.data.params for r in trials)
     [winner] = [r for r in runs if r.info.run_name == "winner"]
     assert winner.data.metrics["test_r2"] == pytest.approx(job["test"]["value"])
+
+
+@pytest.mark.slow
+def test_a_finished_job_frees_its_slot_and_tags_its_named_model_with_its_owner(clean_stack: Settings,
+                                                                               ray_ready: None) -> None:
+    from nimbus.automl.jobs import OWNER_TAG, JobRequest, get_job, submit
+    from nimbus.automl.runner import run_job
+    from nimbus.stores.registry import Registry
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    uri = put_csv(clean_stack, "datasets/owned.csv",
+                  pd.DataFrame(x, columns=list("abc")).assign(y=np.where(x[:, 0] > 0, "p", "n")))
+    name = f"owned-{np.random.default_rng().integers(1 << 40):x}"  # the registry outlives the clean stack
+    job = submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=120, include=["logistic"], max_trials=3,
+                                         name=name), owner="gina")
+    done = run_job(clean_stack, job["_id"])
+    assert done["status"] == "succeeded" and "slot" not in get_job(clean_stack, job["_id"])
+    assert done["model"]["name"] == f"automl-{name}"
+    assert Registry.for_settings(clean_stack).model_tag(f"automl-{name}", OWNER_TAG) == "gina"
