@@ -95,7 +95,8 @@ def main() -> None:
             path = home / f"{name}.parquet"
             frame.to_parquet(path)
             job = run_job(settings, submit(settings, JobRequest(dataset=str(path), target="target",
-                                                                budget_s=args.budget))["_id"])
+                                                                budget_s=args.budget),
+                                           owner="benchmark", trusted_paths=True)["_id"])
             base = baselines(settings, str(path), job["profile"]["task"], job["metric"])
             print(f"{name:<16}{len(frame):>8}{job['metric']:>10}{job['winner']['algorithm']:>14}"
                   f"{job['test']['value']:>9.4f}{base['default HGB']:>10.4f}{base['default linear']:>10.4f}"

@@ -388,7 +388,13 @@ def automl_run(
     request = JobRequest(dataset=dataset, target=target, budget_s=budget, metric=metric, task=task,
                          max_trials=max_trials, include=include.split(",") if include else None,
                          exclude=exclude.split(",") if exclude else None)
-    job = submit(settings, request)
+    from nimbus.audit import actor
+    from nimbus.errors import InvalidInput
+
+    try:  # trusted: the CLI runs as its user, who may name any file it can read
+        job = submit(settings, request, owner=actor(settings), trusted_paths=True)
+    except InvalidInput as exc:  # the core's messages name no path: the user's own is shown here
+        raise InvalidInput(f"{dataset}: {exc}") from exc
     out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, metric {job['metric']}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out) as bar:
         task_id = bar.add_task("searching", total=budget)

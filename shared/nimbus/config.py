@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     automl_memory_mb: float = Field(
         default=1024, gt=0, description="Memory an AutoML job's samples may use; larger training data is refit "
         "incrementally from chunks instead of in memory.")
+    # AutoML over HTTP: what one caller may ask of the server (the CLI, running as its user, is bound by
+    # the column and row-width limits only).
+    automl_upload_max_bytes: int = Field(default=20 * 2**20, gt=0, description="Largest AutoML upload (bytes).")
+    automl_max_budget_s: float = Field(default=3600, ge=10, description="Largest budget of an AutoML job "
+                                                                        "submitted over HTTP (seconds).")
+    automl_max_running_jobs: int = Field(default=2, ge=1, description="AutoML jobs one owner (API key) may have "
+                                                                      "queued or running at once.")
+    automl_max_columns: int = Field(default=500, ge=2, description="Most columns an AutoML dataset may have.")
+    automl_max_row_bytes: int = Field(default=64 * 1024, gt=0, description="Widest AutoML row, bytes in memory "
+                                                                           "(measured on the first rows).")
 
     # A/B experiments and recommendation performance tracking
     attribution_window_s: int = Field(

@@ -115,6 +115,7 @@ def _automl(settings: Settings, out: Console, budget_s: float) -> None:
     """A short AutoML job on a churn table: searched on Ray, tracked in MLflow, registered."""
     from rich.table import Table
 
+    from nimbus.audit import actor
     from nimbus.automl.jobs import JobRequest, submit
     from nimbus.automl.runner import run_once
     from nimbus.batch.examples import make_records
@@ -125,7 +126,8 @@ def _automl(settings: Settings, out: Console, budget_s: float) -> None:
         frame["churned"] = y
         path = Path(tmp) / "churn.csv"
         frame.to_csv(path, index=False)
-        job = submit(settings, JobRequest(dataset=str(path), target="churned", budget_s=budget_s))
+        job = submit(settings, JobRequest(dataset=str(path), target="churned", budget_s=budget_s),
+                     owner=actor(settings), trusted_paths=True)
         out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, "
                   f"metric {job['metric']}, budget {budget_s:.0f} s")
         with out.status("Ray Tune searching scikit-learn algorithms, every trial an MLflow run..."):

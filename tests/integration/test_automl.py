@@ -21,6 +21,8 @@ KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every s
 
 pytestmark = pytest.mark.integration
 
+KEY = {"X-API-Key": "nimbus-local-key"}  # the one place this file's requests get their credentials
+
 
 def put_csv(settings: Settings, key: str, frame: pd.DataFrame) -> str:
     ObjectStore.for_settings(settings).put_bytes(settings.data_bucket, key, frame.to_csv(index=False).encode())
@@ -125,7 +127,8 @@ def test_an_unreadable_file_gets_a_400(client: TestClient, clean_stack: Settings
     answer = client.post("/automl/jobs", json={"dataset": f"s3://{clean_stack.data_bucket}/datasets/x.parquet",
                                                "target": "y"})
     assert answer.status_code == 400 and "cannot be read" in answer.json()["detail"]
-    assert client.post("/automl/jobs", json={"dataset": "s3://nimbus-data/none.csv", "target": "y"}).status_code == 400
+    missing = client.post("/automl/jobs", json={"dataset": "s3://nimbus-data/datasets/none.csv", "target": "y"})
+    assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     assert client.post("/automl/jobs", json={"target": "y"}).status_code == 422
     assert jobs_count(clean_stack) == 0
 
@@ -133,7 +136,9 @@ def test_an_unreadable_file_gets_a_400(client: TestClient, clean_stack: Settings
 def test_an_uploaded_file_can_be_submitted(client: TestClient, clean_stack: Settings) -> None:
     data = io.BytesIO(pd.DataFrame({"a": range(30), "y": [0, 1, 1] * 10}).to_csv(index=False).encode())
     answer = client.post("/automl/uploads", files={"file": ("small.csv", data, "text/csv")})
-    assert answer.status_code == 200 and answer.json()["dataset"].endswith("datasets/uploads/small.csv")
+    assert answer.status_code == 200
+    upload_id = answer.json()["upload_id"]
+    assert answer.json()["dataset"].endswith(f"datasets/uploads/{upload_id}/small.csv")
     assert client.post("/automl/uploads", files={"file": ("x.txt", b"hi", "text/plain")}).status_code == 400
 
 
@@ -150,7 +155,8 @@ def test_every_trial_is_an_mlflow_run_of_the_jobs_experiment(clean_stack: Settin
 
     frame = pd.DataFrame({"x1": np.arange(300) % 17, "x2": np.sin(np.arange(300)), "y": np.arange(300) % 7 * 1.5})
     uri = put_csv(clean_stack, "datasets/reg.csv", frame)
-    job = run_job(clean_stack, submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=15, max_trials=12))["_id"])
+    job = run_job(clean_stack, submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=15, max_trials=12),
+                                      owner="test")["_id"])
     assert job["profile"]["task"] == "regression" and job["metric"] == "r2"
     client = mlflow.MlflowClient(clean_stack.tracking_uri)
     experiment = client.get_experiment_by_name(f"automl-{job['_id']}")
@@ -160,3 +166,23 @@ def test_every_trial_is_an_mlflow_run_of_the_jobs_experiment(clean_stack: Settin
     assert all("cv_r2" in r.data.metrics and "algorithm" in r.data.params for r in trials)
     [winner] = [r for r in runs if r.info.run_name == "winner"]
     assert winner.data.metrics["test_r2"] == pytest.approx(job["test"]["value"])
+
+
+@pytest.mark.slow
+def test_a_finished_job_frees_its_slot_and_tags_its_named_model_with_its_owner(clean_stack: Settings,
+                                                                               ray_ready: None) -> None:
+    from nimbus.automl.jobs import OWNER_TAG, JobRequest, get_job, submit
+    from nimbus.automl.runner import run_job
+    from nimbus.stores.registry import Registry
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    uri = put_csv(clean_stack, "datasets/owned.csv",
+                  pd.DataFrame(x, columns=list("abc")).assign(y=np.where(x[:, 0] > 0, "p", "n")))
+    name = f"owned-{np.random.default_rng().integers(1 << 40):x}"  # the registry outlives the clean stack
+    job = submit(clean_stack, JobRequest(dataset=uri, target="y", budget_s=120, include=["logistic"], max_trials=3,
+                                         name=name), owner="gina")
+    done = run_job(clean_stack, job["_id"])
+    assert done["status"] == "succeeded" and "slot" not in get_job(clean_stack, job["_id"])
+    assert done["model"]["name"] == f"automl-{name}"
+    assert Registry.for_settings(clean_stack).model_tag(f"automl-{name}", OWNER_TAG) == "gina"

@@ -51,7 +51,7 @@ def test_submit_reads_only_the_first_rows_and_the_job_checks_the_rest(clean_stac
     # Sorted by class: the first 50,000 rows hold one class, which alone would be refused.
     data = churn(60_000).assign(churned=lambda d: np.where(d["id"] < 59_000, "no", "yes"))
     uri = put(clean_stack, "datasets/sorted.parquet", data)
-    job = submit(clean_stack, JobRequest(dataset=uri, target="churned", budget_s=10))
+    job = submit(clean_stack, JobRequest(dataset=uri, target="churned", budget_s=10), owner="test")
     assert job["status"] == "queued" and job["profile"]["rows"] == 60_000  # the count from the footer
     assert scan(clean_stack, uri, "churned").class_counts == {"no": 59_000, "yes": 1_000}
 
@@ -65,7 +65,7 @@ def test_a_job_over_the_memory_budget_refits_incrementally_and_registers_a_model
     settings = clean_stack.model_copy(update={"automl_memory_mb": 0.05})
     uri = put(settings, "datasets/big-churn.parquet", data.drop(columns=["id"]))
     job_id = submit(settings, JobRequest(dataset=uri, target="churned", budget_s=25, include=["logistic"],
-                                         metric="accuracy"))["_id"]
+                                         metric="accuracy"), owner="test")["_id"]
     job = run_job(settings, job_id)
     assert job["status"] == "succeeded" and get_job(settings, job_id)["data"]["fits_memory"] is False
     refit = job["refit"]

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, UploadFile
+from fastapi import APIRouter, FastAPI, HTTPException, UploadFile
 from pydantic import BaseModel, Field
 
-from nimbus.api.auth import AUTH_ERRORS, AutomlKey
+from nimbus.api.auth import AUTH_ERRORS, AutomlKey, Caller
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.automl.jobs import JobRequest, compare, get_job, submit
+from nimbus.automl.inputs import store_upload
+from nimbus.automl.jobs import JobRequest, compare, get_job, public_job, submit
 from nimbus.automl.runner import run_in_background
+from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
-from nimbus.stores.objects import ObjectStore
-
-UPLOAD_LIMIT = 20 * 1024 * 1024
 
 
 class JobAccepted(BaseModel):
@@ -28,13 +27,13 @@ class JobPublic(BaseModel):
     job_id: str
     status: str = Field(description="queued | running | succeeded | failed")
     progress: dict[str, Any] = Field(examples=[{"trials": 17, "best": 0.981}])
-    request: dict[str, Any]
+    request: dict[str, Any] = Field(description="The request as accepted; the dataset as the server reads it.")
     trials: int | None = Field(default=None, description="Configurations tried, when done.")
     winner: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     exports: dict[str, str] | None = None
-    error: str | None = None
+    error: str | None = Field(default=None, description="Why a failed job failed, without data values or paths.")
     elapsed_s: float | None = None
     timings: dict[str, float] | None = None
     budget: dict[str, float] | None = Field(default=None, description="The job's budget and its reserves, seconds: "
@@ -42,9 +41,10 @@ class JobPublic(BaseModel):
                                             examples=[{"total_s": 60, "search_s": 39.2, "after_search_s": 18,
                                                        "after_refit_s": 12, "after_extras_s": 3,
                                                        "search_rows": 15_000}])
-    data: dict[str, Any] | None = Field(default=None, description="What the sampling pass found: rows, class counts, "
-                                        "sample sizes, whether the training rows fit the memory budget.",
-                                        examples=[{"rows": 40_000_000, "training_rows": 30_000_000,
+    data: dict[str, Any] | None = Field(default=None, description="What the sampling pass found: rows, the number "
+                                        "of classes (not their values or counts), sample sizes, whether the "
+                                        "training rows fit the memory budget.",
+                                        examples=[{"rows": 40_000_000, "training_rows": 30_000_000, "classes": 3,
                                                    "sample_rows": 620_000, "search_rows": 24_000,
                                                    "fits_memory": False}])
     refit: dict[str, Any] | None = Field(default=None, description="Which model was refit on how many rows; "
@@ -58,42 +58,64 @@ class CompareRequest(BaseModel):
     jobs: list[str] = Field(min_length=1, max_length=20, examples=[["3f2a9c0d11be", "77b0c1d2e3f4"]])
 
 
+class UploadAccepted(BaseModel):
+    upload_id: str = Field(description="Server-issued; submit it as the job's `dataset`.",
+                           examples=["0f3c9a1e5b7d4c2a8e6f1b3d5a7c9e0f"])
+    dataset: str = Field(description="The same upload as an s3:// URI (also accepted as `dataset`).",
+                         examples=["s3://nimbus-data/datasets/uploads/0f3c9a1e5b7d4c2a8e6f1b3d5a7c9e0f/churn.csv"])
+
+
+def _reader(caller: Caller) -> str | None:
+    """Whose jobs a caller may read: its own, or (admin) everyone's."""
+    return None if caller.allows("admin") else caller.name
+
+
 def create_automl_app() -> FastAPI:
+    upload_limit = get_settings().automl_upload_max_bytes
     app = create_app("Nimbus AutoML", "Submit a dataset; get a searched, tracked, registered model.",
-                     max_body_bytes=UPLOAD_LIMIT + 64 * 1024, function="automl")
+                     max_body_bytes=upload_limit + 64 * 1024, function="automl")
     router = APIRouter(prefix="/automl", tags=["automl"], responses=AUTH_ERRORS)
 
-    @router.post("/jobs", response_model=JobAccepted, status_code=202,
-                 responses={400: {"description": "The dataset cannot be used: the reason is in `detail`."}})
+    @router.post("/jobs", response_model=JobAccepted, status_code=202, responses={
+        400: {"description": "The request or the dataset cannot be used; `detail` names the field and the reason "
+                             "(never a value of the data or a path). The dataset must be an upload id or "
+                             "s3://<data bucket>/datasets/...; the budget at most `automl_max_budget_s`; "
+                             "at most `automl_max_columns` columns of at most `automl_max_row_bytes` a row."},
+        409: {"description": "The caller already has `automl_max_running_jobs` jobs queued or running, or the "
+                             "named model (always automl-...) is registered by another owner's jobs."}})
     def create_job(body: JobRequest, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
         """Check the dataset, queue the job and start it; answers at once with the job id."""
-        doc = submit(settings, body)
+        doc = submit(settings, body, owner=caller.name)  # the key's name: its quota, its jobs
         run_in_background(settings, doc["_id"])
         return {"job_id": doc["_id"], "status": doc["status"], "task": doc["profile"]["task"],
                 "metric": doc["metric"]}
 
-    @router.post("/uploads", responses={413: {"description": "Over 20 MiB: put it in S3 and give its URI."}})
+    @router.post("/uploads", response_model=UploadAccepted, responses={
+        400: {"description": "Not a .csv/.parquet name, or the content is not what the name says (CSV: UTF-8 "
+                             "text with a header and rows; Parquet: PAR1 magic and a readable footer); "
+                             "nothing is stored."},
+        413: {"description": "Over `automl_upload_max_bytes` (20 MiB): put it under "
+                             "s3://<data bucket>/datasets/ and give its URI."}})
     async def upload(file: UploadFile, settings: SettingsDep, caller: AutomlKey) -> dict[str, str]:
-        """Upload a small CSV or Parquet file; answers the dataset URI to submit."""
-        name = (file.filename or "").rsplit("/", 1)[-1]
-        if not name.endswith((".csv", ".parquet")):
-            raise InvalidInput("upload a .csv or .parquet file")
-        data = await file.read()
-        key = f"datasets/uploads/{name}"
-        ObjectStore.for_settings(settings).put_bytes(settings.data_bucket, key, data)
-        return {"dataset": f"s3://{settings.data_bucket}/{key}"}
+        """Upload a small CSV or Parquet file under a fresh server-issued id; answers the id (and the
+        dataset URI) to submit. Two uploads of the same name never overwrite each other."""
+        data = await file.read(settings.automl_upload_max_bytes + 1)
+        if len(data) > settings.automl_upload_max_bytes:
+            raise HTTPException(413, f"file: over the limit of {settings.automl_upload_max_bytes:,} bytes")
+        return store_upload(settings, file.filename, data).as_dict()
 
     @router.get("/jobs/{job_id}", response_model=JobPublic)
     def job(job_id: str, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
-        """Status, progress (trials done, best score so far) and, when done, the results."""
-        doc = get_job(settings, job_id)
+        """Status, progress (trials done, best score so far) and, when done, the results: aggregates
+        only (rows, number of classes), never the data's values."""
+        doc = public_job(get_job(settings, job_id, _reader(caller)))
         return {"job_id": doc["_id"], **{k: doc.get(k) for k in JobPublic.model_fields if k != "job_id"},
                 "progress": doc.get("progress", {})}
 
     @router.get("/jobs/{job_id}/leaderboard")
     def leaderboard(job_id: str, settings: SettingsDep, caller: AutomlKey) -> list[dict[str, Any]]:
         """Every configuration tried, best first."""
-        doc = get_job(settings, job_id)
+        doc = get_job(settings, job_id, _reader(caller))
         if doc["status"] != "succeeded":
             raise InvalidInput(f"job {job_id} is {doc['status']}: no leaderboard yet")
         return doc["leaderboard"]
@@ -101,7 +123,7 @@ def create_automl_app() -> FastAPI:
     @router.post("/compare")
     def compare_jobs(body: CompareRequest, settings: SettingsDep, caller: AutomlKey) -> list[dict[str, Any]]:
         """Finished jobs side by side, best held-out score first."""
-        return compare(settings, body.jobs)
+        return compare(settings, body.jobs, _reader(caller))
 
     app.include_router(router)
     return app

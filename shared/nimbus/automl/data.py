@@ -48,6 +48,7 @@ MIN_FLOOR = 10
 # compaction copies, the preprocessed float64 matrix (one-hot widens it) and the model's copies.
 MEMORY_FACTOR = 8
 PEEK_ROWS = 50_000  # what ``submit`` reads to check a request
+PEEK_BATCH_ROWS = 4_096  # its batches: the first one's row width is checked before more are read
 VALID_COLUMN = "__nimbus_valid__"  # marks the validation-split rows inside the training sample
 
 
@@ -60,17 +61,40 @@ def _hash01(index: np.ndarray, salt: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def open_dataset(settings: Settings, location: str) -> ds.Dataset:
-    """A CSV or Parquet file, or a folder of parts, local or ``s3://`` — opened, not read."""
-    from nimbus.batch.io import FsConfig, list_inputs
+def _files(settings: Settings, location: str) -> tuple[Any, list[str]]:
+    """(filesystem, the data files at ``location``: the file, or a folder's CSV/Parquet files in order).
 
-    config = FsConfig.from_settings(settings)
-    files = list_inputs(config, location)
-    fs, _ = config.filesystem(location)
-    paths = [f.uri.removeprefix("s3://") for f in files]
+    The messages name neither the location nor what the filesystem said (it may hold paths and
+    endpoints): a caller over HTTP learns only what is wrong; the CLI adds the path it was given."""
+    import pyarrow.fs as pafs
+
+    from nimbus.batch.io import FORMATS, FsConfig
+
+    fs, path = FsConfig.from_settings(settings).filesystem(location)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise InvalidInput("the dataset does not exist: no such file or folder")
+        infos = [info] if info.type == pafs.FileType.File else [
+            i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.type == pafs.FileType.File and i.path.endswith(FORMATS) and "/_" not in i.path]
+    except OSError as exc:
+        raise InvalidInput(f"the dataset cannot be listed ({type(exc).__name__})") from exc
+    if not infos:
+        raise InvalidInput("the dataset's folder holds no CSV or Parquet files")
+    if not all(i.path.endswith(FORMATS) for i in infos):
+        raise InvalidInput("the dataset is not a .csv, .csv.gz or .parquet file")
+    return fs, sorted(i.path for i in infos)
+
+
+def open_dataset(settings: Settings, location: str) -> ds.Dataset:
+    """A CSV or Parquet file, or a folder of parts, local or ``s3://`` — opened, not read.
+
+    Which locations a caller may name is decided before (``nimbus.automl.inputs``), not here."""
+    fs, paths = _files(settings, location)
     kinds = {"parquet" if p.endswith((".parquet", ".pq")) else "csv" for p in paths}
     if len(kinds) > 1:
-        raise InvalidInput(f"{location}: mixes CSV and Parquet parts; use one format")
+        raise InvalidInput("the dataset mixes CSV and Parquet parts; use one format")
     try:
         if kinds == {"parquet"}:
             return ds.dataset(paths, format="parquet", filesystem=fs)
@@ -80,7 +104,13 @@ def open_dataset(settings: Settings, location: str) -> ds.Dataset:
                                read_options=pacsv.ReadOptions(block_size=8 << 20))
         return ds.dataset(paths, format=csv, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInput(f"{location}: cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(exc) from exc
+
+
+def unreadable(exc: Exception) -> InvalidInput:
+    """The dataset cannot be parsed: the error's kind, never its text (Arrow quotes rows and paths)."""
+    return InvalidInput(f"the dataset cannot be read as CSV or Parquet ({type(exc).__name__}); "
+                        "check the format, the encoding (UTF-8) and that every row has the header's columns")
 
 
 def batches(dataset: ds.Dataset, location: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -95,7 +125,7 @@ def batches(dataset: ds.Dataset, location: str, batch_rows: int = BATCH_ROWS) ->
             yield from fragment.to_batches(schema=dataset.schema, batch_size=batch_rows, batch_readahead=1,
                                            fragment_readahead=1, use_threads=True, **options)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInput(f"{location}: cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(exc) from exc
 
 
 def count_rows(dataset: ds.Dataset) -> int | None:
@@ -107,14 +137,24 @@ def count_rows(dataset: ds.Dataset) -> int | None:
 
 def peek(settings: Settings, location: str, rows: int = PEEK_ROWS) -> tuple[pd.DataFrame, int | None, bool]:
     """The first ``rows`` rows (bounded memory), the row count when the footers give it, and
-    whether those rows are the whole dataset."""
+    whether those rows are the whole dataset.
+
+    The dataset's shape is checked first: at most ``automl_max_columns`` columns (from the schema,
+    before any row is read) and rows of at most ``automl_max_row_bytes`` (measured on the first
+    batch, before more are read)."""
     dataset = open_dataset(settings, location)
+    check_columns(settings, len(dataset.schema.names))
     taken: list[pa.RecordBatch] = []
     have, whole = 0, True
-    for batch in batches(dataset, location, min(BATCH_ROWS, rows)):
+    for batch in batches(dataset, location, min(PEEK_BATCH_ROWS, rows)):
         if have >= rows:
             whole = False
             break
+        if not taken and batch.num_rows:
+            width = row_bytes(batch)
+            if width > settings.automl_max_row_bytes:
+                raise InvalidInput(f"dataset: rows are too wide (about {width:,.0f} bytes each in memory; "
+                                   f"the limit is {settings.automl_max_row_bytes:,})")
         taken.append(batch)
         have += batch.num_rows
     table = pa.Table.from_batches(taken, schema=dataset.schema)
@@ -124,6 +164,11 @@ def peek(settings: Settings, location: str, rows: int = PEEK_ROWS) -> tuple[pd.D
     elif whole:
         total = have
     return table.to_pandas(), total, whole
+
+
+def check_columns(settings: Settings, columns: int) -> None:
+    if columns > settings.automl_max_columns:
+        raise InvalidInput(f"dataset: {columns:,} columns; the limit is {settings.automl_max_columns:,}")
 
 
 def _bottom(keys: np.ndarray, classes: np.ndarray | None, k: int, floor: int) -> np.ndarray:
@@ -338,9 +383,8 @@ def scan(settings: Settings, location: str, target: str, task: str | None = None
     """One streaming pass: counts, class counts, and the train, validation and test samples."""
     start = time.monotonic()
     dataset = open_dataset(settings, location)
-    if target not in dataset.schema.names:
-        names = ", ".join(dataset.schema.names[:20])
-        raise InvalidInput(f"target column {target!r} is not in the dataset (columns: {names})")
+    if target not in dataset.schema.names:  # the caller's own name only: the columns are the data's
+        raise InvalidInput(f"target column {target!r} is not in the dataset")
     classes = _Classes(stratify=task != "regression")
     train = test = valid = None
     rows = nulls = train_rows = 0

@@ -1,6 +1,7 @@
 """What a dataset is, read from the data: the task, each column's kind, missing values, imbalance.
 
-Every refusal is an ``InvalidInput`` naming the problem, raised before any job starts.
+Every refusal is an ``InvalidInput`` naming the problem, raised before any job starts. A refusal
+names the target (the caller's own word) but never the data's values or its other columns.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def profile(frame: pd.DataFrame, target: str, task: Task | None = None, rows: in
     rare classes). ``partial``: the frame is the first rows only, so the class checks are left to
     the pass that reads every row."""
     if target not in frame.columns:
-        raise InvalidInput(f"target column {target!r} is not in the dataset (columns: {', '.join(map(str, frame.columns[:20]))})")
+        raise InvalidInput(f"target column {target!r} is not in the dataset")
     rows = len(frame) if rows is None else rows
     if rows < MIN_ROWS:
         raise InvalidInput(f"the dataset has {rows} rows; at least {MIN_ROWS} are needed")
@@ -60,9 +61,9 @@ def profile(frame: pd.DataFrame, target: str, task: Task | None = None, rows: in
     if task == "classification":
         counts = y.value_counts() if class_counts is None else pd.Series(class_counts).sort_values(ascending=False)
         if len(counts) < 2 and not partial:
-            raise InvalidInput(f"target column {target!r} has one class ({counts.index[0]!r}); a classifier needs two")
+            raise InvalidInput(f"target column {target!r} has one class; a classifier needs two")
         if counts.min() < 2 and not partial:
-            raise InvalidInput(f"class {counts.idxmin()!r} of {target!r} has a single row; each class needs two")
+            raise InvalidInput(f"a class of target column {target!r} has a single row; each class needs two")
         prof.classes, prof.imbalance = len(counts), float(counts.max() / counts.min())
     elif not pd.api.types.is_numeric_dtype(y):
         raise InvalidInput(f"target column {target!r} is not numeric; regression needs numbers")

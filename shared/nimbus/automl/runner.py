@@ -26,7 +26,7 @@ from nimbus.automl import algorithms
 from nimbus.automl.budget import JobBudget
 from nimbus.automl.data import Scan, scan
 from nimbus.automl.evaluation import evaluate, permutation_importances
-from nimbus.automl.jobs import JobRequest, get_job, update
+from nimbus.automl.jobs import JobRequest, check_model_owner, claim_model, finish, get_job, public_error, update
 from nimbus.automl.metrics import check_metric, sign
 from nimbus.automl.profile import Profile, profile
 from nimbus.automl.search import SearchData, plan_steps, run_search
@@ -75,7 +75,8 @@ def run_once(settings: Settings, job_id: str, watch: Callable[[dict[str, Any]], 
             thread.join(WATCH_EVERY_S)
     doc = get_job(settings, job_id)
     if doc["status"] != "succeeded":
-        raise NimbusError(f"job {job_id} failed: {doc.get('error')}")
+        # a one-shot process runs for the user who started it: the full error, not only the public one
+        raise NimbusError(f"job {job_id} failed: {doc.get('error_detail') or doc.get('error')}")
     return doc
 
 
@@ -100,19 +101,24 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
 
     threading.Thread(target=warm_up, name="automl-warm-up", daemon=True).start()  # during the search
     job = get_job(settings, job_id)
-    request = JobRequest.model_validate(job["request"])
+    try:
+        request = JobRequest.model_validate(job["request"])
+    except Exception as exc:  # a record that does not validate ends too, freeing its slot
+        finish(settings, job_id, {"status": "failed", "error": "the job's request is not valid",
+                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
+        raise
     budget = JobBudget(request.budget_s, clock, started)
     update(settings, job_id, {"status": "running", "started_at": datetime.now(UTC), "budget": budget.as_dict()})
     from threadpoolctl import threadpool_limits
 
     try:
         with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
-            result = _run(settings, job_id, request, budget)
-    except Exception as exc:
-        update(settings, job_id, {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                  "finished_at": datetime.now(UTC)})
+            result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"))
+    except Exception as exc:  # the end of a failed job: its owner's quota slot is freed with the status
+        finish(settings, job_id, {"status": "failed", "error": public_error(exc),
+                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
         raise
-    update(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
+    finish(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
                               "elapsed_s": budget.elapsed()})
     return get_job(settings, job_id)
 
@@ -186,7 +192,7 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     return trials, logger, timings
 
 
-def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget) -> dict[str, Any]:
+def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str) -> dict[str, Any]:
     from nimbus.automl import explain, export
     from nimbus.automl.refit import refit
     from nimbus.automl.report import diagnostics, publish
@@ -218,9 +224,11 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     clock = budget.clock()
     logger.finish(trials)
     name = request.model_name(job_id)
+    check_model_owner(settings, name, owner)  # again: another owner's job may have registered it since submit
     version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
                                       {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
                                        "trials": len(trials)}, onnx.model)
+    claim_model(settings, name, owner)
     timings["track_s"] = budget.clock() - clock
     direction = sign(prep.metric)
     leaderboard = [{"rank": n + 1, "algorithm": t["params"]["algorithm"], "params": t["params"],

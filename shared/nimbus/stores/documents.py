@@ -51,9 +51,13 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.RECOMMEND_PERFORMANCE: [([("bucket", pymongo.ASCENDING)], {})],
     Collections.DRIFT_CHECKS: [([("model", pymongo.ASCENDING), ("checked_at", pymongo.DESCENDING)], {})],
     Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
-    # by _id (the API's reads); the worker claims the oldest queued job
+    # by _id (the API's reads); the worker claims the oldest queued job; a queued or running job holds
+    # one of its owner's quota slots (unique: two submits cannot take the same one; freed when it ends)
     Collections.AB_QUARANTINE: [([("kind", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
-    Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {})],
+    Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {}),
+                              ([("owner", pymongo.ASCENDING), ("slot", pymongo.ASCENDING)],
+                               {"unique": True, "name": "owner_slot",
+                                "partialFilterExpression": {"slot": {"$exists": True}}})],
 }
 
 
