@@ -222,12 +222,11 @@ def test_cors_allows_only_the_configured_origins(clean_stack: Settings) -> None:
 
 def test_an_unreachable_store_is_named_without_its_address(clean_stack: Settings) -> None:
     port = free_port()
-    dead = clean_stack.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}",
-                                          "mlflow_registry_uri": None})
-    with TestClient(with_settings(create_models_app(dead), dead)) as client:
-        answer = client.get("/models", headers={"X-API-Key": LOCAL_KEY})
+    dead = clean_stack.model_copy(update={"mongo_url": f"mongodb://127.0.0.1:{port}/", "store_timeout_s": 0.3})
+    with TestClient(with_settings(create_experiments_app(dead), dead)) as client:
+        answer = client.get("/experiments", headers={"X-API-Key": LOCAL_KEY})
     assert answer.status_code == 503
-    assert answer.json() == {"detail": "mlflow is unavailable; try again later"}
+    assert answer.json() == {"detail": "mongodb is unavailable; try again later"}
     assert str(port) not in answer.text
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
+import pymongo.errors
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -137,5 +138,12 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:
         return JSONResponse({"detail": public_message(exc)}, status_code=status_for(exc))
+
+    @app.exception_handler(pymongo.errors.ConnectionFailure)
+    async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> JSONResponse:
+        # Domain code reads MongoDB collections directly; an outage met there is still the store's 503.
+        unavailable = StoreUnavailable("mongodb", "mongodb", type(exc).__name__)
+        log.warning("mongodb unreachable on %s %s: %s", request.method, request.url.path, str(exc)[:300])
+        return JSONResponse({"detail": public_message(unavailable)}, status_code=503)
 
     return app
