@@ -12,6 +12,11 @@ disk), check every rule (``nimbus.validation.arrow``), score the valid records w
 each model, and write a scored part and a quarantine part. Counts reconcile exactly:
 records in = scored + quarantined. A run whose bad share passes the schema's threshold
 is failed before anything is committed, with a report saying why.
+
+Trust boundaries: a record id more than one record of the input has quarantines each of them
+(the driver finds them first: a task sees its split only); a ``.csv.gz`` inflating past
+``batch_max_decompressed_mb`` and an S3 key that could be staged outside the home are refused;
+models load only from versions an audited promotion vouches for (``models.check_trusted``).
 """
 
 from __future__ import annotations
