@@ -117,12 +117,14 @@ def churn_models(stack_settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def batch_stack(clean_stack: Settings, churn_models: dict[str, str]) -> Settings:
-    """A clean stack with the churn models as champions (the batch runs' defaults), whatever an earlier test promoted."""
-    from nimbus.stores.registry import Registry
+    """A clean stack with the churn models as champions (the batch runs' defaults), whatever an earlier test promoted.
 
-    registry = Registry.for_settings(clean_stack)
+    Through the audited path (``force``: the alias may already be there), because batch loads only
+    versions an audited promotion vouches for, and cleaning the stack emptied the audit trail."""
+    from nimbus import governance
+
     for name, version in churn_models.items():
-        registry.set_alias(name, "champion", version)
+        governance.move_alias(clean_stack, name, "champion", version, force=True, reason="test: churn champions")
     return clean_stack
 
 

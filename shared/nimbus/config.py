@@ -77,6 +77,9 @@ class Settings(BaseSettings):
                               description="Models a dropped file is scored with: name@alias or name@version, comma-separated.")
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
+    batch_max_decompressed_mb: float = Field(
+        default=2048, gt=0, description="A compressed batch input (.csv.gz) is read as a stream and refused once it "
+        "decompresses past this many MB (a small file can inflate to gigabytes).")
     automl_memory_mb: float = Field(
         default=1024, gt=0, description="Memory an AutoML job's samples may use; larger training data is refit "
         "incrementally from chunks instead of in memory.")

@@ -39,6 +39,7 @@ def test_the_batch_dag_scores_a_dropped_file(batch_stack: Settings, airflow_env:
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     [run] = DocumentStore.for_settings(batch_stack).collection(Collections.BATCH_RUNS).find({})
-    assert run["status"] == "succeeded" and run["counts"] == {"records": 1500, "scored": 1494, "quarantined": 6}
+    assert run["status"] == "succeeded" and run["counts"] == {"records": 1500, "scored": 1494, "quarantined": 6,
+                                                                "duplicates": 0}
     assert run["actor"] == "airflow"
     assert DocumentStore.for_settings(batch_stack).collection(Collections.BATCH_PREDICTIONS).count_documents({}) == 1494

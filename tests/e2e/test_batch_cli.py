@@ -3,7 +3,8 @@
 A process that registers models and one that scores with them share nothing but the stores,
 so nothing may depend on what an earlier command set up in the same interpreter (MLflow's
 process-global tracking URI, say). A model registered by someone's own plain
-``mlflow.sklearn.log_model`` is scored the same way."""
+``mlflow.sklearn.log_model`` is scored the same way, once promoted through the audited path
+(batch unpickles only versions an audited promotion vouches for)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(cl
     assert_one_line_error(missing, "no such file")
 
     models = f"churn-lr@champion,churn-hgb@champion,someones-churn@{theirs}"
+    unvetted = nimbus(["batch", "run", uri, "--models", models, "--sinks", "parquet"])
+    assert_one_line_error(unvetted, f"someones-churn@{theirs}: version {theirs} was never promoted",
+                          f"nimbus models promote someones-churn {theirs}")
+    promoted = nimbus(["models", "promote", "someones-churn", theirs, "--reason", "reviewed"])
+    assert promoted.returncode == 0, promoted.stderr
     scored = nimbus(["batch", "run", uri, "--models", models], timeout=300)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)  # progress went to stderr: stdout is the result alone

@@ -7,8 +7,11 @@ cluster needs no Hadoop S3 connector; ``FsConfig`` is the picklable recipe they 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,6 +23,64 @@ from nimbus.errors import InvalidInput
 
 FORMATS = (".parquet", ".pq", ".csv", ".csv.gz")
 ROWS_PER_SPLIT = 250_000
+MB = 1 << 20
+_ODD = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and backslashes have no place in a drop key
+
+
+class InputTooLarge(InvalidInput):
+    """A compressed input decompresses past ``batch_max_decompressed_mb``."""
+
+
+class UnsafeKey(InvalidInput):
+    """An S3 key that could name a place outside the folder it would be staged under."""
+
+
+def safe_key(bucket: str, key: str) -> PurePosixPath:
+    """``key`` as relative path parts, or InvalidInput naming it: no absolute key, no ``..`` or ``.``,
+    no empty part (``a//b``), no backslash or control character — a key must not name a place
+    outside the folder it is staged under."""
+    path = PurePosixPath(key)
+    parts = key.split("/")
+    if not key or key.startswith("/") or _ODD.search(key) or any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKey(f"S3 key {key!r} in {bucket}: refused, it has an absolute, empty, '.' or '..' part or "
+                        "an odd character (rename the object)")
+    return path
+
+
+def staging_path(home: Path, bucket: str, key: str) -> Path:
+    """Where an S3 input is copied for Spark's JVM: ``home/batch/inputs/bucket/key``, confined to that folder."""
+    root = (home / "batch" / "inputs").resolve()
+    if not bucket or _ODD.search(bucket) or bucket in (".", "..") or "/" in bucket:
+        raise UnsafeKey(f"S3 key {key!r} in {bucket!r}: refused, not a bucket name")
+    local = (root / bucket / safe_key(bucket, key)).resolve()
+    if not local.is_relative_to(root / bucket):
+        raise UnsafeKey(f"S3 key {key!r} in {bucket}: refused, it would be staged outside {root / bucket}")
+    return local
+
+
+class LimitedReader:
+    """A decompressed input stream that fails once more than ``limit`` bytes have come out of it,
+    so a small ``.csv.gz`` that inflates to gigabytes stops at the limit, not at the memory's end."""
+
+    def __init__(self, stream: Any, uri: str, limit: int) -> None:
+        self.stream, self.uri, self.limit, self.count, self.closed = stream, uri, limit, 0, False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size if size is not None and size >= 0 else self.limit + 1 - self.count)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise InputTooLarge(f"{self.uri}: decompresses to more than {self.limit / MB:g} MB "
+                                "(NIMBUS_BATCH_MAX_DECOMPRESSED_MB); refused")
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @dataclass(frozen=True)
@@ -28,6 +89,7 @@ class FsConfig:
     region: str
     access_key: str | None
     secret_key: str | None
+    max_decompressed: int = 2048 * MB  # bytes a compressed input may inflate to
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FsConfig:
@@ -36,7 +98,14 @@ class FsConfig:
         endpoint = settings.aws_endpoint_url
         key = os.environ.get("AWS_ACCESS_KEY_ID") or ("test" if endpoint else None)
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or ("test" if endpoint else None)
-        return cls(endpoint, settings.aws_region, key, secret)
+        return cls(endpoint, settings.aws_region, key, secret, int(settings.batch_max_decompressed_mb * MB))
+
+    def open_text(self, uri: str) -> Any:
+        """A CSV input as a stream: decompressed (``.gz``) under ``max_decompressed``, else as it is."""
+        fs, path = self.filesystem(uri)
+        if not uri.endswith(".gz"):
+            return fs.open_input_stream(path)
+        return _Closing(LimitedReader(fs.open_input_stream(path, compression="gzip"), uri, self.max_decompressed))
 
     def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
         """(filesystem, path within it) for ``uri``."""
@@ -49,6 +118,19 @@ class FsConfig:
         if self.access_key:
             kwargs.update(access_key=self.access_key, secret_key=self.secret_key)
         return pafs.S3FileSystem(**kwargs), uri[5:]
+
+
+class _Closing:
+    """A context manager closing both a LimitedReader and the stream under it."""
+
+    def __init__(self, reader: LimitedReader) -> None:
+        self.reader = reader
+
+    def __enter__(self) -> LimitedReader:
+        return self.reader
+
+    def __exit__(self, *_exc: object) -> None:
+        self.reader.stream.close()
 
 
 @dataclass(frozen=True)
@@ -66,6 +148,10 @@ class Split:
 
 
 def list_inputs(fs_config: FsConfig, uri: str) -> list[InputFile]:
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        if key.rstrip("/"):
+            safe_key(bucket, key.rstrip("/"))
     fs, path = fs_config.filesystem(uri)
     try:
         info = fs.get_file_info(path)
@@ -84,6 +170,9 @@ def list_inputs(fs_config: FsConfig, uri: str) -> list[InputFile]:
         if not i.path.endswith(FORMATS):
             raise InvalidInput(f"{uri}: expected .csv, .csv.gz or .parquet")
         prefix = "s3://" if uri.startswith("s3://") else ""
+        if prefix:
+            bucket, _, key = i.path.partition("/")
+            safe_key(bucket, key)
         files.append(InputFile(prefix + i.path, i.size, f"{i.size}:{i.mtime_ns}"))  # refined by etag_fingerprints
     return files
 
@@ -111,7 +200,7 @@ def input_schema(fs_config: FsConfig, file: InputFile) -> dict[str, str]:
         with fs.open_input_file(path) as handle:
             schema = pq.ParquetFile(handle).schema_arrow
         return {f.name: str(f.type) for f in schema}
-    with fs.open_input_stream(path, compression="detect") as handle:
+    with fs_config.open_text(file.uri) as handle:
         names = pacsv.open_csv(handle).schema.names
     return {name: "string" for name in names}
 
@@ -144,12 +233,54 @@ def read_split(fs_config: FsConfig, split: Split) -> pa.Table:
     if split.row_groups is not None:
         with fs.open_input_file(path) as handle:
             return pq.ParquetFile(handle).read_row_groups(list(split.row_groups))
-    with fs.open_input_stream(path, compression="detect") as handle:
-        # Every column as text: a bad value becomes a quarantined record, not a failed read.
+    return read_csv_text(fs_config, split.uri)
+
+
+def read_csv_text(fs_config: FsConfig, uri: str, columns: list[str] | None = None) -> pa.Table:
+    """A CSV file with every column (or ``columns``) as text: a bad value becomes a quarantined record,
+    not a failed read. A ``.gz`` is decompressed as a stream, under the configured limit."""
+    with fs_config.open_text(uri) as handle:
         header = pacsv.open_csv(handle).schema
-    with fs.open_input_stream(path, compression="detect") as handle:
-        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in header.names}, strings_can_be_null=True)
+    with fs_config.open_text(uri) as handle:
+        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in header.names}, strings_can_be_null=True,
+                                       include_columns=[c for c in columns if c in header.names] if columns else None)
         return pacsv.read_csv(handle, convert_options=convert)
+
+
+def check_decompressed(fs_config: FsConfig, uri: str) -> None:
+    """Read a ``.gz`` input through to its end, failing past the limit (before Spark's JVM reads it)."""
+    if uri.endswith(".gz"):
+        with fs_config.open_text(uri) as handle:
+            while handle.read(MB):
+                pass
+
+
+def duplicate_ids(fs_config: FsConfig, splits: Iterable[Split], id_column: str) -> frozenset[str]:
+    """Record ids (as text) that more than one record of the whole input has; blank and missing ids
+    are left to the ``required`` rule. Reads the id column alone (Parquet) or the CSV under the limit."""
+    import pyarrow.compute as pc
+
+    arrays = []
+    for split in splits:
+        if split.row_groups is not None:
+            fs, path = fs_config.filesystem(split.uri)
+            with fs.open_input_file(path) as handle:
+                file = pq.ParquetFile(handle)
+                if id_column not in file.schema_arrow.names:
+                    continue
+                table = file.read_row_groups(list(split.row_groups), columns=[id_column])
+        else:
+            table = read_csv_text(fs_config, split.uri, [id_column])
+            if id_column not in table.column_names:
+                continue
+        arrays.extend(pc.cast(table.column(id_column), pa.string()).chunks)
+    if not arrays:
+        return frozenset()
+    ids = pa.chunked_array(arrays, pa.string())
+    ids = ids.filter(pc.and_(pc.is_valid(ids), pc.not_equal(pc.utf8_trim_whitespace(ids), "")))
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    return frozenset(repeated.field("values").to_pylist())
 
 
 def read_parquet(fs_config: FsConfig, uri: str) -> pa.Table:

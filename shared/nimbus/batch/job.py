@@ -12,6 +12,11 @@ disk), check every rule (``nimbus.validation.arrow``), score the valid records w
 each model, and write a scored part and a quarantine part. Counts reconcile exactly:
 records in = scored + quarantined. A run whose bad share passes the schema's threshold
 is failed before anything is committed, with a report saying why.
+
+Trust boundaries: a record id more than one record of the input has quarantines each of them
+(the driver finds them first: a task sees its split only); a ``.csv.gz`` inflating past
+``batch_max_decompressed_mb`` and an S3 key that could be staged outside the home are refused;
+models load only from versions an audited promotion vouches for (``models.check_trusted``).
 """
 
 from __future__ import annotations
@@ -22,15 +27,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from nimbus import audit
-from nimbus.batch.io import FsConfig, InputFile, etag_fingerprints, input_schema, list_inputs, plan_splits
+from nimbus.batch.io import (
+    FsConfig,
+    InputFile,
+    check_decompressed,
+    duplicate_ids,
+    etag_fingerprints,
+    input_schema,
+    list_inputs,
+    plan_splits,
+    staging_path,
+)
 from nimbus.batch.models import describe, parse_refs, payloads, resolve
 from nimbus.batch.scoring import merge, score_splits
 from nimbus.batch.sinks import ParquetSink, RunFolders, write_mongodb
 from nimbus.config import Settings
-from nimbus.errors import NimbusError
+from nimbus.errors import InvalidInput, NimbusError
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.objects import ObjectStore, S3Uri
 from nimbus.validation.schema import load_schema
@@ -147,8 +162,13 @@ class BatchJob:
             try:
                 self.schema.check_columns(input_schema(self.fs, InputFile(**f)))
             except NimbusError as exc:
-                self._fail(key, str(exc), {})
-                raise BatchFailed(str(exc)) from exc
+                self._refuse(key, exc)
+
+    def _refuse(self, key: str, exc: NimbusError) -> NoReturn:
+        """The input cannot be run (its columns, its size): the run fails, reported and audited, and the
+        drop file stays where it is, with nothing written."""
+        self._fail(key, str(exc), {})
+        raise BatchFailed(str(exc)) from exc
 
     # -- step 2 (Airflow's validate task): rule counts with Spark column expressions --
     def validate(self, key: str) -> dict[str, Any]:
@@ -162,8 +182,12 @@ class BatchJob:
         frames = []
         for f in doc["input"]["files"]:
             local = f["uri"]
-            if S3Uri.is_s3(local):
-                local = self._stage_locally(local)
+            try:
+                if S3Uri.is_s3(local):
+                    local = self._stage_locally(local)
+                check_decompressed(self.fs, local)  # Spark's JVM would inflate a .gz whatever its size
+            except InvalidInput as exc:
+                self._refuse(key, exc)
             reader = spark.read.parquet if local.endswith((".parquet", ".pq")) else \
                 spark.read.option("header", True).csv
             frames.append(reader(local))
@@ -177,7 +201,7 @@ class BatchJob:
     def _stage_locally(self, uri: str) -> str:
         """Spark's JVM reads local files here (no Hadoop S3 connector): download once per run."""
         source = S3Uri.parse(uri)
-        local = self.settings.home / "batch" / "inputs" / source.bucket / source.key
+        local = staging_path(self.settings.home, source.bucket, source.key)  # InvalidInput outside home/batch/inputs
         if not local.exists():
             local.parent.mkdir(parents=True, exist_ok=True)
             ObjectStore.for_settings(self.settings).download(source.bucket, source.key, str(local))
@@ -202,20 +226,25 @@ class BatchJob:
         splits = plan_splits(self.fs, files)
         folders = RunFolders.of(self.settings, key)
         self.parquet.clear_staging(folders)
+        try:  # ids two records share are quarantined, every one of them: which one is right is not ours to guess
+            duplicates = duplicate_ids(self.fs, splits, self.schema.id)
+        except InvalidInput as exc:  # a .csv.gz past the decompressed-size limit
+            self._refuse(key, exc)
         spark = spark_session(self.settings)
         estimators = spark.sparkContext.broadcast(payloads(self.settings, models))
         fs, schema = self.fs, self.schema
 
         self.say(f"scoring {len(splits)} splits with {', '.join(f'{m.name} v{m.version}' for m in models)}")
         parts = spark.sparkContext.parallelize(splits, max(1, len(splits))).mapPartitions(
-            lambda items: score_splits(items, estimators.value, fs, schema, models, folders, key)).collect()
+            lambda items: score_splits(items, estimators.value, fs, schema, models, folders, key, duplicates)).collect()
         estimators.unpersist()
         total = merge(parts)
         if total["records"] != total["scored"] + total["quarantined"]:
             raise NimbusError(f"counts do not reconcile: {total['records']} != {total['scored']} + "
                               f"{total['quarantined']}")
-        self.runs.update_one({"_id": key}, {"$set": {"counts": {k: total[k] for k in ("records", "scored",
-                                                                                      "quarantined")},
+        counts = {k: total[k] for k in ("records", "scored", "quarantined")}
+        counts["duplicates"] = total["failures"].get(self.schema.unique_rule().name, 0)
+        self.runs.update_one({"_id": key}, {"$set": {"counts": counts,
                                                       "task_seconds": total["task_seconds"],
                                                       "failures": total["failures"],
                                                       "stats": {"scores": total["stats"], "agree": total["agree"]}}})

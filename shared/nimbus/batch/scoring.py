@@ -19,18 +19,23 @@ BINS = 20  # histogram bins of each model's scores
 
 
 def score_splits(splits: Iterable[Split], payloads: dict[str, bytes], fs_config: FsConfig, schema: RecordSchema,
-                 models: list[ResolvedModel], folders: RunFolders, run_key: str) -> Iterator[dict[str, Any]]:
+                 models: list[ResolvedModel], folders: RunFolders, run_key: str,
+                 duplicates: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One Spark partition: unpickle the broadcast estimators once, then score each split."""
     import cloudpickle
 
     estimators = {name: cloudpickle.loads(blob) for name, blob in payloads.items()}
     for split in splits:
-        yield score_split(split, fs_config, schema, models, estimators, folders, run_key)
+        yield score_split(split, fs_config, schema, models, estimators, folders, run_key, duplicates)
 
 
 def score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models: list[ResolvedModel],
-                estimators: dict[str, Any], folders: RunFolders, run_key: str) -> dict[str, Any]:
-    """Runs in a Spark task: read, check, score, write. Returns counts and score statistics."""
+                estimators: dict[str, Any], folders: RunFolders, run_key: str,
+                duplicates: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Runs in a Spark task: read, check, score, write. Returns counts and score statistics.
+
+    ``duplicates``: the ids more than one record of the whole input has (found by the driver);
+    each of those records fails the schema's unique-id rule."""
     import pandas as pd
     import pyarrow as pa
 
@@ -41,8 +46,8 @@ def score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models:
     table = read_split(fs_config, split)
     seconds = {"read": time.perf_counter() - clock}
     clock = time.perf_counter()
-    rules = schema.compiled()
-    verdict = check(table, schema, rules)
+    rules = [*schema.compiled(), schema.unique_rule()]
+    verdict = check(table, schema, rules, duplicates=duplicates)
     seconds["validate"] = time.perf_counter() - clock
     clock = time.perf_counter()
     valid = verdict.valid

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nimbus.batch.io import UnsafeKey
 from nimbus.batch.job import BatchFailed, RunRequest, run_batch
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
@@ -14,7 +15,7 @@ from nimbus.stores.objects import ObjectStore, S3Uri
 
 def pending_files(settings: Settings) -> list[str]:
     """Files in the drop folder that no run has scored yet, oldest key first."""
-    from nimbus.batch.io import FsConfig, etag_fingerprints, list_inputs
+    from nimbus.batch.io import FsConfig, UnsafeKey, etag_fingerprints, list_inputs
     from nimbus.batch.job import run_key_for
     from nimbus.stores.documents import Collections, DocumentStore
 
@@ -24,7 +25,12 @@ def pending_files(settings: Settings) -> list[str]:
     pending = []
     for key in sorted(k for k in keys if k.endswith((".csv", ".csv.gz", ".parquet"))):
         uri = str(S3Uri(settings.data_bucket, key))
-        run = runs.find_one({"_id": run_key_for(etag_fingerprints(settings, list_inputs(fs, uri)))}, {"status": 1})
+        try:
+            files = list_inputs(fs, uri)
+        except UnsafeKey:
+            pending.append(uri)  # refused (and reported) by handle, without stopping the sweep
+            continue
+        run = runs.find_one({"_id": run_key_for(etag_fingerprints(settings, files))}, {"status": 1})
         if run is None or run.get("status") not in ("succeeded", "failed"):
             pending.append(uri)
     return pending
@@ -41,6 +47,6 @@ def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
     for uri in uris:
         try:
             results.append(run_batch(settings, RunRequest.from_settings(settings, uri, actor="drop-folder")).as_dict())
-        except BatchFailed as exc:  # refused input: reported and audited, not retried
+        except (BatchFailed, UnsafeKey) as exc:  # refused input: reported (and audited when run), not retried
             results.append({"input": uri, "status": "failed", "message": str(exc)})
     return results

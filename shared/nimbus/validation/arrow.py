@@ -69,8 +69,12 @@ class Verdict:
         return [[text for text, failed in by_rule if failed[k]] for k in range(len(bad))]
 
 
-def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None) -> Verdict:
-    """Evaluate every rule on ``table``; missing optional columns count as empty."""
+def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None,
+          duplicates: frozenset[str] | None = None) -> Verdict:
+    """Evaluate every rule on ``table``; missing optional columns count as empty.
+
+    A ``unique`` rule fails the records whose id (as text) is in ``duplicates`` — the ids shared
+    across the whole input, which one table (a split) cannot see; None: those shared within ``table``."""
     rules = rules if rules is not None else schema.compiled()
     n = table.num_rows
     typed: dict[str, pa.Array] = {}
@@ -92,6 +96,14 @@ def check(table: pa.Table, schema: RecordSchema, rules: list[Rule] | None = None
         elif rule.kind == "type":
             failures[rule.name] = type_fail[rule.column]
             continue
+        elif rule.kind == "unique":
+            ids = pc.cast(values, pa.string())
+            if duplicates is None:
+                counts = pc.value_counts(ids.filter(pc.is_valid(ids)))
+                shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+            else:
+                shared = pa.array(sorted(duplicates), pa.string())
+            failed = pc.is_in(ids, shared)
         elif rule.kind == "min":
             failed = pc.less(values, rule.value)
         elif rule.kind == "max":

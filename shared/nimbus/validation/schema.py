@@ -47,7 +47,7 @@ class Rule(BaseModel):
     """One check, as the compilers see it."""
 
     name: str
-    kind: Literal["required", "type", "min", "max", "allowed", "regex", "cross"]
+    kind: Literal["required", "type", "min", "max", "allowed", "regex", "cross", "unique"]
     column: str
     value: Any = None
     op: Op | None = None
@@ -92,6 +92,11 @@ class RecordSchema(BaseModel):
             out.append(Rule(name=rule.name, kind="cross", column=rule.left, op=rule.op, other=rule.right))
         return out
 
+    def unique_rule(self) -> Rule:
+        """The id column's uniqueness over a whole input: not a rule of one record, so not in
+        :meth:`compiled`; a batch run checks it with the others (every record of a shared id fails it)."""
+        return Rule(name=f"{self.id}.unique", kind="unique", column=self.id)
+
     def describe(self, rule: Rule) -> str:
         """A reason a person reads in the quarantine file."""
         match rule.kind:
@@ -107,6 +112,8 @@ class RecordSchema(BaseModel):
                 return f"{rule.column}: not one of {', '.join(rule.value)}"
             case "regex":
                 return f"{rule.column}: does not match {rule.value}"
+            case "unique":
+                return f"{rule.column}: duplicate {rule.column} (another record of the input has the same one)"
         return f"{rule.name}: {rule.column} {rule.op} {rule.other} is false"
 
     def check_columns(self, present: dict[str, str]) -> None:

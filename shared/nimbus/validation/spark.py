@@ -83,12 +83,19 @@ def failure_columns(df: DataFrame, schema: RecordSchema, rules: list[Rule] | Non
 
 
 def count_failures(df: DataFrame, schema: RecordSchema) -> tuple[int, int, dict[str, int]]:
-    """(records, invalid records, failures by rule) in one Spark aggregation."""
+    """(records, invalid records, failures by rule) in one Spark aggregation; with the whole-input
+    unique-id rule (a window over the id), as the scoring pass checks it."""
     from functools import reduce
 
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    unique = schema.unique_rule()
+    ids = F.col(schema.id).cast("string")
+    df = df.withColumn("__id_count", F.count(F.lit(1)).over(Window.partitionBy(ids)))
     failed = failure_columns(df, schema)
+    present = ids.isNotNull() & (F.trim(ids) != "")
+    failed[unique.name] = F.coalesce(present & (F.col("__id_count") > 1), F.lit(False))
     any_failed = reduce(lambda a, b: a | b, failed.values(), F.lit(False))
     row = df.select(
         F.count(F.lit(1)).alias("__n"),
