@@ -468,9 +468,11 @@ def models_promote(
     version: Annotated[str, typer.Argument()],
     alias: Annotated[str, typer.Option()] = "champion",
     reason: Annotated[str | None, typer.Option()] = None,
+    force: Annotated[bool, typer.Option(help="Record the move even when the alias already points there (e.g. "
+                                              "to vouch for an alias someone moved outside Nimbus).")] = False,
 ) -> None:
     """Point an alias at a version (audited)."""
-    record = _governance().promote(get_settings(), name, version, alias, reason)
+    record = _governance().promote(get_settings(), name, version, alias, reason, force=force)
     out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']}")
 
 

@@ -203,6 +203,10 @@ def test_only_versions_an_audited_promotion_vouches_for_are_loaded(batch_stack: 
     with pytest.raises(UntrustedModel, match=rf"version {one} was never promoted"):  # an audited move's "from"
         run_batch(settings, RunRequest(later, f"{name}@{one}"))
     assert len(runs(settings)) == 1 and predictions(settings) == 400
+    # an operator vouches for the alias where it stands (`nimbus models promote NAME 1 --force`): audited, trusted
+    governance.promote(settings, name, str(one), reason="reviewed the direct move", force=True)
+    vouched = run_batch(settings, RunRequest(later, f"{name}@champion"))
+    assert vouched.status == "succeeded" and vouched.models == {name: str(one)}
 
 
 def test_an_ordinary_key_is_staged_under_the_home_for_the_spark_stage(batch_stack: Settings) -> None:
