@@ -27,8 +27,8 @@ LATENCY_COUNT, DEGRADED = "nimbus_http_request_duration_seconds_count", "nimbus_
 
 
 def metric(client: TestClient, owner: str, name: str, **labels: str) -> float:
-    """One sample of ``/{owner}/metrics`` (0 when it does not exist yet)."""
-    answer = client.get(f"/{owner}/metrics")
+    """One sample of ``/{owner}/metrics`` (0 when it does not exist yet); metrics need a read key."""
+    answer = client.get(f"/{owner}/metrics", headers=KEY)
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     return sum(s.value for family in text_string_to_metric_families(answer.text) for s in family.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
@@ -99,6 +99,7 @@ def test_events_models_and_automl_expose_their_counts(live_recommender: dict) ->
         assert client.get("/models", headers={"X-API-Key": key}).status_code == 200
         assert counted(client, "models", "/models", 200) - ok == 2
         assert counted(client, "models", "/models", 401) - denied == 1
+        assert client.get("/models/metrics").status_code == 401  # the metrics themselves need a read key
     with TestClient(create_automl_app(), headers=KEY) as client:
         route = "/automl/jobs/{job_id}"
         before = counted(client, "automl", route, 404)
