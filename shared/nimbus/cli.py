@@ -52,7 +52,7 @@ def keys_new(
     scope: Annotated[list[str], typer.Option("--scope", help="admin, automl, events or read; repeat for several.")],
 ) -> None:
     """Print a new key (once: hand it to its holder) and the line to add to NIMBUS_API_KEYS or the secret."""
-    from nimbus.security import ApiKey
+    from nimbus.apikeys import ApiKey
 
     key, stored = ApiKey.create(name, scope)
     print(f"key: {key}")

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from nimbus.security import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
+from nimbus.apikeys import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
 
 
 class Settings(BaseSettings):

@@ -72,7 +72,7 @@ def _batch(settings: Settings, out: Console) -> None:
 
 def demo_key() -> str:
     """The key the demo calls the APIs with: NIMBUS_DEMO_KEY, else the local stack's key."""
-    from nimbus.security import LOCAL_KEY
+    from nimbus.apikeys import LOCAL_KEY
 
     return os.environ.get("NIMBUS_DEMO_KEY") or LOCAL_KEY
 

@@ -28,9 +28,9 @@ from nimbus.api.experiments import create_experiments_app
 from nimbus.api.health import create_health_app
 from nimbus.api.models import create_models_app
 from nimbus.api.recommend import create_recommend_app
+from nimbus.apikeys import LOCAL_KEY, ApiKey
 from nimbus.config import Settings, get_settings
 from nimbus.local.stack import free_port
-from nimbus.security import LOCAL_KEY, ApiKey
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

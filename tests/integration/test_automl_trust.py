@@ -351,7 +351,7 @@ def test_the_first_job_to_register_a_name_tags_it_with_its_owner(settings: Setti
 
 
 def test_a_key_reads_only_its_own_jobs_and_admin_reads_all(settings: Settings) -> None:
-    from nimbus.security import ApiKey
+    from nimbus.apikeys import ApiKey
 
     (alice, alice_entry), (bob, bob_entry) = ApiKey.create("alice", ["automl"]), ApiKey.create("bob", ["automl"])
     (ops, ops_entry) = ApiKey.create("ops", ["admin"])

@@ -8,18 +8,10 @@ import hashlib
 import pytest
 from pydantic import SecretStr
 
+from nimbus.apikeys import LOCAL_KEY, ApiKey, Cached, KeyRing, deployment_problems, is_loopback_url, parse_entries
 from nimbus.config import Settings
 from nimbus.errors import ConfigError
-from nimbus.security import (
-    LOCAL_KEY,
-    ApiKey,
-    Cached,
-    KeyRing,
-    check_deployable,
-    deployment_problems,
-    is_loopback_url,
-    parse_entries,
-)
+from nimbus.security import check_deployable
 
 
 def test_a_new_key_is_random_and_only_its_digest_is_stored() -> None:

@@ -16,7 +16,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from nimbus.api.common import SettingsDep
-from nimbus.security import Scope, keyring
+from nimbus.apikeys import Scope
+from nimbus.security import keyring
 
 # Routes anyone may call (prefix match for the ones ending in "/"): health, recommendations, and the
 # dashboard page with its static assets (the page asks for a read key before it loads any data).
