@@ -122,7 +122,10 @@ def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
     job = DocumentStore.for_settings(clean_stack).collection(Collections.AUTOML_JOBS).find_one({"_id": job_id})
     assert job["status"] == "succeeded", job.get("error")
     nodes = {row["node"] for row in job["leaderboard"]}
-    assert nodes == ray_cluster["nodes"], (nodes, ray_cluster["nodes"], job["timings"], done.stdout[-2000:])
+    # The trials ran on this cluster's nodes (not a fresh local Ray). Whether Tune spreads them over both
+    # nodes is Ray's scheduling, not a promise: a loaded fresh clone once put every trial on one warm node.
+    assert nodes and nodes <= ray_cluster["nodes"], (nodes, ray_cluster["nodes"], job["timings"],
+                                                     done.stdout[-2000:])
 
     import mlflow
 
