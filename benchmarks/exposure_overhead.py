@@ -58,6 +58,7 @@ def main() -> None:
 def run(settings: Settings, n: int, rounds: int) -> None:
     from nimbus.experiments.assignment import assign, bucket_ranges
     from nimbus.experiments.exposures import ExposureTracker, RunningExperiments
+    from nimbus.ids import RequestSigner
     from nimbus.recommend.bundle import MODEL_NAME
     from nimbus.recommend.data import generate
     from nimbus.recommend.featurize import compute_features
@@ -83,9 +84,10 @@ def run(settings: Settings, n: int, rounds: int) -> None:
     users = [str(u) for u in dataset.interactions["user_id"].unique()[:1000]]
     users = (users * (max(n, 100_000) // len(users) + 1))[:max(n, 100_000)]
 
-    base = Recommender(fast, live)
+    signer = RequestSigner.for_settings(settings)
+    base = Recommender(fast, live, signer)
     base.listeners.append(FeatureSampler(models, MODEL_NAME))
-    tracked = Recommender(fast, live)
+    tracked = Recommender(fast, live, signer)
     tracked.listeners.append(FeatureSampler(models, MODEL_NAME))
     experiment_store.claim_surface("recommendations", json.dumps({
         "id": "exp-bench", "name": "bench", "seed": "exp-bench",

@@ -50,6 +50,11 @@ def digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
 
+def grants(scopes: frozenset[str], scope: str) -> bool:
+    """Whether a key with ``scopes`` may do what needs ``scope`` (``admin`` implies every scope)."""
+    return "admin" in scopes or scope in scopes
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One stored key: who holds it, what it may do, and its SHA-256 (never the key)."""
@@ -59,7 +64,7 @@ class ApiKey:
     sha256: bytes
 
     def allows(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        return grants(self.scopes, scope)
 
     @property
     def entry(self) -> str:

@@ -36,11 +36,14 @@ def record(settings: Settings, action: str, subject: str, outcome: str, *, who: 
     return doc
 
 
-def history(settings: Settings, subject: str | None = None, action: str | None = None, limit: int = 50) -> list[dict]:
+def history(settings: Settings, subject: str | None = None, action: str | None = None,
+            limit: int | None = 50) -> list[dict]:
+    """Records, newest first (``limit`` None: all of them)."""
     query: dict[str, Any] = {}
     if subject:
         query["subject"] = subject
     if action:
         query["action"] = action
     cursor = DocumentStore.for_settings(settings).collection(Collections.AUDIT).find(query, {"_id": 0})
-    return list(cursor.sort("at", -1).limit(limit))
+    cursor = cursor.sort("at", -1)
+    return list(cursor if limit is None else cursor.limit(limit))

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nimbus.apikeys import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
 
+SECRET_SOURCE = r"^(ssm:/\S+|secretsmanager:\S+)$"  # where a secret lives in AWS (nimbus.stores.secrets)
+
 
 class Settings(BaseSettings):
     """Where every backend lives and how Nimbus talks to it."""
@@ -56,12 +58,12 @@ class Settings(BaseSettings):
                     "name:scope+scope:sha256hex, comma-separated (`nimbus keys new NAME --scope SCOPE` makes one). "
                     "The default is the local key, refused off the local stack.")
     api_keys_source: str | None = Field(
-        default=None, pattern=r"^(ssm:/\S+|secretsmanager:\S+)$",
+        default=None, pattern=SECRET_SOURCE,
         description="More keys, same format, from AWS: 'ssm:/nimbus/prod/api-keys' (a SecureString parameter) or "
                     "'secretsmanager:nimbus/prod/api-keys'; re-read every api_keys_cache_s seconds (rotation).")
     api_keys_cache_s: float = Field(default=300, ge=0, description="How long keys from api_keys_source are kept.")
     request_secret_source: str | None = Field(
-        default=None, pattern=r"^(ssm:/\S+|secretsmanager:\S+)$",
+        default=None, pattern=SECRET_SOURCE,
         description="Where the request secret lives on AWS ('ssm:/nimbus/prod/request-secret'); wins over "
                     "request_secret.")
     cors_origins: Annotated[list[str], NoDecode] = Field(

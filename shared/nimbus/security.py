@@ -10,8 +10,7 @@ from nimbus.apikeys import ApiKey, Cached, KeyRing, deployment_problems, parse_e
 from nimbus.config import Settings
 from nimbus.errors import ConfigError
 
-_rings_lock = threading.Lock()
-
+_lock = threading.Lock()  # guards both per-process caches below
 _rings: dict[tuple, Cached] = {}
 
 
@@ -20,7 +19,7 @@ def keyring(settings: Settings) -> KeyRing:
     ``api_keys_cache_s``), one cache per process and configuration."""
     ident = (tuple(k.entry for k in settings.api_keys), settings.api_keys_source, settings.aws_endpoint_url,
              settings.aws_region, settings.api_keys_cache_s)
-    with _rings_lock:
+    with _lock:
         cached = _rings.get(ident)
         if cached is None:
             def load() -> list[ApiKey]:
@@ -41,7 +40,7 @@ def request_secret(settings: Settings) -> bytes:
     if not settings.request_secret_source:
         return settings.request_secret.get_secret_value().encode()
     ident = (settings.request_secret_source, settings.aws_endpoint_url, settings.aws_region)
-    with _rings_lock:
+    with _lock:
         if ident not in _secrets:
             from nimbus.stores.secrets import read_secret
 
@@ -51,14 +50,11 @@ def request_secret(settings: Settings) -> bytes:
 
 def check_deployable(settings: Settings) -> None:
     """Raise ConfigError (one line) when this process must not serve: off the local stack with no keys,
-    the local key, or a secret still at its local default."""
-    defaults = {name: not getattr(settings, f"{name}_source", None)
-                and getattr(settings, name).get_secret_value() in (default, "")
-                for name, default in LOCAL_SECRETS.items()}
-    problems = deployment_problems(keyring(settings).keys, local=settings.local_stack, secrets_in_use=defaults)
+    the local key, or the request secret still at its local default (or empty) and no source for it."""
+    local_default = type(settings).model_fields["request_secret"].default.get_secret_value()
+    default_secret = (not settings.request_secret_source
+                      and settings.request_secret.get_secret_value() in (local_default, ""))
+    problems = deployment_problems(keyring(settings).keys, local=settings.local_stack,
+                                   secrets_in_use={"request_secret": default_secret})
     if problems:
         raise ConfigError("refusing to start off the local stack: " + "; ".join(problems))
-
-
-# Secret settings whose defaults work only on the local stack (name -> the local default).
-LOCAL_SECRETS: dict[str, str] = {"request_secret": "nimbus-local-request-secret"}

@@ -16,7 +16,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from nimbus.api.common import SettingsDep
-from nimbus.apikeys import Scope
+from nimbus.apikeys import Scope, grants
+from nimbus.config import Settings
 from nimbus.security import keyring
 
 # Routes anyone may call (prefix match for the ones ending in "/"): health, recommendations, and the
@@ -42,38 +43,38 @@ class Caller:
         return f"api-key:{self.name}"
 
     def allows(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        return grants(self.scopes, scope)
+
+
+def _identify(settings: Settings, key: str | None, token: HTTPAuthorizationCredentials | None) -> Caller | None:
+    """The caller a request's X-API-Key (or bearer token) names, or None."""
+    presented = key or (token.credentials if token else None)
+    # Starlette decodes headers as latin-1; back to the bytes that were sent, so any byte compares cleanly.
+    found = keyring(settings).identify(presented.encode("latin-1") if presented else None)
+    return Caller(found.name, found.scopes) if found is not None else None
 
 
 def require(scope: Scope) -> Callable[..., Caller]:
     """A dependency answering 401 without a known key and 403 when the key lacks ``scope``."""
 
-    def caller(request: Request, settings: SettingsDep,
-               key: Annotated[str | None, Depends(api_key_header)] = None,
+    def caller(settings: SettingsDep, key: Annotated[str | None, Depends(api_key_header)] = None,
                token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Caller:
-        # Starlette decodes headers as latin-1; back to the bytes that were sent, so any byte compares cleanly.
-        presented = key or (token.credentials if token else None)
-        found = keyring(settings).identify(presented.encode("latin-1") if presented else None)
+        found = _identify(settings, key, token)
         if found is None:
             raise HTTPException(401, "a valid API key is required (header X-API-Key)",
                                 headers={"WWW-Authenticate": 'Bearer realm="nimbus"'})
         if not found.allows(scope):
             raise HTTPException(403, f"API key {found.name!r} lacks the {scope!r} scope")
-        return Caller(found.name, found.scopes)
+        return found
 
     caller.__name__ = f"require_{scope}"
     return caller
 
 
-def optional_caller(request: Request, settings: SettingsDep) -> Caller | None:
+async def optional_caller(request: Request, settings: SettingsDep) -> Caller | None:
     """The caller of a public route, when it sent a known key (never a 401): public routes say more to a
-    caller with the ``read`` scope. Read from the headers directly, so OpenAPI keeps the route public."""
-    presented = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if not presented and auth[:7].lower() == "bearer ":
-        presented = auth[7:].strip()
-    found = keyring(settings).identify(presented.encode("latin-1") if presented else None)
-    return Caller(found.name, found.scopes) if found is not None else None
+    caller with the ``read`` scope. The schemes are called, not declared, so OpenAPI keeps the route public."""
+    return _identify(settings, await api_key_header(request), await bearer(request))
 
 
 OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]

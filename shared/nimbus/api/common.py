@@ -142,8 +142,6 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
     @app.exception_handler(pymongo.errors.ConnectionFailure)
     async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> JSONResponse:
         # Domain code reads MongoDB collections directly; an outage met there is still the store's 503.
-        unavailable = StoreUnavailable("mongodb", "mongodb", type(exc).__name__)
-        log.warning("mongodb unreachable on %s %s: %s", request.method, request.url.path, str(exc)[:300])
-        return JSONResponse({"detail": public_message(unavailable)}, status_code=503)
+        return await nimbus_error(request, StoreUnavailable("mongodb", "mongodb", str(exc)[:300]))
 
     return app

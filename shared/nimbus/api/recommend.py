@@ -84,7 +84,7 @@ class RecommendService:
         live.start()
         # The request path's own pool, with a short timeout: a slow Redis degrades, never stalls.
         fast = FeatureStore(self.settings.redis_url, self.settings.request_timeout_s)
-        recommender = Recommender(fast, live, signer=RequestSigner.for_settings(self.settings))
+        recommender = Recommender(fast, live, RequestSigner.for_settings(self.settings))
         experiment_store = ExperimentStore.for_settings(self.settings)
         experiments = RunningExperiments(experiment_store)
         experiments.start()

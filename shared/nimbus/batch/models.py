@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nimbus import governance
 from nimbus.config import Settings
 from nimbus.errors import Conflict, InvalidInput, NotFound
-from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.registry import Registry
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(@(?P<at>[A-Za-z0-9_.\-]+))?$")
@@ -63,31 +63,22 @@ class UntrustedModel(Conflict):
     """A registry version no audited promotion vouches for: batch will not unpickle it."""
 
 
-def _alias_moves(settings: Settings, name: str) -> list[dict]:
-    """The audited alias moves of ``name`` (``governance.move_alias`` records each), oldest first."""
-    docs = DocumentStore.for_settings(settings).collection(Collections.AUDIT).find(
-        {"subject": f"model:{name}", "outcome": "succeeded"}, {"_id": 0, "at": 1, "details": 1})
-    moves = [d for d in docs if isinstance(d.get("details"), dict) and d["details"].get("alias")
-             and d["details"].get("to") is not None]
-    return sorted(moves, key=lambda d: d["at"])
-
-
 def check_trusted(settings: Settings, ref: ModelRef, version: str) -> None:
     """Refuse a version no audited promotion vouches for.
 
     ``name@alias``: the alias's last audited move must have put it on ``version`` (an alias moved
     in MLflow directly, outside ``nimbus models promote``, is refused). ``name@version``: some
     audited move must have put an alias on that version once."""
-    moves = _alias_moves(settings, ref.name)
+    moves = governance.audited_moves(settings, ref.name)
     if ref.at.isdigit():
-        if not any(str(m["details"]["to"]) == version for m in moves):
+        if not any(str(m["to"]) == version for m in moves):
             raise UntrustedModel(f"model {ref.label}: version {version} was never promoted through the audited "
                                  f"path, so batch will not load it; promote it (`nimbus models promote {ref.name} "
                                  f"{version}`, or with --alias) to score it")
         return
-    last = [m for m in moves if m["details"]["alias"] == ref.at]
-    if not last or str(last[-1]["details"]["to"]) != version:
-        audited = f"its last audited move was to version {last[-1]['details']['to']}" if last else \
+    last = [m for m in moves if m["alias"] == ref.at]
+    if not last or str(last[-1]["to"]) != version:
+        audited = f"its last audited move was to version {last[-1]['to']}" if last else \
             "no audited move of it is on record"
         raise UntrustedModel(f"model {ref.label}: the alias points at version {version} in MLflow, but {audited} "
                              "(moved outside the audited path?), so batch will not load it; move it with "

@@ -105,15 +105,11 @@ Assigner = Callable[[str], "tuple[str, str, str] | None"]
 class Recommender:
     """Serves recommendations from the live state; one per process."""
 
-    def __init__(self, store: FeatureStore, live: LiveModels, breaker: Breaker | None = None,
-                 signer: RequestSigner | None = None) -> None:
+    def __init__(self, store: FeatureStore, live: LiveModels, signer: RequestSigner,
+                 breaker: Breaker | None = None) -> None:
         self.store = store
         self.live = live
         self.breaker = breaker or Breaker()
-        if signer is None:
-            from nimbus.config import get_settings
-
-            signer = RequestSigner.for_settings(get_settings())
         self.signer = signer  # signs each answer's request_id (see nimbus.ids)
         self.listeners: list[Listener] = []
         self.assigner: Assigner | None = None
