@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         default=None, pattern=r"^(auto|[^\s:/]+:\d+|ray://[^\s:/]+:\d+)$",
         description="None: a fresh local Ray; '127.0.0.1:6379' (a `ray start --head` GCS, host:port): join that "
                     "cluster; 'auto': the cluster `ray start` left on this machine; 'ray://host:10001': Ray Client.")
+    ray_jobs_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+        description="A Ray cluster's Jobs API (its dashboard address, e.g. http://127.0.0.1:8265): the API submits "
+                    "each AutoML job there as a Ray job (the runner runs on the cluster; cancel stops it). None: "
+                    "jobs run on this machine.")
+    ray_jobs_token: SecretStr | None = Field(
+        default=None, description="Bearer token of a Ray cluster with token authentication (the RAY_AUTH_TOKEN "
+                                  "its nodes were started with), sent to its Jobs API; None: no token, or Ray's "
+                                  "own when RAY_AUTH_MODE=token is set in this process.")
 
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(
         default_factory=lambda: [ApiKey.parse(LOCAL_ENTRY)],
@@ -151,7 +160,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
-                     "api_keys_source", "request_secret_source",
+                     "api_keys_source", "request_secret_source", "ray_jobs_url", "ray_jobs_token",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

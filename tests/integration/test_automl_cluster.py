@@ -1,24 +1,17 @@
-"""AutoML scaled out: a job on a real two-node Ray cluster started with `ray start` on this machine,
-reached by setting the Ray address only (NIMBUS_RAY_ADDRESS); its trials land on both nodes.
+"""AutoML scaled out, on a real two-node Ray cluster started with `ray start` on this machine
+(``tests/ray_cluster.py``: one cluster for the session, with token authentication and the Jobs API):
 
-The cluster is this test's own: its own ports, temp dirs and authentication token (Ray 2.x
-turns token authentication on for `ray start --head`; the token goes to the head, the worker
-and the driver through RAY_AUTH_TOKEN, so ~/.ray/auth_token and other Ray sessions on the
-machine are left alone). It is stopped by killing its own process sessions, never `ray stop`,
-which stops every Ray on the machine.
+* a job reached by setting the Ray address only (NIMBUS_RAY_ADDRESS): its trials land on the cluster;
+* a job submitted over HTTP with the Jobs API's address (NIMBUS_RAY_JOBS_URL): the API answers at
+  once and the job runs as a Ray job on the cluster (``nimbus.automl.cluster``); cancel stops it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,82 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 from sklearn.datasets import make_classification
 
-from nimbus.config import Settings
-from nimbus.local.stack import free_port
+from nimbus.config import Settings, get_settings
 from nimbus.stores.documents import Collections, DocumentStore
+from nimbus.stores.objects import ObjectStore
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-RAY = str(Path(sys.executable).with_name("ray"))
-NODES_SCRIPT = "import json, ray; ray.init(address={address!r}, log_to_driver=False); " \
-               "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes of one session (a `ray start` run with start_new_session: it and every daemon it left)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:  # after the command: state, ppid, pgrp, session
-                pids.append(int(entry.name))
-    return pids
-
-
-def stop_sessions(sids: list[int], grace_s: float = 10) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for sid in sids:
-            for pid in session_pids(sid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(session_pids(sid) for sid in sids):
-            time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[dict]:
-    """Two Ray nodes of one CPU each on loopback: `ray start --head`, then `ray start --address`."""
-    temp = Path(tempfile.mkdtemp(prefix="nimbus-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-               "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    env = {**os.environ, **ray_env}
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    commands = [
-        [RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", str(temp / "head"),
-         "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-         "--ray-client-server-port", str(free_port()), "--disable-usage-stats"],
-        [RAY, "start", "--address", address, "--num-cpus", "1", "--temp-dir", str(temp / "worker"),
-         "--disable-usage-stats"],
-    ]
-    sids: list[int] = []
-    try:
-        for command in commands:
-            proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            sids.append(proc.pid)
-            output, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, f"{' '.join(command)} failed:\n{output[-3000:]}"
-        deadline = time.monotonic() + 60
-        nodes: list[str] = []
-        while len(nodes) < 2 and time.monotonic() < deadline:  # the worker node registers with the head
-            done = subprocess.run([sys.executable, "-c", NODES_SCRIPT.format(address=address)], env=env,
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stderr[-3000:]
-            nodes = json.loads(done.stdout.strip().splitlines()[-1])
-        assert len(nodes) == 2, nodes
-        yield {"address": address, "env": ray_env, "nodes": set(nodes)}
-    finally:
-        stop_sessions(sids)
-        shutil.rmtree(temp, ignore_errors=True)
+KEY = {"X-API-Key": "nimbus-local-key"}  # the local stack's key (admin: every scope)
+ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
@@ -133,3 +61,95 @@ def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
     model = mlflow.pyfunc.load_model(f"models:/{job['model']['name']}/{job['model']['version']}")
     predictions = model.predict(frame.drop(columns=["target"]).head(20))
     assert set(np.asarray(predictions).tolist()) <= {"benign", "malignant"}
+
+
+# ---- through the Jobs API ----------------------------------------------------------------------
+@pytest.fixture
+def jobs_client(clean_stack: Settings, ray_cluster: dict, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The automl function's app with the cluster's Jobs API address and token in its settings."""
+    from nimbus.api.automl import create_automl_app
+
+    monkeypatch.setenv("NIMBUS_RAY_JOBS_URL", ray_cluster["jobs_url"])
+    monkeypatch.setenv("NIMBUS_RAY_JOBS_TOKEN", ray_cluster["token"])
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_automl_app(), headers=KEY) as client:
+            yield client
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def ray_jobs(ray_cluster: dict):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(ray_cluster["jobs_url"], headers={"Authorization": f"Bearer {ray_cluster['token']}"})
+
+
+def small_dataset(settings: Settings, rows: int = 3000) -> str:
+    x, y = make_classification(rows, 8, n_informative=5, random_state=1)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)]).assign(target=np.where(y == 1, "yes", "no"))
+    key = "datasets/cluster.csv"
+    ObjectStore.for_settings(settings).put_bytes(settings.data_bucket, key, frame.to_csv(index=False).encode())
+    return f"s3://{settings.data_bucket}/{key}"
+
+
+def wait_for(check, what: str, deadline_s: float = 300):
+    """Poll until ``check()`` is truthy; only a really stuck run fails the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def test_an_api_job_runs_as_a_ray_job_on_the_cluster(jobs_client: TestClient, clean_stack: Settings,
+                                                      ray_cluster: dict) -> None:
+    submitted = time.monotonic()
+    accepted = jobs_client.post("/automl/jobs", json={"dataset": small_dataset(clean_stack), "target": "target",
+                                                      "budget_s": 15, "max_trials": 6})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    sid = jobs_client.get(f"/automl/jobs/{job_id}").json()["ray_submission_id"]
+    assert sid == f"nimbus-automl-{job_id}"
+    client = ray_jobs(ray_cluster)
+    assert sid in {job.submission_id for job in client.list_jobs()}
+    status = wait_for(lambda: (s := client.get_job_status(sid).value) in ENDED and s, f"Ray job {sid}")
+    elapsed = time.monotonic() - submitted
+    logs = client.get_job_logs(sid)
+    assert status == "SUCCEEDED", logs[-3000:]
+
+    job = jobs_client.get(f"/automl/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["model"]["name"] == f"automl-{job_id}" and job["model"]["version"] == "1"
+    leaderboard = jobs_client.get(f"/automl/jobs/{job_id}/leaderboard").json()
+    nodes = {row["node"] for row in leaderboard}
+    assert nodes and nodes <= ray_cluster["nodes"], (nodes, ray_cluster["nodes"])
+    print(f"\nRay job {sid}: {status}; {job['trials']} trials on {len(nodes)} of {len(ray_cluster['nodes'])} "
+          f"nodes; submit -> {status} {elapsed:.1f} s")
+
+    # A second submit of the same job is the same Ray job, not a second run.
+    from nimbus.automl.cluster import submit
+
+    assert submit(get_settings(), job_id) == sid
+    assert [j.submission_id for j in client.list_jobs()].count(sid) == 1
+
+
+def test_an_unreachable_cluster_fails_the_submit_with_a_503_and_frees_the_slot(
+        clean_stack: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nimbus.api.automl import create_automl_app
+    from nimbus.local.stack import free_port
+
+    monkeypatch.setenv("NIMBUS_RAY_JOBS_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_automl_app(), headers=KEY) as client:
+            answer = client.post("/automl/jobs", json={"dataset": small_dataset(clean_stack, 300),
+                                                       "target": "target", "budget_s": 15})
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert answer.status_code == 503, answer.text
+    assert "ray jobs" in answer.json()["detail"] and "127.0.0.1" not in answer.json()["detail"]
+    job = DocumentStore.for_settings(clean_stack).collection(Collections.AUTOML_JOBS).find_one({})
+    assert job["status"] == "failed" and "slot" not in job and "ray_submission_id" not in job

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from nimbus.api.auth import AUTH_ERRORS, AutomlKey, Caller
 from nimbus.api.common import SettingsDep, create_app
+from nimbus.automl.cluster import dispatch
 from nimbus.automl.inputs import store_upload
 from nimbus.automl.jobs import JobRequest, compare, get_job, public_job, submit
-from nimbus.automl.runner import run_in_background
 from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
 
@@ -34,6 +34,8 @@ class JobPublic(BaseModel):
     model: dict[str, Any] | None = None
     exports: dict[str, str] | None = None
     error: str | None = Field(default=None, description="Why a failed job failed, without data values or paths.")
+    ray_submission_id: str | None = Field(default=None, description="The Ray job running it, when submitted to a "
+                                          "Ray cluster (`ray_jobs_url`).", examples=["nimbus-automl-3f2a9c0d11be"])
     elapsed_s: float | None = None
     timings: dict[str, float] | None = None
     budget: dict[str, float] | None = Field(default=None, description="The job's budget and its reserves, seconds: "
@@ -82,11 +84,14 @@ def create_automl_app() -> FastAPI:
                              "s3://<data bucket>/datasets/...; the budget at most `automl_max_budget_s`; "
                              "at most `automl_max_columns` columns of at most `automl_max_row_bytes` a row."},
         409: {"description": "The caller already has `automl_max_running_jobs` jobs queued or running, or the "
-                             "named model (always automl-...) is registered by another owner's jobs."}})
+                             "named model (always automl-...) is registered by another owner's jobs."},
+        503: {"description": "A store, or the Ray cluster of `ray_jobs_url`, is unavailable; a job the cluster "
+                             "did not take ends failed (submit it again)."}})
     def create_job(body: JobRequest, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
-        """Check the dataset, queue the job and start it; answers at once with the job id."""
+        """Check the dataset, queue the job and start it (on the Ray cluster of `ray_jobs_url` when set);
+        answers at once with the job id."""
         doc = submit(settings, body, owner=caller.name)  # the key's name: its quota, its jobs
-        run_in_background(settings, doc["_id"])
+        dispatch(settings, doc["_id"])
         return {"job_id": doc["_id"], "status": doc["status"], "task": doc["profile"]["task"],
                 "metric": doc["metric"]}
 

@@ -1,0 +1,162 @@
+"""AutoML jobs on a Ray cluster, through its Job Submission API (``ray.job_submission``).
+
+With ``ray_jobs_url`` set, the API only submits and reads: :func:`submit` hands the queued job to
+the cluster as a Ray job whose entrypoint is the Nimbus runner (``python -m nimbus.cli automl
+worker --job ID``), which claims that job, searches on the cluster it runs on and exits. No
+function has to stay alive for the search (a Lambda answers in milliseconds); :func:`stop` ends
+the Ray job when the job is cancelled. Without the setting, :func:`dispatch` runs the job here.
+
+The Ray job's submission id is derived from the job id, so a retried submit is idempotent: Ray
+refuses a second job under that id and the job counts as submitted. The runner gets the store
+settings it needs (MongoDB, S3, MLflow) as the Ray job's environment; they are never logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nimbus.automl.jobs import finish, get_job, update
+from nimbus.config import Settings
+from nimbus.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+log = logging.getLogger("nimbus.automl.cluster")
+SUBMISSION_PREFIX = "nimbus-automl-"
+STORE = "ray jobs"
+# What the runner on the cluster reads: where the job's record, data, artifacts and models live,
+# and the limits its data checks apply. An unset one is passed empty (None there too, not the local default).
+RUNNER_SETTINGS = ("mongo_url", "mongo_db", "aws_endpoint_url", "aws_region", "data_bucket", "artifacts_bucket",
+                   "mlflow_tracking_uri", "mlflow_registry_uri", "store_timeout_s", "automl_memory_mb",
+                   "automl_max_columns", "automl_max_row_bytes")
+
+
+def submission_id(job_id: str) -> str:
+    """The Ray job's id for an AutoML job: one Ray job per AutoML job, whoever submits it."""
+    return f"{SUBMISSION_PREFIX}{job_id}"
+
+
+def entrypoint(job_id: str) -> str:
+    """The shell command the cluster runs: the Nimbus runner, for exactly this job."""
+    return f"python -m nimbus.cli automl worker --job {shlex.quote(job_id)}"
+
+
+def runner_env(settings: Settings) -> dict[str, str]:
+    """The Ray job's environment: the store settings of this process, and Ray = the cluster it runs on."""
+    env = {f"NIMBUS_{name.upper()}": "" if getattr(settings, name) is None else str(getattr(settings, name))
+           for name in RUNNER_SETTINGS}
+    env["NIMBUS_RAY_ADDRESS"] = "auto"  # a Ray job's driver finds its cluster in RAY_ADDRESS
+    return env
+
+
+def client(settings: Settings) -> JobSubmissionClient:
+    """A client of the cluster's Jobs API (it checks the connection and Ray's version)."""
+    if not settings.ray_jobs_url:
+        raise StoreUnavailable(STORE, "(none)", "NIMBUS_RAY_JOBS_URL is not set")
+    # The SDK logs each request's JSON (the runner's environment) at debug level: never here.
+    logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.INFO)
+    from ray.job_submission import JobSubmissionClient
+
+    token = settings.ray_jobs_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else None
+    try:
+        return JobSubmissionClient(settings.ray_jobs_url, headers=headers)
+    except Exception as exc:  # connection refused, 401/403, a version mismatch: the cluster is not usable
+        raise _unavailable(settings, exc) from exc
+
+
+def _unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(STORE, str(settings.ray_jobs_url), f"{type(exc).__name__}: {str(exc)[:300]}",
+                            "the job was not started; submit it again")
+
+
+def submit(settings: Settings, job_id: str) -> str:
+    """Hand a queued job to the cluster; its Ray submission id, recorded on the job as ``ray_submission_id``.
+
+    Idempotent: a job already submitted (by this call before, or by another process) is not submitted
+    again. When the cluster cannot take it, the job ends ``failed`` (its slot freed) and
+    StoreUnavailable says so."""
+    sid = submission_id(job_id)
+    jobs_api = _client_or_fail(settings, job_id)
+    try:
+        jobs_api.submit_job(entrypoint=entrypoint(job_id), submission_id=sid,
+                            runtime_env={"env_vars": runner_env(settings)},
+                            metadata={"nimbus_job": job_id}, entrypoint_num_cpus=0)
+    except Exception as exc:  # Ray refuses a second job under one id: then it is submitted
+        if _exists(jobs_api, sid):
+            log.info("AutoML job %s was already submitted to the Ray cluster as %s", job_id, sid)
+        else:
+            _fail(settings, job_id, exc)
+            raise _unavailable(settings, exc) from exc
+    update(settings, job_id, {"ray_submission_id": sid})
+    log.info("AutoML job %s submitted to the Ray cluster as %s", job_id, sid)
+    return sid
+
+
+def _client_or_fail(settings: Settings, job_id: str) -> JobSubmissionClient:
+    try:
+        return client(settings)
+    except StoreUnavailable as exc:
+        _fail(settings, job_id, exc)
+        raise
+
+
+def _fail(settings: Settings, job_id: str, exc: BaseException) -> None:
+    """A job the cluster did not take ends here (no runner will ever claim it)."""
+    finish(settings, job_id, {"status": "failed", "error": "the Ray cluster did not take the job; submit it again",
+                              "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+                              "finished_at": datetime.now(UTC)})
+
+
+def _exists(jobs_api: JobSubmissionClient, sid: str) -> bool:
+    try:
+        jobs_api.get_job_info(sid)
+    except Exception:  # noqa: BLE001 - "does not exist", or the cluster went away meanwhile
+        return False
+    return True
+
+
+def stop(settings: Settings, sid: str) -> bool:
+    """Ask the cluster to stop a Ray job (SIGTERM, then SIGKILL); True when it was still running."""
+    try:
+        return bool(client(settings).stop_job(sid))
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # the job does not exist there, or the request failed
+        raise _unavailable(settings, exc) from exc
+
+
+def status(settings: Settings, sid: str) -> str:
+    """The Ray job's status: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+    try:
+        return str(client(settings).get_job_status(sid).value)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # a refused request or a lost cluster
+        raise _unavailable(settings, exc) from exc
+
+
+def dispatch(settings: Settings, job_id: str) -> str | None:
+    """Start a queued job where it runs: on the Ray cluster when ``ray_jobs_url`` is set (its
+    submission id), else on this machine (None)."""
+    if settings.ray_jobs_url:
+        return submit(settings, job_id)
+    from nimbus.automl.runner import run_in_background
+
+    run_in_background(settings, job_id)
+    return None
+
+
+def on_cancel(settings: Settings, job: dict[str, Any] | str) -> bool:
+    """After a job was marked cancelled: stop its Ray job, when it has one (True when one was stopped)."""
+    doc = get_job(settings, job) if isinstance(job, str) else job
+    sid = doc.get("ray_submission_id")
+    if not sid or not settings.ray_jobs_url:
+        return False
+    stopped = stop(settings, sid)
+    log.info("AutoML job %s cancelled: Ray job %s %s", doc["_id"], sid, "stopped" if stopped else "had already ended")
+    return stopped
