@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         default=None, description="Bearer token of a Ray cluster with token authentication (the RAY_AUTH_TOKEN "
                                   "its nodes were started with), sent to its Jobs API; None: no token, or Ray's "
                                   "own when RAY_AUTH_MODE=token is set in this process.")
+    ray_jobs_token_source: str | None = Field(
+        default=None, pattern=SECRET_SOURCE,
+        description="Where that token lives on AWS ('ssm:/nimbus/prod/ray-auth-token'); wins over ray_jobs_token.")
 
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(
         default_factory=lambda: [ApiKey.parse(LOCAL_ENTRY)],
@@ -161,6 +164,7 @@ class Settings(BaseSettings):
 
     @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
                      "api_keys_source", "request_secret_source", "ray_jobs_url", "ray_jobs_token",
+                     "ray_jobs_token_source",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

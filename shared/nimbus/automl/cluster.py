@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nimbus.automl.jobs import finish, get_job, update
 from nimbus.config import Settings
-from nimbus.errors import StoreUnavailable
+from nimbus.errors import NimbusError, StoreUnavailable
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -61,12 +61,21 @@ def client(settings: Settings) -> JobSubmissionClient:
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.INFO)
     from ray.job_submission import JobSubmissionClient
 
-    token = settings.ray_jobs_token
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else None
+    token = _token(settings)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(settings.ray_jobs_url, headers=headers)
     except Exception as exc:  # connection refused, 401/403, a version mismatch: the cluster is not usable
         raise _unavailable(settings, exc) from exc
+
+
+def _token(settings: Settings) -> str | None:
+    """The cluster's token: from ``ray_jobs_token_source`` (AWS SSM / Secrets Manager) or the setting."""
+    if settings.ray_jobs_token_source:
+        from nimbus.stores.secrets import read_secret
+
+        return read_secret(settings, settings.ray_jobs_token_source).strip()
+    return settings.ray_jobs_token.get_secret_value() if settings.ray_jobs_token is not None else None
 
 
 def _unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
@@ -100,7 +109,7 @@ def submit(settings: Settings, job_id: str) -> str:
 def _client_or_fail(settings: Settings, job_id: str) -> JobSubmissionClient:
     try:
         return client(settings)
-    except StoreUnavailable as exc:
+    except NimbusError as exc:  # unreachable, or its token missing: no runner will ever claim the job
         _fail(settings, job_id, exc)
         raise
 
