@@ -425,6 +425,8 @@ def automl_run(
 @automl_app.command("worker")
 def automl_worker(
     once: Annotated[bool, typer.Option(help="Run the queued jobs, then stop.")] = False,
+    job: Annotated[str | None, typer.Option(help="Claim and run exactly this queued job, then exit: 0 when it "
+                                                 "succeeded, 1 otherwise (a Ray job's entrypoint).")] = None,
 ) -> None:
     """Run queued jobs (submitted through the API of a function that cannot run them itself)."""
     import time as _time
@@ -433,6 +435,13 @@ def automl_worker(
     from nimbus.automl.runner import run_once
 
     settings = get_settings()
+    if job is not None:
+        if claim_queued(settings, job) is None:
+            out.print(f"job {job} is not queued (unknown, or another runner has it)")
+            raise typer.Exit(1)
+        out.print(f"running job {job}")
+        run_once(settings, job)  # a failed job: NimbusError, printed in one line, exit 1
+        return
     while True:
         job = claim_queued(settings)
         if job is None:

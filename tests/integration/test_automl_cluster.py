@@ -105,9 +105,11 @@ def wait_for(check, what: str, deadline_s: float = 300):
 
 def test_an_api_job_runs_as_a_ray_job_on_the_cluster(jobs_client: TestClient, clean_stack: Settings,
                                                       ray_cluster: dict) -> None:
+    # 40 s: the search's share must cover starting trial actors on both nodes of a loaded machine
+    # (with 15 s no trial had reported when the search's time was up).
     submitted = time.monotonic()
     accepted = jobs_client.post("/automl/jobs", json={"dataset": small_dataset(clean_stack), "target": "target",
-                                                      "budget_s": 15, "max_trials": 6})
+                                                      "budget_s": 40, "max_trials": 6})
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
     sid = jobs_client.get(f"/automl/jobs/{job_id}").json()["ray_submission_id"]

@@ -197,9 +197,10 @@ def update(settings: Settings, job_id: str, fields: dict[str, Any]) -> None:
     jobs(settings).update_one({"_id": job_id}, {"$set": fields})
 
 
-def claim_queued(settings: Settings) -> dict[str, Any] | None:
-    """The oldest queued job, now marked running (for a worker); None when none is queued."""
-    return jobs(settings).find_one_and_update({"status": "queued"}, {"$set": {"status": "running"}},
+def claim_queued(settings: Settings, job_id: str | None = None) -> dict[str, Any] | None:
+    """The oldest queued job (or ``job_id``, when queued), now marked running (for a worker); None when none is."""
+    query: dict[str, Any] = {"status": "queued"} if job_id is None else {"_id": job_id, "status": "queued"}
+    return jobs(settings).find_one_and_update(query, {"$set": {"status": "running"}},
                                               sort=[("created_at", ASCENDING)], return_document=ReturnDocument.AFTER)
 
 
