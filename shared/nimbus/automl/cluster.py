@@ -18,7 +18,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from nimbus.automl.jobs import finish, get_job, update
+from nimbus.automl.jobs import get_job, jobs, update
 from nimbus.config import Settings
 from nimbus.errors import NimbusError, StoreUnavailable
 
@@ -96,13 +96,13 @@ def submit(settings: Settings, job_id: str) -> str:
                             runtime_env={"env_vars": runner_env(settings)},
                             metadata={"nimbus_job": job_id}, entrypoint_num_cpus=0)
     except Exception as exc:  # Ray refuses a second job under one id: then it is submitted
-        if _exists(jobs_api, sid):
-            log.info("AutoML job %s was already submitted to the Ray cluster as %s", job_id, sid)
-        else:
+        if not _exists(jobs_api, sid):
             _fail(settings, job_id, exc)
             raise _unavailable(settings, exc) from exc
+        log.info("AutoML job %s was already submitted to the Ray cluster as %s", job_id, sid)
+    else:
+        log.info("AutoML job %s submitted to the Ray cluster as %s", job_id, sid)
     update(settings, job_id, {"ray_submission_id": sid})
-    log.info("AutoML job %s submitted to the Ray cluster as %s", job_id, sid)
     return sid
 
 
@@ -115,10 +115,11 @@ def _client_or_fail(settings: Settings, job_id: str) -> JobSubmissionClient:
 
 
 def _fail(settings: Settings, job_id: str, exc: BaseException) -> None:
-    """A job the cluster did not take ends here (no runner will ever claim it)."""
-    finish(settings, job_id, {"status": "failed", "error": "the Ray cluster did not take the job; submit it again",
-                              "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}",
-                              "finished_at": datetime.now(UTC)})
+    """A job the cluster did not take ends here (no runner will ever claim it); only while it is still
+    queued: a retried submit of a job that runs or ran leaves it alone."""
+    fields = {"status": "failed", "error": "the Ray cluster did not take the job; submit it again",
+              "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}", "finished_at": datetime.now(UTC)}
+    jobs(settings).update_one({"_id": job_id, "status": "queued"}, {"$set": fields, "$unset": {"slot": ""}})
 
 
 def _exists(jobs_api: JobSubmissionClient, sid: str) -> bool:
