@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nimbus.config import Settings
+from nimbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,6 +27,13 @@ def log_path(settings: Settings) -> Path:
 
 
 def spark_session(settings: Settings) -> SparkSession:
+    if settings.spark_remote:  # Spark Connect: a gRPC client, no JVM in this process
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.remote(settings.spark_remote).getOrCreate()
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        raise ConfigError("batch on Lambda needs NIMBUS_SPARK_REMOTE=sc://host:15002 (a Spark Connect server); "
+                          "a Lambda cannot run the Spark driver")
     # Executors must run this interpreter (same Python, same packages); loopback only here.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
