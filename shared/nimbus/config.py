@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     mlflow_registry_uri: str | None = None
 
     spark_master: str = "local[*]"
+    spark_remote: str | None = Field(
+        default=None, pattern=r"^sc://[^\s/]+:\d+(/.*)?$",
+        description="A Spark Connect server (sc://host:15002): the batch job runs there and this process is "
+                    "only its client. None: spark_master (local[*] or spark://) with a driver JVM here.")
     spark_driver_memory: str = Field(default="2g", pattern=r"^\d+[kmgtKMGT]?$",
                                      description="Heap of the Spark driver JVM (spark.driver.memory), e.g. 2g.")
     ray_address: str | None = Field(
@@ -162,8 +166,8 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "actor",
-                     "api_keys_source", "request_secret_source", "ray_jobs_url", "ray_jobs_token",
+    @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "spark_remote",
+                     "actor", "api_keys_source", "request_secret_source", "ray_jobs_url", "ray_jobs_token",
                      "ray_jobs_token_source",
                      mode="before")
     @classmethod

@@ -218,7 +218,7 @@ class BatchJob:
 
     # -- step 3: the scoring pass --
     def score(self, key: str) -> dict[str, Any]:
-        from nimbus.batch.spark import spark_session
+        from nimbus.batch.spark import map_items, spark_session
 
         doc = self._doc(key)
         models = [describe(self.settings, name, version) for name, version in doc["models"].items()]
@@ -231,13 +231,12 @@ class BatchJob:
         except InvalidInput as exc:  # a .csv.gz past the decompressed-size limit
             self._refuse(key, exc)
         spark = spark_session(self.settings)
-        estimators = spark.sparkContext.broadcast(payloads(self.settings, models))
+        estimators = payloads(self.settings, models)  # in the task's closure: Spark Connect has no broadcast
         fs, schema = self.fs, self.schema
 
         self.say(f"scoring {len(splits)} splits with {', '.join(f'{m.name} v{m.version}' for m in models)}")
-        parts = spark.sparkContext.parallelize(splits, max(1, len(splits))).mapPartitions(
-            lambda items: score_splits(items, estimators.value, fs, schema, models, folders, key, duplicates)).collect()
-        estimators.unpersist()
+        parts = map_items(spark, splits, lambda items: score_splits(items, estimators, fs, schema, models, folders,
+                                                                       key, duplicates))
         total = merge(parts)
         if total["records"] != total["scored"] + total["quarantined"]:
             raise NimbusError(f"counts do not reconcile: {total['records']} != {total['scored']} + "

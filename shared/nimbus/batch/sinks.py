@@ -68,8 +68,9 @@ def write_mongodb(spark: SparkSession, settings: Settings, parts: list[S3Uri], i
     """One Spark task per scored part inserts its records into ``batch_predictions``."""
     fs = FsConfig.from_settings(settings)
     uris = [str(p) for p in parts]
-    counts = spark.sparkContext.parallelize(uris, max(1, len(uris))).map(
-        lambda uri: insert_part(uri, settings, fs, id_column, models)).collect()
+    from nimbus.batch.spark import map_items
+
+    counts = map_items(spark, uris, lambda items: [insert_part(u, settings, fs, id_column, models) for u in items])
     return {"inserted": sum(c[0] for c in counts), "duplicates": sum(c[1] for c in counts)}
 
 

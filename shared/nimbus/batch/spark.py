@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nimbus.config import Settings
+from nimbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,6 +28,13 @@ def log_path(settings: Settings) -> Path:
 
 
 def spark_session(settings: Settings) -> SparkSession:
+    if settings.spark_remote:  # Spark Connect: a gRPC client, no JVM in this process
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.remote(settings.spark_remote).getOrCreate()
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        raise ConfigError("batch on Lambda needs NIMBUS_SPARK_REMOTE=sc://host:15002 (a Spark Connect server); "
+                          "a Lambda cannot run the Spark driver")
     # Executors must run this interpreter (same Python, same packages); loopback only here.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -57,3 +66,23 @@ def spark_session(settings: Settings) -> SparkSession:
         context = SparkContext(conf=conf, gateway=gateway)
         context.setLogLevel("ERROR")
         return SparkSession.builder.config(conf=conf).getOrCreate()
+
+
+def map_items(spark: SparkSession, items: Sequence[Any], work: Callable[[list[Any]], Iterable[Any]]) -> list[Any]:
+    """Run ``work`` over ``items``, one item per Spark task, with DataFrame operations only (Spark Connect has
+    no RDD, no broadcast): a ``range`` of item indexes, one per partition, then ``mapInArrow``; ``items`` and
+    whatever ``work`` closes over travel in the pickled function. Returns what ``work`` yielded, in order."""
+    import pickle
+
+    def task(batches):
+        import pyarrow as pa
+
+        indexes = [i for batch in batches for i in batch.column(0).to_pylist()]
+        if indexes:
+            results = [pickle.dumps((i, r)) for i, r in zip(indexes, work([items[i] for i in indexes]))]
+            yield pa.RecordBatch.from_arrays([pa.array(results, pa.binary())], names=["result"])
+
+    if not items:
+        return []
+    rows = spark.range(0, len(items), 1, len(items)).mapInArrow(task, "result binary").collect()
+    return [r for _, r in sorted((pickle.loads(row["result"]) for row in rows), key=lambda pair: pair[0])]
