@@ -65,7 +65,7 @@ def node_ports() -> list[str]:
     return [part for option in options for part in (option, str(free_port()))]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after the module that asked: an idle cluster must not load later tests
 def ray_cluster() -> Iterator[dict]:
     """Two Ray nodes of one CPU each on loopback: `ray start --head` with the dashboard (the Jobs API),
     then `ray start --address`. Yields the GCS address, the Jobs API URL, the env the cluster's clients
