@@ -140,16 +140,6 @@ def stop(settings: Settings, sid: str) -> bool:
         raise _unavailable(settings, exc) from exc
 
 
-def status(settings: Settings, sid: str) -> str:
-    """The Ray job's status: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
-    try:
-        return str(client(settings).get_job_status(sid).value)
-    except StoreUnavailable:
-        raise
-    except Exception as exc:  # a refused request or a lost cluster
-        raise _unavailable(settings, exc) from exc
-
-
 def dispatch(settings: Settings, job_id: str) -> str | None:
     """Start a queued job where it runs: on the Ray cluster when ``ray_jobs_url`` is set (its
     submission id), else on this machine (None)."""
