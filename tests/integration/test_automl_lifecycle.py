@@ -227,3 +227,25 @@ def test_a_job_cancelled_while_queued_is_refused_by_a_runner(settings: Settings,
     with pytest.raises(Conflict, match="not queued"):
         run_job(settings, job_id)
     assert get_job(settings, job_id)["status"] == "cancelled"
+
+
+def test_the_automl_functions_schedule_requeues_jobs_whose_runner_died(clean_stack: Settings, dataset: str) -> None:
+    """The sweep as AWS runs it: an EventBridge schedule event to the automl function's handler."""
+    import json
+
+    from nimbus.local.invoke import Invoker
+    from nimbus.local.serverless import load_project
+
+    [job_id] = queue(clean_stack, dataset, 1)
+    claim(clean_stack, "vanished-runner", job_id, now=datetime.now(UTC) - timedelta(minutes=5))  # long lapsed
+    event = json.loads((clean_stack.project_root / "tests/data/events/eventbridge_scheduled.json").read_text())
+    event["resources"] = ["arn:aws:events:us-east-1:123456789012:rule/nimbus-automl-sweep"]
+    invoker = Invoker(load_project(clean_stack.project_root))
+    try:
+        result = invoker.invoke("automl", event)
+    finally:
+        invoker.close()
+    assert result.ok, result.payload
+    assert result.payload == {"rule": "nimbus-automl-sweep", "requeued": [job_id], "resubmitted": []}
+    doc = get_job(clean_stack, job_id)
+    assert doc["status"] == "queued" and doc["lost_runners"][0]["runner"] == "vanished-runner"
