@@ -83,11 +83,12 @@ def versions(settings: Settings, job_id: str) -> list[str]:
 def test_a_runner_killed_mid_search_loses_its_lease_and_the_job_succeeds_once(clean_stack: Settings,
                                                                              tmp_path: Path) -> None:
     lease = {"NIMBUS_AUTOML_LEASE_S": "3"}  # a heartbeat every second; a dead runner's lease lapses in 3 s
-    [job_id] = queue(clean_stack, 1, budget_s=45)
+    [job_id] = queue(clean_stack, 1, budget_s=60)
     first = worker(tmp_path, "first", env=lease)
     try:
-        wait_for(lambda: (get_job(clean_stack, job_id).get("progress") or {}).get("trials", 0) >= 1,
-                 "the first runner's first trial")
+        # Mid-search: Ray is up and Tune has been handed the search (its share of the budget recorded),
+        # whether or not a trial has reported yet on a busy machine.
+        wait_for(lambda: "search_s" in (get_job(clean_stack, job_id).get("budget") or {}), "the first runner's search")
         held = get_job(clean_stack, job_id)
         assert held["status"] == "running" and held["attempts"] == 1
         os.kill(first.pid, signal.SIGKILL)  # mid-search: no chance to clean up
@@ -113,7 +114,7 @@ def test_a_runner_killed_mid_search_loses_its_lease_and_the_job_succeeds_once(cl
     assert doc["lost_runners"][0]["runner"] == held["runner"] != doc["runner"]
     assert versions(clean_stack, job_id) == [doc["model"]["version"]]  # one registered version
     noticed = doc["lost_runners"][0]["noticed_at"].replace(tzinfo=UTC)
-    print(f"\nSIGKILL at trial {held['progress']['trials']}; requeued {(noticed - killed_at).total_seconds():.1f} s "
+    print(f"\nSIGKILL mid-search at trial {held['progress']['trials']}; requeued {(noticed - killed_at).total_seconds():.1f} s "
           f"after the kill (3 s lease), attempt 2 succeeded with {doc['trials']} trials; "
           f"registered versions: {versions(clean_stack, job_id)}")
 
