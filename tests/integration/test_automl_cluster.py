@@ -179,3 +179,31 @@ def test_cancelling_a_running_cluster_job_stops_its_ray_job(jobs_client: TestCli
     print(f"\nRay job {sid}: {status} {time.monotonic() - cancelled:.1f} s after cancel, at "
           f"{job['progress']['trials']} trials; job document: {job['status']}")
     assert jobs_client.post(f"/automl/jobs/{job_id}/cancel").status_code == 409  # already ended
+
+
+def test_a_cluster_job_whose_runner_died_is_requeued_and_resubmitted_by_the_sweep(
+        jobs_client: TestClient, clean_stack: Settings, ray_cluster: dict) -> None:
+    """The automl function's schedule on AWS: a job whose Ray driver died (its lease lapsed) goes back to the
+    queue and to the cluster as a new Ray job of its own (attempt 2), which runs it to the end."""
+    from datetime import UTC, datetime, timedelta
+
+    from nimbus.automl.cluster import submission_id, sweep
+    from nimbus.automl.jobs import JobRequest, claim, get_job, submit, update
+
+    settings = get_settings()  # the jobs_client's: the cluster's Jobs API and token
+    job = submit(settings, JobRequest(dataset=small_dataset(clean_stack), target="target", budget_s=40), owner="local")
+    job_id = job["_id"]
+    # As if attempt 1 had been submitted and its driver had died long ago: a claim whose lease lapsed.
+    update(settings, job_id, {"ray_submission_id": submission_id(job_id)})
+    claim(settings, "raylet-that-died", job_id, now=datetime.now(UTC) - timedelta(minutes=10))
+    swept = sweep(settings)
+    assert swept == {"requeued": [job_id], "resubmitted": [f"nimbus-automl-{job_id}-r1"]}
+    assert sweep(settings) == {"requeued": [], "resubmitted": []}  # once: the recorded submission is attempt 2's
+    client = ray_jobs(ray_cluster)
+    sid = f"nimbus-automl-{job_id}-r1"
+    status = wait_for(lambda: (s := client.get_job_status(sid).value) in ENDED and s, f"Ray job {sid} to end")
+    doc = get_job(settings, job_id)
+    assert status == "SUCCEEDED", client.get_job_logs(sid)[-3000:]
+    assert doc["status"] == "succeeded" and doc["attempts"] == 2 and doc["ray_submission_id"] == sid
+    print(f"\nrequeued by the sweep and resubmitted as {sid}: {status}, job {doc['status']} on attempt "
+          f"{doc['attempts']}")
