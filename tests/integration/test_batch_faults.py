@@ -19,7 +19,7 @@ import pytest
 from nimbus import governance
 from nimbus.batch.examples import write_records
 from nimbus.batch.io import FsConfig
-from nimbus.batch.job import RunRequest, run_batch
+from nimbus.batch.job import BatchJob, RunRequest, run_batch
 from nimbus.config import Settings
 from nimbus.local.stack import LocalStack, free_port
 from nimbus.stores.documents import Collections, DocumentStore
@@ -31,9 +31,9 @@ ROWS = 60_000
 MODELS = "churn-lr,churn-hgb"
 
 
-def drop(settings: Settings, name: str, seed: int) -> str:
+def drop(settings: Settings, name: str, seed: int, rows: int = ROWS) -> str:
     uri = f"s3://{settings.data_bucket}/{settings.drop_prefix}{name}"
-    write_records(settings, uri, ROWS, seed=seed)
+    write_records(settings, uri, rows, seed=seed)
     return uri
 
 
@@ -75,17 +75,17 @@ def result_rows(settings: Settings, folder: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else pa.table({"record_id": pa.array([], pa.string())})
 
 
-def check_exactly_once(settings: Settings, key: str) -> None:
+def check_exactly_once(settings: Settings, key: str, rows: int = ROWS) -> None:
     """MongoDB and the committed Parquet hold each of the input's records once, and nothing is left staged."""
-    want = {f"r{i}" for i in range(ROWS)}
+    want = {f"r{i}" for i in range(rows)}
     docs = list(DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS).find(
         {}, {"_id": 1, "record_id": 1, "run_key": 1}))
-    assert len(docs) == ROWS
-    assert len({d["_id"] for d in docs}) == ROWS and {d["record_id"] for d in docs} == want
+    assert len(docs) == rows
+    assert len({d["_id"] for d in docs}) == rows and {d["record_id"] for d in docs} == want
     assert {d["_id"] for d in docs} == {f"{key}:{rid}" for rid in want}
     table = result_rows(settings, f"batch/results/{key}/")
     ids = table.column("record_id").to_pylist()
-    assert len(ids) == ROWS and set(ids) == want
+    assert len(ids) == rows and set(ids) == want
     assert staged(settings) == 0
 
 
@@ -107,6 +107,19 @@ def test_a_driver_killed_mid_run_reruns_to_exactly_one_result_per_record(batch_s
     check_exactly_once(batch_stack, result.run_key)
     [run] = DocumentStore.for_settings(batch_stack).collection(Collections.BATCH_RUNS).find({})
     assert run["attempts"] == 2 and run["outputs"]["parts"]["results"] == 1
+
+
+def test_a_write_step_retried_after_its_commit_changes_nothing(batch_stack: Settings) -> None:
+    """What an Airflow retry of the `write` task does (the task died after the commit, before reporting success)."""
+    uri = drop(batch_stack, "retried.parquet", seed=5, rows=3000)
+    job = BatchJob(batch_stack, RunRequest(uri, MODELS))
+    key, _ = job.prepare()
+    job.score(key)
+    first = job.write(key)
+    again = BatchJob.resume(batch_stack, key).write(key)
+    assert again["parts"] == first["parts"] == {"results": 1, "quarantine": 0}  # no bad record: no quarantine part
+    assert again["mongodb"] == {"inserted": 0, "duplicates": 3000}
+    check_exactly_once(batch_stack, key, rows=3000)
 
 
 @pytest.fixture
