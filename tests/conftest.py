@@ -16,6 +16,7 @@ import pytest
 from nimbus.config import Settings, get_settings
 from nimbus.local.stack import LocalStack, free_port
 from tests.ray_cluster import ray_cluster  # noqa: F401 - one Ray cluster (Jobs API) per module that asks
+from tests.spark_connect import spark_connect  # noqa: F401 - one Spark Connect server per module that asks
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

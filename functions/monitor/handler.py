@@ -1,5 +1,6 @@
 """monitor: on a schedule, check the live models for drift; results and alerts go to MongoDB."""
 
+from nimbus.buffers import flushed
 from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
 from nimbus.events import ScheduledTrigger, parse
@@ -7,6 +8,7 @@ from nimbus.monitoring.drift import run_check
 from nimbus.recommend.bundle import MODEL_NAME
 
 
+@flushed  # anything buffered (traffic, samples) is written before the handler returns
 def handler(event, context):
     trigger = parse(event)
     if not isinstance(trigger, ScheduledTrigger):

@@ -112,10 +112,14 @@ def local_serve(
     port: Annotated[int | None, typer.Option(help="Default: NIMBUS_GATEWAY_PORT (3000).")] = None,
     schedules: Annotated[bool, typer.Option(help="Fire the schedules in serverless.yml.")] = True,
     watch: Annotated[bool, typer.Option(help="Feed drop-folder notifications to the S3-triggered functions.")] = True,
+    automl_worker: Annotated[bool, typer.Option(help="Run an AutoML runner process beside the gateway for the "
+                                                     "jobs the API queues (not with NIMBUS_RAY_JOBS_URL).")] = True,
 ) -> None:
-    """Run the local gateway: every httpApi route, schedule and S3 trigger of serverless.yml."""
+    """Run the local gateway: every httpApi route, schedule and S3 trigger of serverless.yml, and an AutoML
+    runner process (a child: AutoML jobs never run in the gateway's process)."""
     import uvicorn
 
+    from nimbus.local import worker
     from nimbus.local.gateway import Gateway, GatewayOptions
     from nimbus.local.serverless import load_project
 
@@ -124,8 +128,11 @@ def local_serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     routes = [f"{r.method:6} {r.path} -> {fn.name}" for fn in gateway.project.functions.values() for r in fn.http]
     out.print("routes:\n  " + "\n  ".join(routes))
-    uvicorn.run(gateway.app, host=host or settings.gateway_host, port=port or settings.gateway_port,
-                log_level="warning")
+    with worker.automl_worker(settings, automl_worker) as child:
+        if child is not None:
+            out.print(f"AutoML worker: pid {child.pid}, log {settings.home / 'logs' / 'automl-worker.log'}")
+        uvicorn.run(gateway.app, host=host or settings.gateway_host, port=port or settings.gateway_port,
+                    log_level="warning")
 
 
 @app.command("invoke")
@@ -427,33 +434,75 @@ def automl_worker(
     once: Annotated[bool, typer.Option(help="Run the queued jobs, then stop.")] = False,
     job: Annotated[str | None, typer.Option(help="Claim and run exactly this queued job, then exit: 0 when it "
                                                  "succeeded, 1 otherwise (a Ray job's entrypoint).")] = None,
+    poll: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at an empty queue.")] = 2.0,
 ) -> None:
-    """Run queued jobs (submitted through the API of a function that cannot run them itself)."""
-    import time as _time
+    """A runner: claim queued jobs (leased, renewed by a heartbeat; a lapsed lease requeues the job) and run them."""
+    import signal
 
-    from nimbus.automl.jobs import claim_queued
-    from nimbus.automl.runner import run_once
+    from nimbus.automl.runner import run_once, work
 
+    # SIGTERM (how `local serve` and container platforms stop it) unwinds like Ctrl-C: Ray is shut down;
+    # a job cut short keeps its lease until it lapses, then another runner takes it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = get_settings()
     if job is not None:
-        if claim_queued(settings, job) is None:
-            out.print(f"job {job} is not queued (unknown, or another runner has it)")
-            raise typer.Exit(1)
         out.print(f"running job {job}")
-        run_once(settings, job)  # a failed job: NimbusError, printed in one line, exit 1
+        run_once(settings, job)  # not queued: Conflict; a failed job: NimbusError; one line, exit 1
         return
-    while True:
-        job = claim_queued(settings)
-        if job is None:
-            if once:
-                return
-            _time.sleep(2)
-            continue
-        out.print(f"running job {job['_id']}")
-        try:
-            run_once(settings, job["_id"])  # Ray ends with each job: an idle worker holds none
-        except Exception as exc:  # noqa: BLE001 - recorded in the job; the worker goes on
-            out.print(f"job {job['_id']} failed: {exc}")
+    work(settings, once=once, poll_s=poll, say=out.print)
+
+
+@automl_app.command("list")
+def automl_list(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+) -> None:
+    """Jobs, newest first, a page at a time."""
+    from rich.table import Table
+
+    from nimbus.automl.jobs import list_jobs
+
+    page = list_jobs(get_settings(), status=status, limit=limit, offset=offset)
+    if as_json:
+        out.print_json(json.dumps(page, default=str))
+        return
+    table = Table(title=f"AutoML jobs {offset + 1}-{offset + len(page['jobs'])} of {page['total']}")
+    table.add_column("job", no_wrap=True, min_width=12)  # whole: it is what `show` and `cancel` take
+    for column in ("status", "owner", "target", "trials", "best", "attempts", "model", "created"):
+        table.add_column(column, overflow="fold")
+    for j in page["jobs"]:
+        p = j.get("progress") or {}
+        table.add_row(j["job_id"], j["status"], str(j.get("owner") or "-"), j["target"], str(p.get("trials", 0)),
+                      fmt(p.get("best"), ".4f"), str(j.get("attempts") or 0), str(j.get("model") or "-"),
+                      str(j.get("created_at") or "-")[:19])
+    out.print(table)
+    if page["next_offset"] is not None:
+        out.print(f"next page: --offset {page['next_offset']}")
+
+
+@automl_app.command("show")
+def automl_show(job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """One job's record as JSON (status, attempts, progress, results or the error)."""
+    from nimbus.automl.jobs import get_job
+
+    doc = get_job(get_settings(), job)
+    doc.pop("leaderboard", None)  # long: `automl list` and the report have it
+    out.print_json(json.dumps(doc, default=str))
+
+
+@automl_app.command("cancel")
+def automl_cancel(job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel a queued or running job; its runner stops at its next heartbeat without registering a model."""
+    from nimbus.audit import actor
+    from nimbus.automl.cluster import on_cancel
+    from nimbus.automl.jobs import cancel
+
+    settings = get_settings()
+    doc = cancel(settings, job, by=actor(settings))
+    stopped = on_cancel(settings, doc)
+    out.print(f"job {job} cancelled" + (f"; Ray job {doc['ray_submission_id']} stopped" if stopped else ""))
 
 
 # ---- models ----------------------------------------------------------------------------

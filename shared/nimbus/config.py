@@ -113,6 +113,12 @@ class Settings(BaseSettings):
                                                                         "submitted over HTTP (seconds).")
     automl_max_running_jobs: int = Field(default=2, ge=1, description="AutoML jobs one owner (API key) may have "
                                                                       "queued or running at once.")
+    # The job lifecycle: a runner holds a claimed job by a lease it renews (a heartbeat every third of it);
+    # a lease that lapses (the runner died) requeues the job, at most automl_max_attempts claims in all.
+    automl_lease_s: float = Field(default=30, ge=3, description="How long a runner's claim on an AutoML job lasts "
+                                                                "without a heartbeat (seconds).")
+    automl_max_attempts: int = Field(default=3, ge=1, description="Claims of one AutoML job before a lapsed lease "
+                                                                  "fails it instead of requeueing it.")
     automl_max_columns: int = Field(default=500, ge=2, description="Most columns an AutoML dataset may have.")
     automl_max_row_bytes: int = Field(default=64 * 1024, gt=0, description="Widest AutoML row, bytes in memory "
                                                                            "(measured on the first rows).")

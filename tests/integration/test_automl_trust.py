@@ -4,7 +4,7 @@ and answers that say what is wrong without the data's values or paths.
 
 Every refusal is checked twice: the 4xx (with the field and the reason, and none of the data) and
 that nothing was written (no job document, no new object). No test here starts a Ray job: every
-check happens before the run (one test stops ``run_in_background`` to look at an accepted job)."""
+check happens before the run (without ``ray_jobs_url`` an accepted job stays queued for a runner process)."""
 
 from __future__ import annotations
 
@@ -136,13 +136,13 @@ def test_uploads_get_random_keys_and_their_ids_submit(http: TestClient, settings
     assert a["dataset"] == f"s3://{settings.data_bucket}/datasets/uploads/{a['upload_id']}/same.csv"
     objects = ObjectStore.for_settings(settings)
     assert len(objects.list_keys(settings.data_bucket, "datasets/uploads/")) == 2  # neither overwrote the other
-    started: list[str] = []
-    monkeypatch.setattr("nimbus.automl.runner.run_in_background", lambda _settings, job_id: started.append(job_id))
     by_id = http.post("/automl/jobs", json={"dataset": b["upload_id"], "target": "y", "budget_s": 10})
     assert by_id.status_code == 202, by_id.text
     assert get_job(settings, by_id.json()["job_id"])["profile"]["rows"] == 60  # the second upload's rows
     by_uri = http.post("/automl/jobs", json={"dataset": a["dataset"], "target": "y", "budget_s": 10})
-    assert by_uri.status_code == 202 and started == [by_id.json()["job_id"], by_uri.json()["job_id"]]
+    assert by_uri.status_code == 202, by_uri.text
+    # nothing runs a job in the API's process: both wait, queued, for a runner
+    assert [get_job(settings, answer.json()["job_id"])["status"] for answer in (by_id, by_uri)] == ["queued"] * 2
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [
@@ -263,7 +263,6 @@ def test_a_failed_run_frees_its_slot_and_its_error_holds_no_data(settings: Setti
 # ---- finding: `name` registers under any model ------------------------------------------------
 def test_a_name_always_registers_under_automl(http: TestClient, settings: Settings,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("nimbus.automl.runner.run_in_background", lambda *_: None)
     uri = put_csv(settings, "datasets/ok.csv", good_frame())
     accepted = http.post("/automl/jobs", json={"dataset": uri, "target": "y", "name": "churn-lr"})
     assert accepted.status_code == 202, accepted.text
@@ -282,7 +281,6 @@ def test_a_name_never_adds_a_version_to_another_owners_model(http: TestClient, s
     from nimbus.automl.jobs import OWNER_TAG
     from nimbus.stores.registry import Registry
 
-    monkeypatch.setattr("nimbus.automl.runner.run_in_background", lambda *_: None)
     uri = put_csv(settings, "datasets/ok.csv", good_frame())
     client = Registry.for_settings(settings).client
     theirs, untagged, ours = (f"automl-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("theirs", "untagged", "ours"))

@@ -114,10 +114,10 @@ def test_an_s3_key_escaping_the_home_is_refused_and_nothing_is_written_outside(b
         run_batch(settings, RunRequest(folder, "churn-lr"))
     assert runs(settings) == [] and not naive.exists()
 
-    # the staging step itself, handed the key: refused, nothing downloaded anywhere
-    job = BatchJob(settings, RunRequest(good, "churn-lr"))
+    # the Spark validation stage, handed the folder: refused, nothing downloaded anywhere
+    job = BatchJob(settings, RunRequest(folder, "churn-lr"))
     with pytest.raises(UnsafeKey, match=escape):
-        job._stage_locally(f"s3://{settings.data_bucket}/{bad_key}")
+        job.prepare()
     assert not naive.exists()
     assert not any(p.name == escape for p in home.rglob("*"))
 
@@ -209,12 +209,12 @@ def test_only_versions_an_audited_promotion_vouches_for_are_loaded(batch_stack: 
     assert vouched.status == "succeeded" and vouched.models == {name: str(one)}
 
 
-def test_an_ordinary_key_is_staged_under_the_home_for_the_spark_stage(batch_stack: Settings) -> None:
-    """The confined staging path still takes keys with folders and spaces (the validate stage's copy)."""
+def test_an_ordinary_key_is_validated_where_the_spark_tasks_read_it(batch_stack: Settings) -> None:
+    """Keys with folders and spaces pass; the validate stage's tasks read the input from S3 themselves
+    (a Spark Connect server cannot see a copy on the client), so nothing is copied under the home."""
     uri = f"s3://{batch_stack.data_bucket}/{batch_stack.drop_prefix}2026/ok file.csv"
     write_records(batch_stack, uri, 200, seed=18)
     job = BatchJob(batch_stack, RunRequest(uri, "churn-lr"))
     key, _ = job.prepare()
     assert job.validate(key)["records"] == 200
-    staged = batch_stack.home / "batch" / "inputs" / batch_stack.data_bucket / batch_stack.drop_prefix / "2026"
-    assert (staged / "ok file.csv").is_file()
+    assert not any(p.name == "ok file.csv" for p in batch_stack.home.rglob("*"))

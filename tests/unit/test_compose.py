@@ -23,7 +23,7 @@ DOCKERFILE = INFRA / "Dockerfile"
 LAMBDA_DOCKERFILE = INFRA / "Dockerfile.lambda"
 
 # Services whose containers run Nimbus code and so read nimbus.config.Settings.
-NIMBUS_IMAGE_SERVICES = {"nimbus", "spark-worker", "ray-head", "ray-worker"}
+NIMBUS_IMAGE_SERVICES = {"nimbus", "spark-worker", "ray-head", "ray-worker", "automl-worker"}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -148,3 +149,71 @@ def test_the_deployment_names_no_default_key_and_no_open_cors() -> None:
     assert env["NIMBUS_API_KEYS"] == "" and env["NIMBUS_API_KEYS_SOURCE"] == "ssm:${self:custom.secretsPath}/api-keys"
     assert "nimbus-local-key" not in (ROOT / "serverless.yml").read_text()
     assert "cors" not in raw["provider"]["httpApi"]
+
+
+# ---- Lambda: every handler writes its buffered counts before it returns ------------------------------
+def handler_of(path: Path) -> ast.AST:
+    """The module-level ``handler`` of a handler.py: the assignment's value or the function definition."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "handler":
+            return node
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "handler" for t in node.targets):
+            return node.value
+    raise AssertionError(f"{path}: no module-level handler")
+
+
+def test_every_function_handler_goes_through_the_flushing_wrapper() -> None:
+    handlers = sorted((ROOT / "functions").glob("*/handler.py"))
+    assert len(handlers) >= 8
+    for path in handlers:
+        node = handler_of(path)
+        if isinstance(node, ast.FunctionDef):  # a plain handler: decorated with nimbus.buffers.flushed
+            assert [ast.unparse(d) for d in node.decorator_list] == ["flushed"], path
+        else:  # an HTTP function: lambda_handler(app), Mangum and the flush in one place
+            assert ast.unparse(node) == "lambda_handler(app)", path
+        imported = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        assert "mangum" not in imported and "import mangum" not in path.read_text(), f"{path}: Mangum without the flush"
+
+
+def test_the_wrapper_flushes_after_each_invocation_also_when_the_handler_raised() -> None:
+    from nimbus import buffers
+
+    class Pending:  # a buffer as ExposureTracker is one: flush() drains it in batches
+        def __init__(self) -> None:
+            self.pending, self.written = 0, 0
+
+        def flush(self) -> int:
+            n = min(self.pending, 2)
+            self.pending -= n
+            self.written += n
+            return n
+
+    pending = Pending()
+    buffers.register(pending)
+
+    @buffers.flushed
+    def handler(event, context):
+        pending.pending += 5
+        if event == "raise":
+            raise ValueError("the app failed")
+        return "ok"
+
+    assert handler("ok", None) == "ok" and (pending.pending, pending.written) == (0, 5)
+    with pytest.raises(ValueError, match="the app failed"):
+        handler("raise", None)
+    assert (pending.pending, pending.written) == (0, 10)
+
+
+def test_no_flush_thread_starts_on_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from nimbus import buffers
+
+    ran = threading.Event()
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "nimbus-recommend")
+    assert buffers.on_lambda() and buffers.start_flusher(ran.set, "traffic-rollup") is None and not ran.is_set()
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    thread = buffers.start_flusher(ran.set, "traffic-rollup")  # on a server: the background flush stays
+    assert thread is not None and thread.name == "traffic-rollup"
+    thread.join(30)
+    assert ran.is_set()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, UploadFile
+from fastapi import APIRouter, FastAPI, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from nimbus.api.auth import AUTH_ERRORS, AutomlKey, Caller
 from nimbus.api.common import SettingsDep, create_app
-from nimbus.automl.cluster import dispatch
+from nimbus.automl.cluster import dispatch, on_cancel
 from nimbus.automl.inputs import store_upload
-from nimbus.automl.jobs import JobRequest, compare, get_job, public_job, submit
+from nimbus.automl.jobs import STATUSES, JobRequest, cancel, compare, get_job, list_jobs, public_job, submit
 from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
 
@@ -25,7 +25,10 @@ class JobAccepted(BaseModel):
 
 class JobPublic(BaseModel):
     job_id: str
-    status: str = Field(description="queued | running | succeeded | failed")
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    attempts: int | None = Field(default=None, description="Times a runner claimed the job (a runner that died "
+                                 "lets its lease lapse; the job is then queued again, up to "
+                                 "`automl_max_attempts`).", examples=[1])
     progress: dict[str, Any] = Field(examples=[{"trials": 17, "best": 0.981}])
     request: dict[str, Any] = Field(description="The request as accepted; the dataset as the server reads it.")
     trials: int | None = Field(default=None, description="Configurations tried, when done.")
@@ -56,6 +59,32 @@ class JobPublic(BaseModel):
                                                     "differs_from_winner": True}])
 
 
+class JobSummary(BaseModel):
+    job_id: str = Field(examples=["3f2a9c0d11be"])
+    status: str = Field(examples=["running"])
+    owner: str | None = Field(default=None, examples=["analyst"])
+    dataset: str = Field(examples=["s3://nimbus-data/datasets/churn.csv"])
+    target: str = Field(examples=["churned"])
+    metric: str | None = Field(default=None, examples=["roc_auc"])
+    progress: dict[str, Any] | None = Field(default=None, examples=[{"trials": 17, "best": 0.981}])
+    attempts: int | None = None
+    model: str | None = Field(default=None, description="The registered model, when done.")
+    created_at: Any = None
+    claimed_at: Any = None
+    finished_at: Any = None
+    elapsed_s: float | None = None
+    error: str | None = None
+    ray_submission_id: str | None = None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummary]
+    total: int = Field(description="Jobs matching the filter.", examples=[42])
+    offset: int = Field(examples=[0])
+    limit: int = Field(examples=[20])
+    next_offset: int | None = Field(description="The offset of the next page; null on the last.", examples=[20])
+
+
 class CompareRequest(BaseModel):
     jobs: list[str] = Field(min_length=1, max_length=20, examples=[["3f2a9c0d11be", "77b0c1d2e3f4"]])
 
@@ -70,6 +99,12 @@ class UploadAccepted(BaseModel):
 def _reader(caller: Caller) -> str | None:
     """Whose jobs a caller may read: its own, or (admin) everyone's."""
     return None if caller.allows("admin") else caller.name
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    view = public_job(doc)
+    return {"job_id": view["_id"], **{k: view.get(k) for k in JobPublic.model_fields if k != "job_id"},
+            "progress": view.get("progress", {})}
 
 
 def create_automl_app() -> FastAPI:
@@ -88,7 +123,8 @@ def create_automl_app() -> FastAPI:
         503: {"description": "A store, or the Ray cluster of `ray_jobs_url`, is unavailable; a job the cluster "
                              "did not take ends failed (submit it again)."}})
     def create_job(body: JobRequest, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
-        """Check the dataset, queue the job and start it (on the Ray cluster of `ray_jobs_url` when set);
+        """Check the dataset and queue the job: a runner process claims it (`nimbus automl worker`, the
+        worker of `nimbus local serve`), or, with `ray_jobs_url` set, it is submitted to that Ray cluster;
         answers at once with the job id."""
         doc = submit(settings, body, owner=caller.name)  # the key's name: its quota, its jobs
         dispatch(settings, doc["_id"])
@@ -109,13 +145,30 @@ def create_automl_app() -> FastAPI:
             raise HTTPException(413, f"file: over the limit of {settings.automl_upload_max_bytes:,} bytes")
         return store_upload(settings, file.filename, data).as_dict()
 
+    @router.get("/jobs", response_model=JobPage, responses={
+        400: {"description": "`status` is not one of queued, running, succeeded, failed, cancelled."}})
+    def jobs_page(settings: SettingsDep, caller: AutomlKey,
+                  status: str | None = Query(default=None, description=f"Only jobs in this state: {', '.join(STATUSES)}.",
+                                             examples=["running"]),
+                  limit: int = Query(default=20, ge=1, le=100), offset: int = Query(default=0, ge=0)) -> dict[str, Any]:
+        """The caller's jobs (an admin key: everyone's), newest first, a page at a time."""
+        return list_jobs(settings, _reader(caller), status, limit=limit, offset=offset)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={
+        404: {"description": "No such job (or another owner's)."},
+        409: {"description": "The job has already ended (succeeded, failed or cancelled)."}})
+    def cancel_job(job_id: str, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
+        """Cancel a queued or running job: it is `cancelled` at once and its quota slot freed; its runner
+        stops at its next heartbeat without registering a model (on a Ray cluster its Ray job is stopped)."""
+        doc = cancel(settings, job_id, _reader(caller), by=caller.name)
+        on_cancel(settings, doc)
+        return _public(doc)
+
     @router.get("/jobs/{job_id}", response_model=JobPublic)
     def job(job_id: str, settings: SettingsDep, caller: AutomlKey) -> dict[str, Any]:
         """Status, progress (trials done, best score so far) and, when done, the results: aggregates
         only (rows, number of classes), never the data's values."""
-        doc = public_job(get_job(settings, job_id, _reader(caller)))
-        return {"job_id": doc["_id"], **{k: doc.get(k) for k in JobPublic.model_fields if k != "job_id"},
-                "progress": doc.get("progress", {})}
+        return _public(get_job(settings, job_id, _reader(caller)))
 
     @router.get("/jobs/{job_id}/leaderboard")
     def leaderboard(job_id: str, settings: SettingsDep, caller: AutomlKey) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""What every Nimbus HTTP app shares: settings as a dependency, a body-size limit, and
-errors as clear JSON answers (never a stack trace)."""
+"""What every Nimbus HTTP app shares: settings as a dependency, a body-size limit, errors as
+clear JSON answers (never a stack trace), and the Lambda handler that serves it (:func:`lambda_handler`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nimbus import __version__
+from nimbus import __version__, buffers
 from nimbus.config import Settings, get_settings
 from nimbus.errors import ConfigError, Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 
@@ -76,6 +76,17 @@ def start(build: Callable[[], T]) -> T:
     except ConfigError as exc:
         print(f"nimbus: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def lambda_handler(app: ASGIApp) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda handler of an HTTP function: Mangum (API Gateway event <-> ASGI, no lifespan:
+    Lambda gives no shutdown hook), and every buffered exposure, drift sample and traffic count
+    written in the invoking thread before the handler returns, also when the app raised — Lambda
+    freezes any thread between invocations (see :mod:`nimbus.buffers`). Under uvicorn the app is
+    served directly and the buffers keep their background threads."""
+    from mangum import Mangum
+
+    return buffers.flushed(Mangum(app, lifespan="off"))
 
 
 class BodyLimit:

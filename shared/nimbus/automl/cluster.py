@@ -4,10 +4,14 @@ With ``ray_jobs_url`` set, the API only submits and reads: :func:`submit` hands 
 the cluster as a Ray job whose entrypoint is the Nimbus runner (``python -m nimbus.cli automl
 worker --job ID``), which claims that job, searches on the cluster it runs on and exits. No
 function has to stay alive for the search (a Lambda answers in milliseconds); :func:`stop` ends
-the Ray job when the job is cancelled. Without the setting, :func:`dispatch` runs the job here.
+the Ray job when the job is cancelled. Without the setting, :func:`dispatch` leaves the job queued
+for a runner process (``nimbus automl worker``; ``nimbus local serve`` starts one): never a thread of
+the serving process.
 
-The Ray job's submission id is derived from the job id, so a retried submit is idempotent: Ray
-refuses a second job under that id and the job counts as submitted. The runner gets the store
+The Ray job's submission id is derived from the job id (and, once a lapsed lease requeued it, the
+attempt), so a retried submit is idempotent: Ray refuses a second job under that id and the job counts
+as submitted. :func:`sweep` (the automl function's schedule) requeues jobs whose runner died and
+submits them again. The runner gets the store
 settings it needs (MongoDB, S3, MLflow) as the Ray job's environment; they are never logged here.
 """
 
@@ -18,7 +22,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from nimbus.automl.jobs import get_job, jobs, update
+from nimbus.automl.jobs import get_job, jobs, requeue_lapsed, update
 from nimbus.config import Settings
 from nimbus.errors import NimbusError, StoreUnavailable
 
@@ -35,9 +39,10 @@ RUNNER_SETTINGS = ("mongo_url", "mongo_db", "aws_endpoint_url", "aws_region", "d
                    "automl_max_columns", "automl_max_row_bytes")
 
 
-def submission_id(job_id: str) -> str:
-    """The Ray job's id for an AutoML job: one Ray job per AutoML job, whoever submits it."""
-    return f"{SUBMISSION_PREFIX}{job_id}"
+def submission_id(job_id: str, attempt: int = 0) -> str:
+    """The Ray job's id for an AutoML job: one Ray job per AutoML job and attempt, whoever submits it
+    (attempt n > 0 after the n-th lapsed lease)."""
+    return f"{SUBMISSION_PREFIX}{job_id}" if attempt == 0 else f"{SUBMISSION_PREFIX}{job_id}-r{attempt}"
 
 
 def entrypoint(job_id: str) -> str:
@@ -83,13 +88,13 @@ def _unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
                             "the job was not started; submit it again")
 
 
-def submit(settings: Settings, job_id: str) -> str:
+def submit(settings: Settings, job_id: str, attempt: int = 0) -> str:
     """Hand a queued job to the cluster; its Ray submission id, recorded on the job as ``ray_submission_id``.
 
     Idempotent: a job already submitted (by this call before, or by another process) is not submitted
     again. When the cluster cannot take it, the job ends ``failed`` (its slot freed) and
     StoreUnavailable says so."""
-    sid = submission_id(job_id)
+    sid = submission_id(job_id, attempt)
     jobs_api = _client_or_fail(settings, job_id)
     try:
         jobs_api.submit_job(entrypoint=entrypoint(job_id), submission_id=sid,
@@ -142,13 +147,25 @@ def stop(settings: Settings, sid: str) -> bool:
 
 def dispatch(settings: Settings, job_id: str) -> str | None:
     """Start a queued job where it runs: on the Ray cluster when ``ray_jobs_url`` is set (its
-    submission id), else on this machine (None)."""
+    submission id); otherwise it stays queued for a runner process to claim (None)."""
     if settings.ray_jobs_url:
         return submit(settings, job_id)
-    from nimbus.automl.runner import run_in_background
-
-    run_in_background(settings, job_id)
     return None
+
+
+def sweep(settings: Settings) -> dict[str, list[str]]:
+    """Requeue the jobs whose runner stopped renewing its lease (or fail them after their last attempt)
+    and, on a Ray cluster, submit the requeued ones again under their attempt's submission id."""
+    requeued = requeue_lapsed(settings)
+    resubmitted = []
+    if settings.ray_jobs_url:
+        for doc in jobs(settings).find({"status": "queued", "ray_submission_id": {"$exists": True}}):
+            attempt = len(doc.get("lost_runners", []))
+            if attempt and doc["ray_submission_id"] != submission_id(doc["_id"], attempt):
+                resubmitted.append(submit(settings, doc["_id"], attempt))
+    if requeued or resubmitted:
+        log.info("AutoML sweep: requeued %s, resubmitted %s", requeued, resubmitted)
+    return {"requeued": requeued, "resubmitted": resubmitted}
 
 
 def on_cancel(settings: Settings, job: dict[str, Any] | str) -> bool:
@@ -157,6 +174,10 @@ def on_cancel(settings: Settings, job: dict[str, Any] | str) -> bool:
     sid = doc.get("ray_submission_id")
     if not sid or not settings.ray_jobs_url:
         return False
-    stopped = stop(settings, sid)
+    try:
+        stopped = stop(settings, sid)
+    except StoreUnavailable as exc:  # the job is cancelled all the same: its runner stops at its next heartbeat
+        log.warning("AutoML job %s cancelled; its Ray job %s could not be stopped now: %s", doc["_id"], sid, exc)
+        return False
     log.info("AutoML job %s cancelled: Ray job %s %s", doc["_id"], sid, "stopped" if stopped else "had already ended")
     return stopped

@@ -45,7 +45,8 @@ class Progress(Callback):
 
 
 class Budget(Stopper):
-    """Stop when the trials still to log would not fit before the search's deadline."""
+    """Stop when the job is no longer the runner's, or the trials still to log would not fit before
+    the search's deadline."""
 
     def __init__(self, job: str) -> None:
         self.job = job
@@ -55,4 +56,8 @@ class Budget(Stopper):
 
     def stop_all(self) -> bool:
         state = ACTIVE.get(self.job)
-        return state is not None and not state["budget"].can_finish(state["logger"].backlog_s(), state["deadline"])
+        if state is None:
+            return False
+        if state["stop"].is_set():  # the job was cancelled, or its lease lost: end the search now
+            return True
+        return not state["budget"].can_finish(state["logger"].backlog_s(), state["deadline"])

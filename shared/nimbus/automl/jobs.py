@@ -3,12 +3,14 @@ MongoDB (status, progress, leaderboard, winner); the runner (``runner.py``) fill
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -151,9 +153,15 @@ def claim_model(settings: Settings, name: str, owner: str) -> None:
         registry.set_model_tag(name, OWNER_TAG, owner)
 
 
-def finish(settings: Settings, job_id: str, fields: dict[str, Any]) -> None:
-    """A job's last update (it succeeded or failed): its fields set and its owner's slot freed, at once."""
-    jobs(settings).update_one({"_id": job_id}, {"$set": fields, "$unset": {"slot": ""}})
+def finish(settings: Settings, job_id: str, fields: dict[str, Any], runner: str | None = None) -> bool:
+    """A job's last update (it succeeded or failed): its fields set, its lease and its owner's slot freed,
+    at once. With ``runner``, only while that runner still holds the job running (a runner whose lease
+    lapsed, or whose job was cancelled, writes nothing): True when the job was updated."""
+    query: dict[str, Any] = {"_id": job_id}
+    if runner is not None:
+        query.update(runner=runner, status="running")
+    result = jobs(settings).update_one(query, {"$set": fields, "$unset": {"slot": "", "lease_until": ""}})
+    return result.matched_count == 1
 
 
 def public_error(exc: BaseException) -> str:
@@ -193,15 +201,124 @@ def get_job(settings: Settings, job_id: str, owner: str | None = None) -> dict[s
     return doc
 
 
-def update(settings: Settings, job_id: str, fields: dict[str, Any]) -> None:
-    jobs(settings).update_one({"_id": job_id}, {"$set": fields})
+def update(settings: Settings, job_id: str, fields: dict[str, Any], runner: str | None = None) -> None:
+    """Set fields of a job; with ``runner``, only while that runner holds it running."""
+    query: dict[str, Any] = {"_id": job_id} if runner is None else {"_id": job_id, "runner": runner, "status": "running"}
+    jobs(settings).update_one(query, {"$set": fields})
 
 
-def claim_queued(settings: Settings, job_id: str | None = None) -> dict[str, Any] | None:
-    """The oldest queued job (or ``job_id``, when queued), now marked running (for a worker); None when none is."""
+# ---- the lifecycle: queued -> running -> succeeded | failed | cancelled ------------------------------
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ENDED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def new_runner_id() -> str:
+    """A runner's name in the jobs it holds: host, process and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def claim(settings: Settings, runner: str, job_id: str | None = None, *,
+          now: datetime | None = None) -> dict[str, Any] | None:
+    """The oldest queued job (or ``job_id``, when it is queued), now running under ``runner``'s lease;
+    None when there is none. One atomic update: of two runners claiming one job, one gets it.
+
+    Jobs whose lease lapsed are requeued first (:func:`requeue_lapsed`), so a runner that died is replaced."""
+    now = _now(now)
+    requeue_lapsed(settings, now=now)
     query: dict[str, Any] = {"status": "queued"} if job_id is None else {"_id": job_id, "status": "queued"}
-    return jobs(settings).find_one_and_update(query, {"$set": {"status": "running"}},
-                                              sort=[("created_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+    return jobs(settings).find_one_and_update(
+        query, {"$set": {"status": "running", "runner": runner, "claimed_at": now, "heartbeat_at": now,
+                         "lease_until": now + timedelta(seconds=settings.automl_lease_s)},
+                "$inc": {"attempts": 1}},
+        sort=[("created_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+
+
+def renew(settings: Settings, job_id: str, runner: str, *, now: datetime | None = None) -> bool:
+    """The heartbeat: extend ``runner``'s lease on a running job; False when it no longer holds it
+    (the job was cancelled, or its lease lapsed and it was requeued or failed)."""
+    now = _now(now)
+    result = jobs(settings).update_one(
+        {"_id": job_id, "runner": runner, "status": "running"},
+        {"$set": {"heartbeat_at": now, "lease_until": now + timedelta(seconds=settings.automl_lease_s)}})
+    return result.matched_count == 1
+
+
+def requeue_lapsed(settings: Settings, *, now: datetime | None = None) -> list[str]:
+    """Running jobs whose runner stopped renewing: queued again for another runner, or, after
+    ``automl_max_attempts`` claims, failed with the reason (its slot freed). The ids changed.
+
+    Each update is conditioned on the lease seen, so two sweeps at once change a job once."""
+    now = _now(now)
+    collection = jobs(settings)
+    changed = []
+    for doc in collection.find({"status": "running", "lease_until": {"$lt": now}},
+                               {"_id": 1, "lease_until": 1, "attempts": 1, "runner": 1}):
+        seen = {"_id": doc["_id"], "status": "running", "lease_until": doc["lease_until"]}
+        attempts = int(doc.get("attempts", 1))
+        lost = {"runner": doc.get("runner"), "lease_until": doc["lease_until"], "noticed_at": now}
+        if attempts >= settings.automl_max_attempts:
+            update = {"$set": {"status": "failed", "finished_at": now,
+                               "error": f"its runner stopped renewing the lease {attempts} time"
+                                        f"{'s' if attempts != 1 else ''} (the limit); submit the job again"},
+                      "$unset": {"slot": "", "lease_until": "", "runner": ""}, "$push": {"lost_runners": lost}}
+        else:
+            update = {"$set": {"status": "queued", "requeued_at": now, "progress": {"trials": 0, "best": None}},
+                      "$unset": {"lease_until": "", "runner": ""}, "$push": {"lost_runners": lost}}
+        if collection.update_one(seen, update).matched_count:
+            changed.append(doc["_id"])
+    return changed
+
+
+def cancel(settings: Settings, job_id: str, owner: str | None = None, *, by: str = "its owner") -> dict[str, Any]:
+    """Mark a queued or running job cancelled (its slot freed at once); its runner sees that at its next
+    heartbeat and stops without writing results. Conflict when the job has already ended."""
+    doc = get_job(settings, job_id, owner)
+    if doc["status"] in ENDED:
+        raise Conflict(f"job {job_id} has already ended ({doc['status']}); nothing to cancel")
+    now = datetime.now(UTC)
+    ended = jobs(settings).find_one_and_update(
+        {"_id": job_id, "status": {"$in": ["queued", "running"]}},
+        {"$set": {"status": "cancelled", "cancelled_at": now, "finished_at": now, "error": f"cancelled by {by}"},
+         "$unset": {"slot": "", "lease_until": ""}},
+        return_document=ReturnDocument.AFTER)
+    if ended is None:  # it ended between the read and the update
+        raise Conflict(f"job {job_id} has already ended ({get_job(settings, job_id)['status']}); nothing to cancel")
+    return ended
+
+
+SUMMARY_FIELDS = ("status", "owner", "created_at", "claimed_at", "finished_at", "attempts", "progress", "metric",
+                  "ray_submission_id", "error", "elapsed_s")
+
+
+def list_jobs(settings: Settings, owner: str | None = None, status: str | None = None, *,
+              limit: int = 20, offset: int = 0) -> dict[str, Any]:
+    """A page of jobs, newest first: ``owner``'s only when given, of one ``status`` when given."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    if not 1 <= limit <= 100:
+        raise InvalidInput("limit: between 1 and 100")
+    if offset < 0:
+        raise InvalidInput("offset: 0 or more")
+    query: dict[str, Any] = {}
+    if owner is not None:
+        query["owner"] = owner
+    if status is not None:
+        query["status"] = status
+    collection = jobs(settings)
+    found = collection.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(limit)
+    rows = []
+    for doc in found:
+        view = public_job(doc)
+        rows.append({"job_id": view["_id"], "dataset": view["request"]["dataset"],
+                     "target": view["request"]["target"], "model": (view.get("model") or {}).get("name"),
+                     **{k: view.get(k) for k in SUMMARY_FIELDS}})
+    total = collection.count_documents(query)
+    return {"jobs": rows, "total": total, "offset": offset, "limit": limit,
+            "next_offset": offset + len(rows) if offset + len(rows) < total else None}
 
 
 def compare(settings: Settings, job_ids: list[str], owner: str | None = None) -> list[dict[str, Any]]:

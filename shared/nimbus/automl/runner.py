@@ -1,12 +1,17 @@
 """Running an AutoML job within its budget: read and sample the data, search on Ray, refit the
-winner, evaluate it on held-out rows, explain and export it, register it — and Ray's lifecycle,
-which is decided here and nowhere else:
+winner, evaluate it on held-out rows, explain and export it, register it — and the runner's side of the
+job lifecycle and Ray's lifecycle, which are decided here and nowhere else.
 
-* a serving process (the API, whose jobs run in threads) keeps one Ray for the process
-  (:func:`ray_session`, idempotent; it ends with the process);
-* a one-shot process (the CLI, the demo, a worker) uses :func:`run_once`, which starts Ray,
-  runs the job and shuts Ray down in the calling thread, so the process exits at once (a
-  local Ray left to the interpreter's exit hooks held a CLI for a minute and made it fail).
+A job runs only in a runner that claimed it (:func:`nimbus.automl.jobs.claim`): the CLI's ``automl
+run`` and ``automl worker``, a Ray job's entrypoint, the worker process of ``nimbus local serve``;
+never in a thread of a serving process. While it runs, a :class:`Lease` renews the claim every third
+of ``automl_lease_s``; once the job is no longer this runner's (cancelled, or its lease lapsed and it
+was requeued) the search stops and nothing more is written. A version is registered at most once per
+job, even when a job is run again after its runner died (:func:`nimbus.automl.tracking.register_winner`).
+
+Ray: a runner process starts Ray for a job and shuts it down in the calling thread when the job ends
+(:func:`run_once`), so the process exits at once (a local Ray left to the interpreter's exit hooks
+held a CLI for a minute and made it fail).
 """
 
 from __future__ import annotations
@@ -26,15 +31,30 @@ from nimbus.automl import algorithms
 from nimbus.automl.budget import JobBudget
 from nimbus.automl.data import Scan, scan
 from nimbus.automl.evaluation import evaluate, permutation_importances
-from nimbus.automl.jobs import JobRequest, check_model_owner, claim_model, finish, get_job, public_error, update
+from nimbus.automl.jobs import (
+    JobRequest,
+    check_model_owner,
+    claim,
+    claim_model,
+    finish,
+    get_job,
+    new_runner_id,
+    public_error,
+    renew,
+    update,
+)
 from nimbus.automl.metrics import check_metric, sign
 from nimbus.automl.profile import Profile, profile
 from nimbus.automl.search import SearchData, plan_steps, run_search
 from nimbus.automl.tracking import TrialLogger, register_winner
 from nimbus.config import Settings
-from nimbus.errors import NimbusError
+from nimbus.errors import Conflict, NimbusError, StoreUnavailable
 
 WATCH_EVERY_S = 0.5
+
+
+class JobLost(NimbusError):
+    """The runner no longer holds the job: it was cancelled, or its lease lapsed and it was requeued."""
 
 
 # ---- Ray ------------------------------------------------------------------------------------
@@ -64,39 +84,134 @@ def ray_for_this_run(settings: Settings) -> Iterator[None]:
         ray.shutdown()
 
 
-def run_once(settings: Settings, job_id: str, watch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run one job in a one-shot process: start Ray, run the job (``watch`` sees the job's document
-    every half second meanwhile), shut Ray down; the finished job, or NimbusError when it failed."""
+# ---- the runner's side of the lifecycle --------------------------------------------------------
+class Lease:
+    """A runner's hold on a claimed job: a heartbeat thread renews it every third of ``automl_lease_s``.
+
+    ``lost`` is set once a renewal finds the job no longer this runner's (cancelled, or requeued after
+    its lease lapsed); the search's stopper reads it, and :meth:`check` raises :class:`JobLost` before
+    anything lasting (the registered version, the results) is written. A store outage does not lose the
+    lease by itself: the heartbeat keeps trying until the lease really lapses."""
+
+    def __init__(self, settings: Settings, job_id: str, runner: str) -> None:
+        self.settings, self.job_id, self.runner = settings, job_id, runner
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"automl-lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        every = self.settings.automl_lease_s / 3
+        while not self._done.wait(every):
+            if not self.renew():
+                return
+
+    def renew(self) -> bool:
+        """One heartbeat now; False (and ``lost`` set) when the job is no longer held."""
+        try:
+            held = renew(self.settings, self.job_id, self.runner)
+        except StoreUnavailable:
+            return True  # try again at the next beat; a lapsed lease is noticed then
+        if not held:
+            self.lost.set()
+        return held
+
+    def check(self) -> None:
+        """Raise :class:`JobLost` unless this runner still holds the job (asks the store now)."""
+        if self.lost.is_set() or not self.renew():
+            status = get_job(self.settings, self.job_id).get("status")
+            raise JobLost(f"job {self.job_id} is no longer this runner's ({status}); it stopped without results")
+
+    def update(self, fields: dict[str, Any]) -> None:
+        """Progress of the job, written only while this runner holds it."""
+        update(self.settings, self.job_id, fields, runner=self.runner)
+
+
+def run_once(settings: Settings, job_id: str, watch: Callable[[dict[str, Any]], None] | None = None, *,
+             runner: str | None = None) -> dict[str, Any]:
+    """Run one job in a runner process: start Ray, run the job (claimed by ``runner``, or claimed here
+    when None; ``watch`` sees the job's document every half second meanwhile), shut Ray down; the
+    finished job, or NimbusError when it failed, was cancelled or was lost."""
+    runner = runner or _claimed(settings, job_id)
     with ray_for_this_run(settings):
-        thread = run_in_background(settings, job_id)
+        outcome: dict[str, BaseException] = {}
+
+        def target() -> None:
+            try:
+                run_job(settings, job_id, runner=runner)
+            except BaseException as exc:  # noqa: BLE001 - recorded in the job document by run_job
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"automl-{job_id}", daemon=True)
+        thread.start()
         while thread.is_alive():
             if watch is not None:
                 watch(get_job(settings, job_id))
             thread.join(WATCH_EVERY_S)
     doc = get_job(settings, job_id)
+    if isinstance(outcome.get("error"), JobLost):
+        raise outcome["error"]
     if doc["status"] != "succeeded":
-        # a one-shot process runs for the user who started it: the full error, not only the public one
-        raise NimbusError(f"job {job_id} failed: {doc.get('error_detail') or doc.get('error')}")
+        # a runner process runs for the user who started it: the full error, not only the public one
+        raise NimbusError(f"job {job_id} {doc['status']}: {doc.get('error_detail') or doc.get('error')}")
     return doc
 
 
-def run_in_background(settings: Settings, job_id: str) -> threading.Thread:
-    """Run a job in a thread of this process (the API's jobs; :func:`run_once` watches one)."""
-    def target() -> None:
-        try:
-            run_job(settings, job_id)
-        except Exception:  # noqa: BLE001 - recorded in the job document by run_job
-            pass
+def _claimed(settings: Settings, job_id: str) -> str:
+    """Claim a queued job for a new runner of this process; its runner id."""
+    runner = new_runner_id()
+    if claim(settings, runner, job_id) is None:
+        raise Conflict(f"job {job_id} is not queued (unknown, ended, or another runner has it)")
+    return runner
 
-    thread = threading.Thread(target=target, name=f"automl-{job_id}", daemon=True)
-    thread.start()
-    return thread
+
+def work(settings: Settings, *, once: bool = False, runner: str | None = None, poll_s: float = 2.0,
+         stop: threading.Event | None = None, say: Callable[[str], None] = print) -> int:
+    """A runner process's loop: claim the oldest queued job (requeueing lapsed ones first), run it, again;
+    with ``once``, until the queue is empty. Returns the number of jobs run. A store outage waits and retries."""
+    runner = runner or new_runner_id()
+    stop = stop or threading.Event()
+    ran, unavailable = 0, False
+    while not stop.is_set():
+        try:
+            job = claim(settings, runner)
+        except StoreUnavailable as exc:
+            if not unavailable:
+                say(f"waiting for the job store: {exc}")
+            unavailable = True
+            stop.wait(poll_s)
+            continue
+        unavailable = False
+        if job is None:
+            if once:
+                break
+            stop.wait(poll_s)
+            continue
+        say(f"running job {job['_id']} (attempt {job.get('attempts', 1)})")
+        try:
+            run_once(settings, job["_id"], runner=runner)
+            say(f"job {job['_id']} succeeded")
+        except Exception as exc:  # noqa: BLE001 - recorded in the job; the runner goes on
+            say(str(exc))
+        ran += 1
+    return ran
 
 
 # ---- the job ----------------------------------------------------------------------------------
-def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-    """Search, track, refit, evaluate, register. Ends within the budget (it reserves refit time)."""
+def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.monotonic, *,
+            runner: str | None = None) -> dict[str, Any]:
+    """Search, track, refit, evaluate, register. Ends within the budget (it reserves refit time).
+
+    ``runner`` is the claim this job runs under; None claims the queued job here (Conflict when it is not queued)."""
     started = clock()
+    runner = runner or _claimed(settings, job_id)
     from nimbus.automl.explain import warm_up
 
     threading.Thread(target=warm_up, name="automl-warm-up", daemon=True).start()  # during the search
@@ -105,21 +220,27 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
         request = JobRequest.model_validate(job["request"])
     except Exception as exc:  # a record that does not validate ends too, freeing its slot
         finish(settings, job_id, {"status": "failed", "error": "the job's request is not valid",
-                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
+                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)},
+               runner=runner)
         raise
     budget = JobBudget(request.budget_s, clock, started)
-    update(settings, job_id, {"status": "running", "started_at": datetime.now(UTC), "budget": budget.as_dict()})
     from threadpoolctl import threadpool_limits
 
-    try:
-        with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
-            result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"))
-    except Exception as exc:  # the end of a failed job: its owner's quota slot is freed with the status
-        finish(settings, job_id, {"status": "failed", "error": public_error(exc),
-                                  "error_detail": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(UTC)})
-        raise
-    finish(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
-                              "elapsed_s": budget.elapsed()})
+    with Lease(settings, job_id, runner) as lease:
+        lease.update({"started_at": datetime.now(UTC), "budget": budget.as_dict()})
+        try:
+            with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
+                result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"), lease)
+        except JobLost:
+            raise
+        except Exception as exc:  # the end of a failed job: its owner's quota slot is freed with the status
+            finish(settings, job_id, {"status": "failed", "error": public_error(exc),
+                                      "error_detail": f"{type(exc).__name__}: {exc}",
+                                      "finished_at": datetime.now(UTC)}, runner=runner)
+            raise
+        if not finish(settings, job_id, {**result, "status": "succeeded", "finished_at": datetime.now(UTC),
+                                         "elapsed_s": budget.elapsed()}, runner=runner):
+            lease.check()  # cancelled in the last instant: JobLost (its version stays registered, once)
     return get_job(settings, job_id)
 
 
@@ -137,7 +258,7 @@ class Prepared:
     search: SearchData
 
 
-def _prepare(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget) -> Prepared:
+def _prepare(settings: Settings, request: JobRequest, budget: JobBudget, lease: Lease) -> Prepared:
     """One bounded-memory pass: exact counts, a training sample sized to memory, a disjoint test sample."""
     sampled = scan(settings, request.dataset, request.target, request.task)
     training = sampled.training()
@@ -147,7 +268,7 @@ def _prepare(settings: Settings, job_id: str, request: JobRequest, budget: JobBu
     search = sampled.search_sample(budget.search_rows())  # stratified: rare classes kept
     x_search = search.drop(columns=[request.target]).reset_index(drop=True)
     y_search = search[request.target].reset_index(drop=True)
-    update(settings, job_id, {"profile": prof.as_dict(), "metric": metric,
+    lease.update({"profile": prof.as_dict(), "metric": metric,
                               "data": {**sampled.summary(), "search_rows": len(search)}})
     return Prepared(sampled, prof, metric, training.drop(columns=[request.target]), training[request.target],
                     sampled.test.drop(columns=[request.target]), sampled.test[request.target],
@@ -155,7 +276,7 @@ def _prepare(settings: Settings, job_id: str, request: JobRequest, budget: JobBu
 
 
 def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared,
-            budget: JobBudget) -> tuple[list[dict[str, Any]], TrialLogger, dict[str, Any]]:
+            budget: JobBudget, lease: Lease) -> tuple[list[dict[str, Any]], TrialLogger, dict[str, Any]]:
     """The trials, best first, the logger still logging them, and the search's timings."""
     ray_session(settings)
     import ray
@@ -168,7 +289,7 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     device = search_device(request.gpu, resources.get("GPU", 0.0))
     setup_s = budget.elapsed()
     search_s = budget.search_s()
-    update(settings, job_id, {"budget.search_s": search_s})
+    lease.update({"budget.search_s": search_s})
     pool = algorithms.choose(prep.prof, request.include, request.exclude)
     storage = settings.home / "automl" / job_id  # Tune's own bookkeeping, next to the other local state
     storage.mkdir(parents=True, exist_ok=True)
@@ -179,12 +300,14 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     logger = TrialLogger(settings, job_id, prep.metric)
     hooks.ACTIVE[job_id] = {"logger": logger, "steps": len(data.steps), "budget": budget,
                             "deadline": searching + search_s, "lower": sign(prep.metric) < 0,
-                            "progress": lambda p: update(settings, job_id, {"progress": p})}
+                            "progress": lambda p: lease.update({"progress": p}), "stop": lease.lost}
     try:
         trials = run_search(data, pool, search_s, request.max_trials, concurrency, hooks.Progress(job_id),
                             storage=str(storage), stopper=hooks.Budget(job_id), device=device)
     finally:
         hooks.ACTIVE.pop(job_id, None)
+    if lease.lost.is_set():
+        lease.check()  # the search stopped because the job is no longer ours: say so, not "no trial"
     timings = {"setup_s": setup_s, "search_budget_s": search_s, "search_s": budget.clock() - searching,
                "gpu_trials": sum(1 for t in trials if t["gpu"] > 0)}
     if not trials:
@@ -192,13 +315,15 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     return trials, logger, timings
 
 
-def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str) -> dict[str, Any]:
+def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str,
+         lease: Lease) -> dict[str, Any]:
     from nimbus.automl import explain, export
     from nimbus.automl.refit import refit
     from nimbus.automl.report import diagnostics, publish
 
-    prep = _prepare(settings, job_id, request, budget)
-    trials, logger, timings = _search(settings, job_id, request, prep, budget)
+    prep = _prepare(settings, request, budget, lease)
+    trials, logger, timings = _search(settings, job_id, request, prep, budget, lease)
+    lease.check()  # cancelled or lost during the search: stop here
     seconds_left = budget.refit_s()
     x_search = prep.search.x
     winner = _affordable_winner(trials, seconds_left, scale=1.5 * len(prep.x_train) / max(1, len(x_search)))
@@ -210,7 +335,7 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     clock = budget.clock()
     model, refit_info = refit(settings, prep.sampled, winner["params"], prep.prof, prep.metric,
                               deadline=budget.refit_deadline, max_rows=max_rows)
-    update(settings, job_id, {"refit": refit_info})
+    lease.update({"refit": refit_info})
     fit_s = budget.clock() - clock
     test = evaluate(model, prep.x_test, prep.y_test, prep.metric)
     importances = permutation_importances(model, prep.x_test, prep.y_test, prep.metric)
@@ -225,6 +350,7 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     logger.finish(trials)
     name = request.model_name(job_id)
     check_model_owner(settings, name, owner)  # again: another owner's job may have registered it since submit
+    lease.check()  # a cancelled or lost job registers nothing
     version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
                                       {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
                                        "trials": len(trials)}, onnx.model)

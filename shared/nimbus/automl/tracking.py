@@ -15,6 +15,16 @@ from nimbus.automl.metrics import sign
 from nimbus.config import Settings
 from nimbus.stores.registry import Registry
 
+JOB_TAG = "nimbus.job"  # on the job's runs and on the version it registered: the AutoML job's id
+
+
+def registered_by(settings: Settings, job_id: str, name: str) -> tuple[str, str] | None:
+    """(version, run id) of the version of ``name`` that job ``job_id`` registered, if any."""
+    for info in Registry.for_settings(settings).versions(name):
+        if info.tags.get(JOB_TAG) == job_id:
+            return info.version, info.run_id
+    return None
+
 
 def experiment_name(job_id: str) -> str:
     return f"automl-{job_id}"
@@ -56,7 +66,7 @@ class TrialLogger:
 
     def _log(self, t: dict[str, Any]) -> None:
         self.registry.log_run(self.experiment, f"trial-{t['params']['algorithm']}",
-                              tags={"nimbus.job": self.job_id, "nimbus.complete": str(t["complete"])},
+                              tags={JOB_TAG: self.job_id, "nimbus.complete": str(t["complete"])},
                               metrics={f"cv_{self.metric}": sign(self.metric) * t["score"], "fit_s": t["fit_s"],
                                        "steps": t["steps"]},
                               params=t["params"])
@@ -79,16 +89,22 @@ def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str
                     x_train: pd.DataFrame, test: dict[str, Any], report: dict[str, Any],
                     onnx: bytes | None = None) -> tuple[str, str]:
     """The winner's run in the job's experiment: its parameters, held-out metric, the model
-    (registered as a new version of ``name``), a report and the ONNX export; (version, run id)."""
+    (registered as a new version of ``name``), a report and the ONNX export; (version, run id).
+
+    Once per job: a version tagged with this job (registered by an earlier attempt whose runner died
+    before it could record it) is returned instead of registering another."""
+    earlier = registered_by(settings, job_id, name)
+    if earlier is not None:
+        return earlier
     example = x_train.head(5)
     output = model.predict_proba(example)[:, -1] if hasattr(model, "predict_proba") else model.predict(example)
     metric = test["metric"]
     with Registry.for_settings(settings).tracked_run(experiment_name(job_id), "winner",
-                                                     tags={"nimbus.job": job_id}) as run:
+                                                     tags={JOB_TAG: job_id}) as run:
         run.log_params({f"winner_{k}": v for k, v in winner["params"].items()})
         run.log_metrics({f"test_{metric}": test["value"], f"test_{metric}_ci_low": test["ci95"][0],
                          f"test_{metric}_ci_high": test["ci95"][1]})
-        version = run.log_sklearn(model, example, output, name)
+        version = run.log_sklearn(model, example, output, name, version_tags={JOB_TAG: job_id})
         run.log_json(report, "report/report.json")
         if onnx is not None:
             run.log_bytes(onnx, "onnx/model.onnx")

@@ -32,30 +32,19 @@ class InputTooLarge(InvalidInput):
 
 
 class UnsafeKey(InvalidInput):
-    """An S3 key that could name a place outside the folder it would be staged under."""
+    """An S3 key that could name a place outside its folder (``..``, an absolute or empty part)."""
 
 
 def safe_key(bucket: str, key: str) -> PurePosixPath:
     """``key`` as relative path parts, or InvalidInput naming it: no absolute key, no ``..`` or ``.``,
     no empty part (``a//b``), no backslash or control character — a key must not name a place
-    outside the folder it is staged under."""
+    outside its folder (wherever a tool copies it to)."""
     path = PurePosixPath(key)
     parts = key.split("/")
     if not key or key.startswith("/") or _ODD.search(key) or any(p in ("", ".", "..") for p in parts):
         raise UnsafeKey(f"S3 key {key!r} in {bucket}: refused, it has an absolute, empty, '.' or '..' part or "
                         "an odd character (rename the object)")
     return path
-
-
-def staging_path(home: Path, bucket: str, key: str) -> Path:
-    """Where an S3 input is copied for Spark's JVM: ``home/batch/inputs/bucket/key``, confined to that folder."""
-    root = (home / "batch" / "inputs").resolve()
-    if not bucket or _ODD.search(bucket) or bucket in (".", "..") or "/" in bucket:
-        raise UnsafeKey(f"S3 key {key!r} in {bucket!r}: refused, not a bucket name")
-    local = (root / bucket / safe_key(bucket, key)).resolve()
-    if not local.is_relative_to(root / bucket):
-        raise UnsafeKey(f"S3 key {key!r} in {bucket}: refused, it would be staged outside {root / bucket}")
-    return local
 
 
 class LimitedReader:
@@ -193,16 +182,38 @@ def etag_fingerprints(settings: Settings, files: list[InputFile]) -> list[InputF
     return out
 
 
-def input_schema(fs_config: FsConfig, file: InputFile) -> dict[str, str]:
-    """Column name -> Arrow type, read from the Parquet footer or the CSV header only."""
+def arrow_schema(fs_config: FsConfig, file: InputFile) -> pa.Schema:
+    """The Arrow schema ``read_split`` gives this file: the Parquet footer's, or the CSV header's names as text."""
     fs, path = fs_config.filesystem(file.uri)
     if file.uri.endswith((".parquet", ".pq")):
         with fs.open_input_file(path) as handle:
-            schema = pq.ParquetFile(handle).schema_arrow
-        return {f.name: str(f.type) for f in schema}
+            return pq.ParquetFile(handle).schema_arrow
     with fs_config.open_text(file.uri) as handle:
         names = pacsv.open_csv(handle).schema.names
-    return {name: "string" for name in names}
+    return pa.schema([(name, pa.string()) for name in names])
+
+
+def input_schema(fs_config: FsConfig, file: InputFile) -> dict[str, str]:
+    """Column name -> Arrow type, read from the Parquet footer or the CSV header only."""
+    return {f.name: str(f.type) for f in arrow_schema(fs_config, file)}
+
+
+def common_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """Every column of any of ``schemas``, in first-seen order; a column whose type differs between
+    them (a Parquet number, a CSV's text) is text, which the validation rules read like a CSV's."""
+    types: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for f in schema:
+            kind = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            types[f.name] = kind if types.get(f.name, kind) == kind else pa.string()
+    return pa.schema(list(types.items()))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: cast where the type differs, nulls where missing."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def plan_splits(fs_config: FsConfig, files: list[InputFile], rows_per_split: int = ROWS_PER_SPLIT) -> list[Split]:

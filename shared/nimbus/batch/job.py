@@ -34,13 +34,15 @@ from nimbus import audit
 from nimbus.batch.io import (
     FsConfig,
     InputFile,
+    arrow_schema,
     check_decompressed,
+    common_schema,
     duplicate_ids,
     etag_fingerprints,
     input_schema,
     list_inputs,
     plan_splits,
-    staging_path,
+    read_split,
 )
 from nimbus.batch.models import describe, parse_refs, payloads, resolve
 from nimbus.batch.scoring import merge, score_splits
@@ -49,7 +51,6 @@ from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NimbusError, StoreUnavailable
 from nimbus.stores._base import redact
 from nimbus.stores.documents import Collections, DocumentStore, mongo_reason
-from nimbus.stores.objects import ObjectStore, S3Uri
 from nimbus.validation.schema import load_schema
 
 RUN_KEY_LENGTH = 20  # hex digits of the input checksum that name a run
@@ -185,40 +186,28 @@ class BatchJob:
 
     # -- step 2 (Airflow's validate task): rule counts with Spark column expressions --
     def validate(self, key: str) -> dict[str, Any]:
-        """Count failures by rule in one Spark aggregation, and fail fast past the threshold."""
-        from nimbus.batch.spark import spark_session
+        """Count failures by rule in one Spark aggregation, and fail fast past the threshold.
+
+        The records are read by the Spark tasks with Arrow (``arrow_frame``: S3 or disk, where the tasks
+        run), not by Spark's JVM readers from a copy on this machine: a Spark Connect server or a cluster
+        reads the input itself, nothing passes through this process, no Hadoop S3 connector is needed."""
+        from nimbus.batch.spark import arrow_frame, spark_session
         from nimbus.validation.spark import count_failures
 
         self.check_schema(key)
-        doc = self._doc(key)
-        spark = spark_session(self.settings)
-        frames = []
-        for f in doc["input"]["files"]:
-            local = f["uri"]
-            try:
-                if S3Uri.is_s3(local):
-                    local = self._stage_locally(local)
-                check_decompressed(self.fs, local)  # Spark's JVM would inflate a .gz whatever its size
-            except InvalidInput as exc:
-                self._refuse(key, exc)
-            reader = spark.read.parquet if local.endswith((".parquet", ".pq")) else \
-                spark.read.option("header", True).csv
-            frames.append(reader(local))
-        df = frames[0]
-        for other in frames[1:]:
-            df = df.unionByName(other, allowMissingColumns=True)
+        files = [InputFile(**f) for f in self._doc(key)["input"]["files"]]
+        try:
+            for f in files:  # refused here in one line, before a task meets the limit as a Spark error
+                check_decompressed(self.fs, f.uri)
+        except InvalidInput as exc:
+            self._refuse(key, exc)
+        fs = self.fs
+        schema = common_schema(arrow_schema(fs, f) for f in files)
+        df = arrow_frame(spark_session(self.settings), plan_splits(fs, files), lambda split: read_split(fs, split),
+                         schema)
         records, bad, failures = count_failures(df, self.schema)
         self._threshold(key, records, bad, failures)
         return {"records": records, "bad": bad, "failures": failures}
-
-    def _stage_locally(self, uri: str) -> str:
-        """Spark's JVM reads local files here (no Hadoop S3 connector): download once per run."""
-        source = S3Uri.parse(uri)
-        local = staging_path(self.settings.home, source.bucket, source.key)  # InvalidInput outside home/batch/inputs
-        if not local.exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            ObjectStore.for_settings(self.settings).download(source.bucket, source.key, str(local))
-        return str(local)
 
     def _threshold(self, key: str, records: int, bad: int, failures: dict[str, int]) -> None:
         limit = self.request.max_bad_share if self.request.max_bad_share is not None else self.schema.max_bad_share

@@ -1,4 +1,5 @@
-"""One SparkSession per process, configured from Settings: local[*] or a spark:// cluster.
+"""One SparkSession per process, configured from Settings: local[*], a spark:// cluster, or a Spark Connect
+client (``sc://``, no JVM in this process).
 
 The driver JVM's own output (start-up banner, log4j, the JDK's and Hadoop's warnings) goes to
 ``<home>/logs/spark.log``, not to the user's terminal: the terminal shows Nimbus output only.
@@ -17,7 +18,8 @@ from nimbus.config import Settings
 from nimbus.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
 
 _lock = threading.Lock()
 
@@ -86,3 +88,24 @@ def map_items(spark: SparkSession, items: Sequence[Any], work: Callable[[list[An
         return []
     rows = spark.range(0, len(items), 1, len(items)).mapInArrow(task, "result binary").collect()
     return [r for _, r in sorted((pickle.loads(row["result"]) for row in rows), key=lambda pair: pair[0])]
+
+
+def arrow_frame(spark: SparkSession, items: Sequence[Any], read: Callable[[Any], pa.Table],
+                schema: pa.Schema) -> DataFrame:
+    """A DataFrame of the tables ``read(item)`` gives, one item per task, each conformed to ``schema``:
+    read where the tasks run (executors, a Connect server's workers), so no data passes through this
+    process and no Hadoop connector is needed (``read`` reads S3 with Arrow). DataFrame operations only,
+    like ``map_items``: it runs on Spark Connect too."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from nimbus.batch.io import conform
+
+    spark_schema = from_arrow_schema(schema)
+    target = to_arrow_schema(spark_schema, timezone="UTC")  # the Arrow types Spark takes back (us timestamps)
+
+    def task(batches):
+        for batch in batches:
+            for i in batch.column(0).to_pylist():
+                yield from conform(read(items[i]), target).to_batches()
+
+    return spark.range(0, len(items), 1, max(len(items), 1)).mapInArrow(task, spark_schema)

@@ -8,7 +8,8 @@ recommender's ``assigner``: user id -> (experiment, variant, model alias), a pur
 :class:`ExposureTracker` is a recommender listener. On the request path it only puts a
 tuple on an in-process queue (well under a microsecond — see
 benchmarks/exposure_overhead.py); a background thread writes the batch to Redis every
-``exposure_flush_s`` in one round trip: the answer's record (for joining clicks and
+``exposure_flush_s`` in one round trip (on Lambda no thread: the invocation writes it before
+it returns, see :mod:`nimbus.buffers`): the answer's record (for joining clicks and
 purchases), the variant's exposure count and user set, the performance time bucket
 (counts per model version and variant, served-item sketch, diversity). A Redis failure
 drops that batch and is logged — it never touches a request.
@@ -26,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nimbus import buffers
 from nimbus.config import Settings
 from nimbus.errors import StoreUnavailable
 from nimbus.experiments.assignment import assign
@@ -111,8 +113,9 @@ class ExposureTracker:
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._stop = threading.Event()
         self.dropped = 0
+        buffers.register(self)
         if background:
-            threading.Thread(target=self._loop, name="exposure-tracker", daemon=True).start()
+            buffers.start_flusher(self._loop, "exposure-tracker")  # none on Lambda
 
     def __call__(self, served: Served) -> None:
         self._queue.put((served.request_id, served.user_id, served.experiment, served.variant,

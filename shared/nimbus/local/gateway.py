@@ -7,6 +7,16 @@
   ``s3`` trigger matches, as the S3 event Lambda would get. A message is deleted only
   after every handler succeeded; a failure comes back (with back-off) and after the
   queue's maxReceiveCount goes to the dead-letter queue, as on AWS.
+
+The three run concurrently: HTTP requests on uvicorn's event loop, the scheduler and the
+drop-folder poller in a thread each, and every handler in the invoker's bounded pool of
+workers (:class:`nimbus.local.invoke.Invoker`). Each schedule fires on its own: a 900 s
+batch does not delay the 1-minute rollup, an HTTP answer or a drop-folder file. A fire of a
+schedule whose previous run is still going is skipped and logged (the local gateway must
+not pile up runs of one schedule). A handler past its function's ``timeout`` has its result
+discarded and logged (HTTP answers 504, as API Gateway does); its thread cannot be stopped
+(Python has no way to kill a thread) and runs on, holding its worker, until it returns.
+Drop-folder messages are handled one at a time, each deleted only once handled.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +45,7 @@ from starlette.routing import Route
 from nimbus.config import Settings
 from nimbus.errors import ConfigError, EventError, NimbusError
 from nimbus.events import ObjectsCreated, parse
-from nimbus.local.invoke import Invoker
+from nimbus.local.invoke import Invocation, Invoker
 from nimbus.local.serverless import FunctionSpec, Project, Schedule
 from nimbus.stores.objects import QueueStore
 
@@ -186,6 +197,7 @@ class Gateway:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.fired: list[tuple[str, str]] = []  # (function, trigger) for status and tests
+        self.skipped: list[tuple[str, str]] = []  # (function, schedule) fires skipped: the last run still going
         # Validate every schedule now: a bad expression fails `serve` at start, not at 2 a.m.
         self._schedules = [
             (fn, sched, i) for fn in project.functions.values()
@@ -193,6 +205,8 @@ class Gateway:
         ]
         for _, sched, _ in self._schedules:
             next_fire(sched, time.time())
+        self._running: dict[int, Invocation] = {}  # schedule -> its latest run
+        self._waiters: ThreadPoolExecutor | None = None  # one per schedule: waits for a run, logs its end
         self.app = Starlette(routes=self._routes(), lifespan=self._lifespan)
 
     def _routes(self) -> list[Route]:
@@ -213,7 +227,8 @@ class Gateway:
             if len(body) > MAX_BODY_BYTES:
                 return JSONResponse({"message": "Request Entity Too Large"}, status_code=413)
             event = http_event(request, body, route_key)
-            result = await asyncio.to_thread(self.invoker.invoke, fn.name, event)
+            invocation = await asyncio.to_thread(self.invoker.submit, fn.name, event)  # a first call imports
+            result = await self.invoker.wait_async(invocation)  # no thread held while the handler runs
             if not result.ok:
                 log.error("%s %s -> %s failed: %s: %s", request.method, request.url.path, fn.name,
                           result.payload.get("errorType"), result.payload.get("errorMessage"))
@@ -237,6 +252,8 @@ class Gateway:
     def start_background(self) -> None:
         self._stop.clear()
         if self.options.schedules and self._schedules:
+            # At most one run per schedule is waited on (an overlapping fire is skipped): one waiter each.
+            self._waiters = ThreadPoolExecutor(max_workers=len(self._schedules), thread_name_prefix="gateway-schedule")
             self._spawn("schedules", self._schedule_loop)
         if self.options.watch and any(fn.s3 for fn in self.project.functions.values()):
             self._spawn("drop-folder", self._watch_loop)
@@ -251,19 +268,46 @@ class Gateway:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
+        if self._waiters is not None:
+            self._waiters.shutdown(wait=False, cancel_futures=True)
+            self._waiters = None
         self.invoker.close()
 
     def _schedule_loop(self) -> None:
         due = {i: next_fire(s, time.time()) for i, (_, s, _) in enumerate(self._schedules)}
         while not self._stop.is_set():
             now = time.time()
-            for i, (fn, sched, index) in enumerate(self._schedules):
+            for i in range(len(self._schedules)):
                 if due[i] <= now:
-                    due[i] = next_fire(sched, now)
-                    result = self.invoker.invoke(fn.name, scheduled_event(fn, sched, self.project.region, index))
-                    self.fired.append((fn.name, sched.expression))
-                    log.info("schedule %s -> %s: %s", sched.expression, fn.name, "ok" if result.ok else result.payload)
+                    due[i] = next_fire(self._schedules[i][1], now)
+                    self.fire(i)
             self._stop.wait(max(0.05, min(due.values()) - time.time()))
+
+    def fire(self, i: int) -> Invocation | None:
+        """Start schedule ``i``'s function (in the pool, without waiting); None if its last run still goes."""
+        fn, sched, index = self._schedules[i]
+        previous = self._running.get(i)
+        if previous is not None and previous.running:
+            self.skipped.append((fn.name, sched.expression))
+            log.warning("schedule %s -> %s: skipped, the run started %.0f s ago (%s) is still going",
+                        sched.expression, fn.name, time.perf_counter() - previous.started,
+                        previous.context.aws_request_id)
+            return None
+        try:
+            invocation = self._running[i] = self.invoker.submit(
+                fn.name, scheduled_event(fn, sched, self.project.region, index))
+        except NimbusError as exc:  # e.g. the handler does not import: the other schedules go on
+            log.error("schedule %s -> %s: %s", sched.expression, fn.name, exc)
+            return None
+        self.fired.append((fn.name, sched.expression))
+        if self._waiters is not None:
+            self._waiters.submit(self._report, sched, invocation)
+        return invocation
+
+    def _report(self, sched: Schedule, invocation: Invocation) -> None:
+        result = self.invoker.wait(invocation)
+        log.info("schedule %s -> %s: %s", sched.expression, invocation.function.name,
+                 "ok" if result.ok else result.payload)
 
     def _watch_loop(self) -> None:
         queue = QueueStore(self.settings)

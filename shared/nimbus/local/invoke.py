@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,13 +81,35 @@ def load_handler(project: Project, fn: FunctionSpec) -> Handler:
     return handler
 
 
+@dataclass
+class Invocation:
+    """One call of a handler, submitted to the invoker's pool: wait for it with :meth:`Invoker.wait`."""
+
+    function: FunctionSpec
+    context: LambdaContext
+    future: Future
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def running(self) -> bool:
+        """Queued or still running (a handler past its timeout may run on: see :class:`Invoker`)."""
+        return not self.future.done()
 
 
 class Invoker:
-    """Runs handlers in worker threads, each with its own event loop, under the function's timeout."""
+    """Runs handlers in a bounded pool of worker threads, each with its own event loop, under the
+    function's ``timeout`` from serverless.yml.
+
+    A handler past its timeout gets Lambda's ``Task timed out`` answer and its result is discarded
+    (logged when it does finish). Unlike Lambda, which ends the sandbox, the handler's thread runs
+    on until the handler returns: Python cannot stop a thread. It keeps its worker while it runs, so
+    at most ``max_workers`` handlers run at once; a call that found no free worker within its
+    timeout is cancelled before it starts.
+    """
 
     def __init__(self, project: Project, max_workers: int = 16) -> None:
         self.project = project
+        self.max_workers = max_workers
         self._loops: list[asyncio.AbstractEventLoop] = []
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lambda",
                                         initializer=self._thread_with_loop)
@@ -98,25 +120,49 @@ class Invoker:
         asyncio.set_event_loop(loop)
         self._loops.append(loop)
 
-    def invoke(self, name: str, event: Any) -> InvokeResult:
+    def submit(self, name: str, event: Any) -> Invocation:
+        """Start ``name``'s handler on ``event`` in the pool; returns at once."""
         fn = self.project.function(name)
         handler = load_handler(self.project, fn)
         context = LambdaContext(fn.name, fn.memory_mb, fn.timeout_s, self.project.region)
-        start = time.perf_counter()
-        future = self._pool.submit(handler, event, context)
+        return Invocation(fn, context, self._pool.submit(handler, event, context))
+
+    def wait(self, invocation: Invocation) -> InvokeResult:
+        """The invocation's result, or Lambda's timeout error once the function's timeout has passed."""
+        fn, context, future = invocation.function, invocation.context, invocation.future
         try:
-            payload = future.result(timeout=fn.timeout_s)
+            payload = future.result(timeout=max(0.0, context.get_remaining_time_in_millis() / 1000))
             ok = True
         except FutureTimeout:
-            # Lambda ends the sandbox; a thread cannot be killed, so it is left to finish unseen.
             ok, payload = False, {"errorType": "TimeoutError",
                                   "errorMessage": f"Task timed out after {fn.timeout_s:.2f} seconds"}
+            if future.cancel():
+                log.warning("function %s (%s): no free worker of %d within its %d s timeout; not run",
+                            fn.name, context.aws_request_id, self.max_workers, fn.timeout_s)
+            else:
+                log.warning("function %s (%s): timed out after %d s; its result will be discarded "
+                            "(its thread runs on until the handler returns)", fn.name, context.aws_request_id,
+                            fn.timeout_s)
+                future.add_done_callback(lambda _: log.warning(
+                    "function %s (%s): finished %.1f s after it started, past its %d s timeout; result discarded",
+                    fn.name, context.aws_request_id, time.perf_counter() - invocation.started, fn.timeout_s))
         except Exception as exc:  # noqa: BLE001 - the handler's own failure, reported as Lambda reports it
             # The trace is in the payload (as Lambda returns it) and at DEBUG; callers say what to show.
             log.debug("function %s failed: %s", fn.name, "".join(traceback.format_exception(exc)))
             ok, payload = False, {"errorType": type(exc).__name__, "errorMessage": str(exc),
                                   "stackTrace": traceback.format_tb(exc.__traceback__)}
-        return InvokeResult(ok, payload, (time.perf_counter() - start) * 1000, context.aws_request_id)
+        return InvokeResult(ok, payload, (time.perf_counter() - invocation.started) * 1000, context.aws_request_id)
+
+    async def wait_async(self, invocation: Invocation) -> InvokeResult:
+        """:meth:`wait` for an event loop: holds no thread while the handler runs."""
+        waiter = asyncio.wrap_future(invocation.future)
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # reported by wait(), not by asyncio
+        await asyncio.wait([waiter], timeout=invocation.context.get_remaining_time_in_millis() / 1000)
+        return self.wait(invocation)  # done, or past its timeout: answers at once
+
+    def invoke(self, name: str, event: Any) -> InvokeResult:
+        """Call ``name``'s handler on ``event`` and wait for it (at most its timeout)."""
+        return self.wait(self.submit(name, event))
 
     def close(self) -> None:
         """Stop the workers and close their loops (a handler still past its timeout keeps its own)."""

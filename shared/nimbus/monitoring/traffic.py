@@ -15,8 +15,8 @@ One call per request (:meth:`FunctionTraffic.record`, made by the ASGI middlewar
   histogram over the fixed :data:`LATENCY_BUCKETS_MS`. The request path only adds to a
   dict under an uncontended lock; a background thread adds the dict to Redis with
   HINCRBY every ``traffic_flush_s`` (one round trip), so Redis never sits on the request
-  path. (On Lambda the thread runs while an invocation does; counts wait in memory
-  between invocations.)
+  path. (On Lambda there is no thread: the handler wrapper writes the counts before the
+  invocation returns, see :mod:`nimbus.buffers`.)
 
 Contract (the dashboard reads it)::
 
@@ -43,6 +43,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from nimbus import buffers
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, StoreUnavailable
 from nimbus.monitoring.windows import check_window
@@ -79,7 +80,9 @@ class Rollup:
         self._flushing = threading.Lock()  # one flush at a time: a flush returns once its counts are in
         self._pending: dict[tuple[str, int], list[int]] = {}
         self._thread: threading.Thread | None = None
+        self._started = False
         self._stop = threading.Event()
+        buffers.register(self)
 
     def add(self, function: str, latency_ms: float, error: bool) -> None:
         key = (function, int(time.time()) // self.bucket_s * self.bucket_s)
@@ -91,7 +94,7 @@ class Rollup:
             row[0] += 1
             row[1] += error
             row[slot] += 1
-        if self._thread is None:
+        if not self._started:
             self._start()
 
     def add_degraded(self, function: str) -> None:
@@ -104,9 +107,9 @@ class Rollup:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="traffic-rollup", daemon=True)
-                self._thread.start()
+            if not self._started:
+                self._started = True
+                self._thread = buffers.start_flusher(self._loop, "traffic-rollup")  # None on Lambda
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.traffic_flush_s):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from nimbus import buffers
 from nimbus.errors import InvalidInput, StoreDataError, StoreUnavailable
 from nimbus.ids import ID_CHARS, RequestSigner, is_id
 from nimbus.recommend.live import LiveModels, LiveState
@@ -205,7 +206,8 @@ class FeatureSampler:
         self.store, self.model, self.rate, self.flush_s = store, model, rate, flush_s
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
-        threading.Thread(target=self._flush_loop, name="feature-sampler", daemon=True).start()
+        buffers.register(self)
+        buffers.start_flusher(self._flush_loop, "feature-sampler")  # none on Lambda: the invocation flushes
 
     def stop(self) -> None:
         self._stop.set()
@@ -220,13 +222,23 @@ class FeatureSampler:
             "categorical": {"category": served.categories[0]},
         }))
 
+    def flush(self, limit: int = 1000) -> int:
+        """Write what is sampled (at most ``limit`` rows); returns how many were written."""
+        rows = []
+        while len(rows) < limit:
+            try:
+                rows.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not rows:
+            return 0
+        try:
+            self.store.push_samples(self.model, rows)
+        except StoreUnavailable as exc:
+            log.debug("feature samples dropped: %s", exc)
+            return 0
+        return len(rows)
+
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_s):
-            rows = []
-            while not self._queue.empty() and len(rows) < 1000:
-                rows.append(self._queue.get_nowait())
-            if rows:
-                try:
-                    self.store.push_samples(self.model, rows)
-                except StoreUnavailable as exc:
-                    log.debug("feature samples dropped: %s", exc)
+            self.flush()

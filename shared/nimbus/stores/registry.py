@@ -362,9 +362,9 @@ class TrackedRun:
             mlflow.log_artifact(str(local), artifact_path=folder or None)
 
     def log_sklearn(self, model: Any, example: Any, output: Any, registered_name: str, *, name: str = "model",
-                    predict_fn: str = "predict") -> str:
+                    predict_fn: str = "predict", version_tags: Mapping[str, str] | None = None) -> str:
         """Log a fitted scikit-learn model with its signature, register it as a new version of
-        ``registered_name`` and tag it with its kind; returns the version."""
+        ``registered_name`` and tag it with its kind (and ``version_tags``); returns the version."""
         import mlflow.sklearn
         from mlflow.models import infer_signature
         from sklearn.base import is_classifier
@@ -373,7 +373,8 @@ class TrackedRun:
                                         signature=infer_signature(example, output), pyfunc_predict_fn=predict_fn,
                                         skops_trusted_types=trusted_types(model))
         return self.registry.register(registered_name, info.model_uri, self.run_id, info.model_id,
-                                      tags={KIND_TAG: "classifier" if is_classifier(model) else "regressor"})
+                                      tags={KIND_TAG: "classifier" if is_classifier(model) else "regressor",
+                                            **(version_tags or {})})
 
 
 def trusted_types(model: Any) -> list[str] | None:
