@@ -59,7 +59,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
 @pytest.fixture
 def clean_stack(stack_settings: Settings) -> Settings:
-    """The session's stack with Redis, MongoDB, the buckets and the drop queue emptied."""
+    """The session's stack with Redis, MongoDB, the buckets and the drop queues emptied."""
     from nimbus.monitoring.traffic import flush_all
     from nimbus.stores.documents import DocumentStore
     from nimbus.stores.objects import ObjectStore, QueueStore
@@ -74,10 +74,11 @@ def clean_stack(stack_settings: Settings) -> Settings:
     for bucket in (stack_settings.data_bucket, stack_settings.artifacts_bucket):
         for key in objects.list_keys(bucket):
             objects.client.delete_object(Bucket=bucket, Key=key)
-    queue = QueueStore(stack_settings)  # drained, not purged: SQS allows one purge a minute
-    while messages := queue.receive(wait_s=0):
-        for message in messages:
-            queue.delete(message["ReceiptHandle"])
+    for name in (stack_settings.drop_queue, stack_settings.airflow_queue):  # drained, not purged: one purge a minute
+        queue = QueueStore(stack_settings, name)
+        while messages := queue.receive(wait_s=0):
+            for message in messages:
+                queue.delete(message["ReceiptHandle"])
     return stack_settings
 
 

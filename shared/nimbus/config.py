@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     artifacts_bucket: str = "nimbus-artifacts"
     drop_prefix: str = "incoming/"
     drop_queue: str = "nimbus-drop-events"
+    # The drop folder's second queue, for Airflow alone (the local gateway consumes drop_queue).
+    airflow_queue: str = "nimbus-airflow-drops"
+    airflow_queue_url: str | None = Field(
+        default=None, description="The SQS queue URL the batch DAG watches (an asset watcher): a file dropped starts "
+                                  "a DAG run at once. Unset: the DAG runs on the hour only.")
 
     # MLflow: None means SQLite + artifact folder under ``home`` (no server needed).
     mlflow_tracking_uri: str | None = None

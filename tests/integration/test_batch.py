@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +16,6 @@ from nimbus.batch.job import BatchFailed, BatchJob, RunRequest, run_batch
 from nimbus.config import Settings
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.objects import ObjectStore
-from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,25 +117,3 @@ def test_the_spark_validation_stage_counts_the_same_failures(batch_stack: Settin
     assert spark_counts["bad"] == arrow_counts["quarantined"] == 24
     assert {r: c for r, c in spark_counts["failures"].items() if c} == \
         {r: c for r, c in arrow_counts["failures"].items() if c}
-
-
-def test_a_killed_run_rerun_leaves_exactly_one_result_per_record(batch_stack: Settings, tmp_path: Path) -> None:
-    uri = drop(batch_stack, "big.parquet", 60_000, seed=9)
-    env = {**os.environ, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "nimbus.cli", "batch", "run", uri, "--models", "churn-lr,churn-hgb"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    while predictions(batch_stack) == 0 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-write: some predictions are in MongoDB, not all
-    proc.wait()
-    partial = predictions(batch_stack)
-    assert 0 < partial < 60_000, f"the kill did not land mid-write ({partial} written)"
-    [run] = DocumentStore.for_settings(batch_stack).collection(Collections.BATCH_RUNS).find({})
-    assert run["status"] == "running"
-
-    result = run_batch(batch_stack, RunRequest(uri, "churn-lr,churn-hgb"))
-    assert result.status == "succeeded" and result.scored == 60_000
-    assert predictions(batch_stack) == 60_000
-    assert results_table(batch_stack, f"batch/results/{result.run_key}").num_rows == 60_000

@@ -50,10 +50,10 @@ def test_applying_the_resources_twice_changes_nothing(clean_stack: Settings) -> 
     stack.apply_resources()
     s3 = ObjectStore.for_settings(clean_stack).client
     config = s3.get_bucket_notification_configuration(Bucket=clean_stack.data_bucket)
-    assert len(config["QueueConfigurations"]) == 1
+    assert len(config["QueueConfigurations"]) == 2  # the gateway's queue and Airflow's
     sqs = QueueStore(clean_stack).client
     names = [u.rsplit("/", 1)[-1] for u in sqs.list_queues()["QueueUrls"]]
-    assert sorted(names) == ["nimbus-drop-events", "nimbus-drop-events-dlq"]
+    assert sorted(names) == ["nimbus-airflow-drops", "nimbus-drop-events", "nimbus-drop-events-dlq"]
     attributes = sqs.get_queue_attributes(QueueUrl=QueueStore(clean_stack).queue_url, AttributeNames=["All"])
     assert json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"] in (3, "3")
 

@@ -59,9 +59,10 @@ def test_localstack_resources_use_the_names_in_settings() -> None:
     spec = json.loads((ROOT / "localstack" / "resources.json").read_text())
     defaults = Settings(_env_file=None)
     assert {defaults.data_bucket, defaults.artifacts_bucket} <= set(spec["buckets"])
-    assert defaults.drop_queue in {q["name"] for q in spec["queues"]}
-    [drop] = [n for n in spec["notifications"] if n["queue"] == defaults.drop_queue]
-    assert (drop["bucket"], drop["prefix"]) == (defaults.data_bucket, defaults.drop_prefix)
+    for queue in (defaults.drop_queue, defaults.airflow_queue):  # the gateway's and Airflow's
+        assert queue in {q["name"] for q in spec["queues"]}
+        [drop] = [n for n in spec["notifications"] if n["queue"] == queue]
+        assert (drop["bucket"], drop["prefix"]) == (defaults.data_bucket, defaults.drop_prefix)
 
 
 def test_serverless_yml_uses_the_names_in_settings() -> None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -45,10 +46,11 @@ from nimbus.batch.io import (
 )
 from nimbus.batch.models import describe, parse_refs, payloads, resolve
 from nimbus.batch.scoring import merge, score_splits
-from nimbus.batch.sinks import ParquetSink, RunFolders, write_mongodb
+from nimbus.batch.sinks import RERUN, ParquetSink, RunFolders, write_mongodb
 from nimbus.config import Settings
-from nimbus.errors import InvalidInput, NimbusError
-from nimbus.stores.documents import Collections, DocumentStore
+from nimbus.errors import InvalidInput, NimbusError, StoreUnavailable
+from nimbus.stores._base import redact
+from nimbus.stores.documents import Collections, DocumentStore, mongo_reason
 from nimbus.validation.schema import load_schema
 
 RUN_KEY_LENGTH = 20  # hex digits of the input checksum that name a run
@@ -104,6 +106,17 @@ def input_checksum(files: list[InputFile]) -> str:
 def run_key_for(files: list[InputFile]) -> str:
     """The run's key: the head of its input checksum."""
     return input_checksum(files)[:RUN_KEY_LENGTH]
+
+
+@contextmanager
+def mongo_lost(settings: Settings) -> Iterator[None]:
+    """MongoDB gone while the driver talks to it (the run document, the audit trail): one line saying so."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        yield
+    except PyMongoError as exc:
+        raise StoreUnavailable("mongodb", redact(settings.mongo_url), mongo_reason(exc), RERUN) from exc
 
 
 # ---- driver side -----------------------------------------------------------------------------
@@ -232,7 +245,7 @@ class BatchJob:
                               f"{total['quarantined']}")
         counts = {k: total[k] for k in ("records", "scored", "quarantined")}
         counts["duplicates"] = total["failures"].get(self.schema.unique_rule().name, 0)
-        self.runs.update_one({"_id": key}, {"$set": {"counts": counts,
+        self.runs.update_one({"_id": key}, {"$set": {"counts": counts, "parts": self.parquet.staged(folders),
                                                       "task_seconds": total["task_seconds"],
                                                       "failures": total["failures"],
                                                       "stats": {"scores": total["stats"], "agree": total["agree"]}}})
@@ -243,22 +256,27 @@ class BatchJob:
             raise
         return total
 
-    # -- step 4: commit Parquet, then MongoDB --
+    # -- step 4: MongoDB from the staged parts, then commit Parquet --
     def write(self, key: str) -> dict[str, Any]:
+        """Idempotent, so a retried task or a rerun never duplicates nor loses: MongoDB skips the ``_id``s it
+        has, and the commit makes results exactly the scoring pass's manifest of parts."""
         doc = self._doc(key)
+        if "parts" not in doc:
+            raise NimbusError(f"batch run {key} has nothing staged: its score step has not run")
         folders = RunFolders.of(self.settings, key)
-        clock = time.perf_counter()
-        moved = self.parquet.commit(folders)
         written: dict[str, Any] = {"results_uri": str(folders.results).rstrip("/"),
-                                   "quarantine_uri": str(folders.quarantine).rstrip("/"), "parts": moved,
-                                   "seconds": {"commit": time.perf_counter() - clock}}
-        if "mongodb" in doc.get("sinks", []):
+                                   "quarantine_uri": str(folders.quarantine).rstrip("/"), "seconds": {}}
+        if "mongodb" in doc.get("sinks", []):  # first: MongoDB lost here leaves no Parquet committed
             from nimbus.batch.spark import spark_session
 
             clock = time.perf_counter()
             written["mongodb"] = write_mongodb(spark_session(self.settings), self.settings,
-                                               self.parquet.result_parts(folders), self.schema.id, doc["models"])
+                                               self.parquet.scored_parts(folders, doc["parts"]), self.schema.id,
+                                               doc["models"])
             written["seconds"]["mongodb"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        written["parts"] = self.parquet.commit(folders, doc["parts"])
+        written["seconds"]["commit"] = time.perf_counter() - clock
         self.runs.update_one({"_id": key}, {"$set": {"outputs": written}})
         return written
 
@@ -306,6 +324,10 @@ class BatchJob:
 
     # -- all steps --
     def run(self) -> RunResult:
+        with mongo_lost(self.settings):
+            return self._run()
+
+    def _run(self) -> RunResult:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         key, done = self.prepare()

@@ -1,9 +1,12 @@
 """Where a batch run's results go: Parquet in S3 and documents in MongoDB.
 
-Parquet: each scoring task writes its parts under the run's staging folder; ``ParquetSink.commit``
-moves them to ``results/`` and ``quarantine/`` as a whole, so a failed or retried run never
-leaves half its output there. MongoDB: one Spark task per committed part inserts its records with
-a deterministic ``_id`` (run key and record id), so a retried task skips what it already wrote.
+Parquet: each scoring task writes its parts under the run's staging folder, and the run records which
+parts it staged (its manifest). MongoDB is written first, from the staged parts: one Spark task per part
+inserts its records with a deterministic ``_id`` (run key and record id), so a retried task or a rerun skips
+what it already wrote. Then ``ParquetSink.commit`` copies the staged parts into ``results/`` and
+``quarantine/``, drops what the manifest does not name, and clears staging: a run that fails or is killed
+before the commit leaves nothing under ``results/``, and a commit interrupted anywhere is finished by
+running it again (a retried Airflow ``write`` task), never half-done nor emptied.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from nimbus.batch.io import FsConfig, read_parquet
 from nimbus.config import Settings
-from nimbus.stores.documents import Collections, DocumentStore
+from nimbus.stores.documents import Collections, DocumentStore, mongo_reason
 from nimbus.stores.objects import ObjectStore, S3Uri
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 MONGO_CHUNK = 5000  # documents per insert
+RERUN = "the run is not marked done; run it again once MongoDB is back (every record is then written once)"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class RunFolders:
         return self.staging.child(f"quarantine/part-{index:05d}.parquet")
 
 
+Manifest = dict[str, list[str]]  # staged part names: {"scored": [...], "quarantine": [...]}
+KINDS = {"scored": "results", "quarantine": "quarantine"}  # staging subfolder -> committed folder
+
+
 class ParquetSink:
     """Staged parts committed to the run's results and quarantine folders."""
 
@@ -52,31 +60,65 @@ class ParquetSink:
         """Drop a previous attempt's parts: they must not mix with this attempt's."""
         self.store.delete_under(folders.staging)
 
-    def commit(self, folders: RunFolders) -> dict[str, int]:
-        """Replace the run's results and quarantine by the staged parts; returns parts moved per folder."""
-        self.store.delete_under(folders.results)
-        self.store.delete_under(folders.quarantine)
-        return {"results": self.store.move_under(folders.staging.child("scored/"), folders.results),
-                "quarantine": self.store.move_under(folders.staging.child("quarantine/"), folders.quarantine)}
+    def staged(self, folders: RunFolders) -> Manifest:
+        """The names of the parts staged now, by kind: the run's manifest once scoring is done."""
+        return {kind: [u.key.rsplit("/", 1)[-1] for u in self.store.list_under(folders.staging.child(f"{kind}/"))]
+                for kind in KINDS}
 
-    def result_parts(self, folders: RunFolders) -> list[S3Uri]:
-        return self.store.list_under(folders.results)
+    def scored_parts(self, folders: RunFolders, manifest: Manifest) -> list[S3Uri]:
+        """Where each scored part of the manifest is now: staged, or already committed."""
+        staged = set(self.staged(folders)["scored"])
+        return [folders.staging.child(f"scored/{n}") if n in staged else folders.results.child(n)
+                for n in manifest["scored"]]
+
+    def commit(self, folders: RunFolders, manifest: Manifest) -> dict[str, int]:
+        """Make the run's results and quarantine exactly the manifest's parts; returns parts per folder.
+
+        Idempotent: copy what is staged (over an earlier attempt's part of the same name), check every part
+        the manifest names is there, drop any other part, then clear staging."""
+        from nimbus.errors import NimbusError
+
+        counts = {}
+        for kind, folder in KINDS.items():
+            target = getattr(folders, folder)
+            self.store.copy_under(folders.staging.child(f"{kind}/"), target)
+            there = {u.key.rsplit("/", 1)[-1]: u for u in self.store.list_under(target)}
+            missing = sorted(set(manifest[kind]) - set(there))
+            if missing:
+                raise NimbusError(f"staged {kind} part(s) {', '.join(missing[:3])} are gone: rerun the batch")
+            for name, uri in there.items():
+                if name not in manifest[kind]:
+                    self.store.client.delete_object(Bucket=uri.bucket, Key=uri.key)
+            counts[folder] = len(manifest[kind])
+        self.clear_staging(folders)
+        return counts
 
 
 def write_mongodb(spark: SparkSession, settings: Settings, parts: list[S3Uri], id_column: str,
                   models: dict[str, str]) -> dict[str, int]:
-    """One Spark task per scored part inserts its records into ``batch_predictions``."""
+    """One Spark task per scored part inserts its records into ``batch_predictions``.
+
+    A task that loses MongoDB reports why instead of failing (Spark would wrap the reason in a traceback, and
+    retry a task whose store is down); the driver raises it once, as a one-line StoreUnavailable."""
+    from nimbus.batch.spark import map_items
+    from nimbus.errors import StoreUnavailable
+    from nimbus.stores._base import redact
+
     fs = FsConfig.from_settings(settings)
     uris = [str(p) for p in parts]
-    from nimbus.batch.spark import map_items
-
     counts = map_items(spark, uris, lambda items: [insert_part(u, settings, fs, id_column, models) for u in items])
+    lost = [c[2] for c in counts if c[2]]
+    if lost:
+        raise StoreUnavailable("mongodb", redact(settings.mongo_url), lost[0], RERUN)
     return {"inserted": sum(c[0] for c in counts), "duplicates": sum(c[1] for c in counts)}
 
 
 def insert_part(uri: str, settings: Settings, fs_config: FsConfig, id_column: str, models: dict[str, str],
-                chunk: int = MONGO_CHUNK) -> tuple[int, int]:
-    """Runs in a Spark task: insert one scored part; returns (inserted, duplicates skipped)."""
+                chunk: int = MONGO_CHUNK) -> tuple[int, int, str]:
+    """Runs in a Spark task: insert one scored part; returns (inserted, duplicates skipped, why MongoDB was lost
+    or "")."""
+    from pymongo.errors import BulkWriteError, PyMongoError
+
     table = read_parquet(fs_config, uri)
     ids = table.column(id_column).to_pylist()
     run_key = table.column("run_key")[0].as_py() if table.num_rows else ""
@@ -88,7 +130,12 @@ def insert_part(uri: str, settings: Settings, fs_config: FsConfig, id_column: st
             {"_id": f"{run_key}:{rid}", "run_key": run_key, "record_id": rid,
              "scores": {name: float(scores[name][k]) for name in models}, "versions": models}
             for k, rid in enumerate(ids[start:start + chunk], start)]
-        new, dup = documents.insert_new(Collections.BATCH_PREDICTIONS, docs)
+        try:
+            new, dup = documents.insert_new(Collections.BATCH_PREDICTIONS, docs)
+        except BulkWriteError:
+            raise  # MongoDB answered and refused a record: a bug, not an outage
+        except PyMongoError as exc:
+            return inserted, duplicates, mongo_reason(exc)
         inserted += new
         duplicates += dup
-    return inserted, duplicates
+    return inserted, duplicates, ""

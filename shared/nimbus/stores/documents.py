@@ -61,6 +61,11 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
+def mongo_reason(exc: Exception) -> str:
+    """Why a pymongo call failed, in one clause (pymongo appends its topology description)."""
+    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].strip() or type(exc).__name__
+
+
 class DocumentStore(PerProcess):
     """A thin adapter over one MongoClient (which pools connections itself)."""
 
@@ -103,9 +108,7 @@ class DocumentStore(PerProcess):
         try:
             self.client.admin.command("ping")
         except PyMongoError as exc:
-            # pymongo appends its topology description; the first clause is the reason.
-            reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].strip() or type(exc).__name__
-            raise StoreUnavailable(self.name, redact(self.url), reason) from exc
+            raise StoreUnavailable(self.name, redact(self.url), mongo_reason(exc)) from exc
 
     def ensure_indexes(self) -> None:
         """Create every declared index (idempotent)."""

@@ -195,13 +195,14 @@ class ObjectStore(PerProcess):
 
 
 class QueueStore:
-    """The SQS queue that carries drop-folder notifications (S3 -> SQS -> batch)."""
+    """An SQS queue that carries drop-folder notifications (S3 -> SQS -> batch): the gateway's
+    (``drop_queue``, the default) or Airflow's (``airflow_queue``)."""
 
     name = "sqs"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queue: str | None = None) -> None:
         self.url = settings.aws_endpoint_url or f"https://sqs.{settings.aws_region}.amazonaws.com"
-        self.queue_name = settings.drop_queue
+        self.queue_name = queue or settings.drop_queue
         self.client = aws_client("sqs", settings)
         self._queue_url: str | None = None
 
