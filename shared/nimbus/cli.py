@@ -117,6 +117,8 @@ def local_serve(
 ) -> None:
     """Run the local gateway: every httpApi route, schedule and S3 trigger of serverless.yml, and an AutoML
     runner process (a child: AutoML jobs never run in the gateway's process)."""
+    import signal
+
     import uvicorn
 
     from nimbus.local import worker
@@ -128,6 +130,8 @@ def local_serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     routes = [f"{r.method:6} {r.path} -> {fn.name}" for fn in gateway.project.functions.values() for r in fn.http]
     out.print("routes:\n  " + "\n  ".join(routes))
+    # uvicorn re-raises SIGTERM once it has shut down: unwind instead, so the worker child is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with worker.automl_worker(settings, automl_worker) as child:
         if child is not None:
             out.print(f"AutoML worker: pid {child.pid}, log {settings.home / 'logs' / 'automl-worker.log'}")

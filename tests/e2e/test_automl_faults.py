@@ -208,3 +208,38 @@ def test_the_gateway_answers_every_function_through_an_automl_job_and_after(gate
     print(f"\njob {job_id} {doc['status']} ({doc.get('trials', 0)} trials) in the worker child; the gateway answered "
           f"{during} requests during the job and {len(answers) - during} in the 90 s after, all 200, pid "
           f"{process.pid} alive")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that no init reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_gateways_worker_child_ends_with_the_gateway(clean_stack: Settings, tmp_path: Path,
+                                                         how: signal.Signals) -> None:
+    """A worker left behind would go on claiming the queue's jobs: it goes when `local serve` goes, however."""
+    import re
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nimbus.cli", "local", "serve", "--port", str(port), "--no-schedules", "--no-watch"],
+            cwd=ROOT, env={**os.environ, "NIMBUS_PROJECT_ROOT": str(ROOT), "COLUMNS": "300"}, stdout=sink,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        child = int(wait_for(lambda: re.search(r"AutoML worker: pid (\d+)", log.read_text()), "the worker child",
+                             deadline_s=120).group(1))
+        assert _alive(child)
+        process.send_signal(how)
+        process.wait(60)
+        wait_for(lambda: not _alive(child), f"the worker child to end after {how.name} to the gateway", deadline_s=60)
+    finally:
+        end(process)
+    if how == signal.SIGTERM:
+        assert f"AutoML worker (pid {child}) stopped" in log.read_text()  # stopped by the gateway itself

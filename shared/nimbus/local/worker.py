@@ -3,8 +3,10 @@ child process, so a job's Ray and its search never live in the gateway's process
 stopped the gateway answering and then killed it), and the queue the API fills is worked as on a server.
 
 The child logs to ``home/logs/automl-worker.log``; it is stopped by its pid when the gateway ends
-(SIGTERM, then SIGKILL). A job it was running then keeps its lease until the lease lapses, and the
-next runner to claim takes it again (``automl_lease_s``, ``automl_max_attempts``).
+(SIGTERM, then SIGKILL), and on Linux it also gets SIGTERM from the kernel when the gateway dies
+without a word (``PR_SET_PDEATHSIG``): a worker left behind would go on claiming jobs. A job it was
+running then keeps its lease until the lease lapses, and the next runner to claim takes it again
+(``automl_lease_s``, ``automl_max_attempts``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,22 @@ def automl_worker(settings: Settings, enabled: bool = True) -> Iterator[subproce
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "automl-worker.log", "ab") as sink:
         child = subprocess.Popen([sys.executable, "-m", "nimbus.cli", "automl", "worker"], stdin=subprocess.DEVNULL,
-                                 stdout=sink, stderr=subprocess.STDOUT)
+                                 stdout=sink, stderr=subprocess.STDOUT,
+                                 preexec_fn=_dies_with_parent if sys.platform == "linux" else None)
     log.info("AutoML worker started (pid %s; log %s)", child.pid, logs / "automl-worker.log")
     try:
         yield child
     finally:
         stop(child)
+
+
+def _dies_with_parent() -> None:
+    """In the forked child, before exec: ask Linux for SIGTERM when the parent process dies."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop(child: subprocess.Popen) -> None:
