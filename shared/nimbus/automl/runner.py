@@ -212,6 +212,8 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
     ``runner`` is the claim this job runs under; None claims the queued job here (Conflict when it is not queued)."""
     started = clock()
     runner = runner or _claimed(settings, job_id)
+    import sklearn.base  # noqa: F401 - here first: a package imported by two threads at once can fail half-built
+
     from nimbus.automl.explain import warm_up
 
     threading.Thread(target=warm_up, name="automl-warm-up", daemon=True).start()  # during the search
