@@ -393,8 +393,9 @@ def automl_run(
     from rich.table import Table
 
     from nimbus.automl.jobs import JobRequest, submit
-    from nimbus.automl.runner import run_once
+    from nimbus.automl.runner import process_started, run_once
 
+    started = process_started()  # the budget is this command's wall time, its start-up included
     settings = get_settings()
     request = JobRequest(dataset=dataset, target=target, budget_s=budget, metric=metric, task=task,
                          max_trials=max_trials, include=include.split(",") if include else None,
@@ -417,7 +418,7 @@ def automl_run(
             bar.update(task_id, completed=min(budget, _time.monotonic() - start),
                        description=f"{doc['status']}: {p.get('trials', 0)} trials, best {best}")
 
-        doc = run_once(settings, job["_id"], watch=show)
+        doc = run_once(settings, job["_id"], watch=show, started=started)
     table = Table(title=f"leaderboard ({doc['trials']} configurations, {doc['elapsed_s']:.0f} s)")
     for column in ("#", "algorithm", doc["metric"], "complete"):
         table.add_column(column)
@@ -427,10 +428,21 @@ def automl_run(
     t = doc["test"]
     out.print(f"held-out {t['metric']} {t['value']:.4f} (95% CI {t['ci95'][0]:.4f}-{t['ci95'][1]:.4f}); registered "
               f"{doc['model']['name']} v{doc['model']['version']}; report {doc['exports']['report_html']}")
+    out.print(timings_line(doc.get("timings") or {}))
     refit = doc.get("refit") or {}
     if refit.get("differs_from_winner"):
         out.print(f"over the memory budget: refit {refit['model']} on {refit['rows']:,} of {refit['training_rows']:,} "
                   f"training rows (searched winner: {refit['searched']})")
+
+
+def timings_line(timings: dict) -> str:
+    """Where an AutoML job's time went, in one line."""
+    parts = [(label, timings.get(key)) for label, key in (
+        ("first result", "first_result_s"), ("search", "search_s"), ("refit", "refit_s"),
+        ("explain+export", "explain_export_s"), ("total", "total_s"))]
+    line = "time: " + ", ".join(f"{label} {value:.1f} s" for label, value in parts if isinstance(value, int | float))
+    skipped = timings.get("search_skipped")
+    return line + (f" (no distributed search: {skipped})" if skipped else "")
 
 
 @automl_app.command("worker")

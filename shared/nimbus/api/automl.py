@@ -40,7 +40,13 @@ class JobPublic(BaseModel):
     ray_submission_id: str | None = Field(default=None, description="The Ray job running it, when submitted to a "
                                           "Ray cluster (`ray_jobs_url`).", examples=["nimbus-automl-3f2a9c0d11be"])
     elapsed_s: float | None = None
-    timings: dict[str, float] | None = None
+    timings: dict[str, float | str | None] | None = Field(
+        default=None, description="Where the job's time went, seconds from its start: `first_result_s` (the first "
+        "scored configuration), `setup_s`, `ray_start_s`, `search_s` (first results and the distributed search), "
+        "`refit_s`, `evaluate_s`, `explain_export_s`, `track_s`, `total_s`; `search_skipped` says why there was no "
+        "distributed search (a budget too short for it).",
+        examples=[{"first_result_s": 1.9, "setup_s": 0.4, "ray_start_s": 4.6, "search_s": 38.7, "refit_s": 1.2,
+                   "evaluate_s": 0.4, "explain_export_s": 3.1, "track_s": 0.9, "total_s": 46.2}])
     budget: dict[str, float] | None = Field(default=None, description="The job's budget and its reserves, seconds: "
                                             "after the search, after the refit, after the extras.",
                                             examples=[{"total_s": 60, "search_s": 39.2, "after_search_s": 18,

@@ -14,8 +14,14 @@ enough that what follows it still fits, by keeping a named reserve:
 * ``AFTER_EXTRAS_S`` — kept from explanations and the ONNX export for logging, registering
   and publishing the winner.
 
-The search gets at least ``SEARCH_MIN_S`` however late setup ends; trial logging overlaps it,
-and its stopper also leaves time for the logging backlog (:meth:`JobBudget.can_finish`).
+The first results (the quick defaults, fitted in the runner while Ray starts) come first, whatever
+the time. The distributed search runs only when what is left for it is worth it: at least
+``SEARCH_MIN_S``, plus ``RAY_START_S`` when Ray has yet to start (:meth:`JobBudget.worth_searching`).
+Trial logging overlaps the search, and its stopper also leaves time for the logging backlog
+(:meth:`JobBudget.can_finish`).
+
+A runner that starts Ray for one job (``nimbus automl run``) also keeps ``teardown_s`` for shutting
+it down, and counts from when its process started: the budget is the command's own wall time.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from typing import Any
 AFTER_SEARCH_SHARE, AFTER_SEARCH_MIN_S = 0.3, 6.0
 AFTER_REFIT_SHARE, AFTER_REFIT_MIN_S = 0.2, 6.0
 AFTER_EXTRAS_S = 3.0
-SEARCH_MIN_S = 5.0
+SEARCH_MIN_S = 3.0  # less than this left for the distributed search: the first results are the search
+RAY_START_S = 5.0  # a local Ray's start, its trial actors' start-up and Tune's set-up (measured ~5-8 s here)
+RAY_TEARDOWN_S = 2.0  # ray.shutdown() of a local Ray (measured ~1.4 s here)
 STEP_GROWTH = 1.5  # a trial's next step is expected at 1.5x its rate so far: fits grow faster than rows (n log n)
 SEARCH_MAX_ROWS = 200_000  # the search works on a stratified sample this size at most; the winner refits on more
 SEARCH_MIN_ROWS = 5_000
@@ -40,6 +48,7 @@ class JobBudget:
     total_s: float
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=-1.0)
+    teardown_s: float = 0.0  # kept at the end for the runner's own clean-up (shutting its Ray down)
 
     def __post_init__(self) -> None:
         if self.started < 0:
@@ -57,7 +66,7 @@ class JobBudget:
     @property
     def deadline(self) -> float:
         """When the job must be done, on ``clock``."""
-        return self.started + self.total_s
+        return self.started + self.total_s - self.teardown_s
 
     @property
     def refit_deadline(self) -> float:
@@ -76,8 +85,13 @@ class JobBudget:
         return self.deadline - self.clock()
 
     def search_s(self) -> float:
-        """Seconds the search may take, starting now: what is left after the reserve, at least ``SEARCH_MIN_S``."""
-        return max(SEARCH_MIN_S, self.remaining() - self.after_search_s)
+        """Seconds the search may take, starting now: what is left after the reserve (0 when nothing is)."""
+        return max(0.0, self.remaining() - self.after_search_s)
+
+    def worth_searching(self, ray_up: bool) -> bool:
+        """Whether the distributed search should run, starting now (after the first results, or, with
+        ``ray_up`` False, before deciding to start Ray): enough time left for it to try configurations."""
+        return self.search_s() >= SEARCH_MIN_S + (0.0 if ray_up else RAY_START_S)
 
     def refit_s(self) -> float:
         """Seconds left for the refit, starting now."""
@@ -93,7 +107,7 @@ class JobBudget:
 
     def as_dict(self) -> dict[str, Any]:
         return {"total_s": self.total_s, "after_search_s": self.after_search_s, "after_refit_s": self.after_refit_s,
-                "after_extras_s": AFTER_EXTRAS_S, "search_rows": self.search_rows()}
+                "after_extras_s": AFTER_EXTRAS_S, "teardown_s": self.teardown_s, "search_rows": self.search_rows()}
 
 
 def next_step_s(fit_s: float, rows_done: int, rows: int) -> float:

@@ -18,8 +18,10 @@ ACTIVE: dict[str, dict[str, Any]] = {}
 
 
 class Progress(Callback):
-    def __init__(self, job: str) -> None:
-        self.job, self.trials, self.best, self.last = job, set(), None, 0.0
+    """The job's progress: ``before`` configurations scored before the search, the best of them ``best``."""
+
+    def __init__(self, job: str, before: int = 0, best: float | None = None) -> None:
+        self.job, self.trials, self.before, self.best, self.last = job, set(), before, best, 0.0
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         state = ACTIVE.get(self.job)
@@ -32,7 +34,7 @@ class Progress(Callback):
         if time.monotonic() - self.last > 1.0:
             self.last = time.monotonic()
             best = None if self.best is None else (-self.best if state["lower"] else self.best)
-            state["progress"]({"trials": len(self.trials), "best": best})
+            state["progress"]({"trials": self.before + len(self.trials), "best": best})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state = ACTIVE.get(self.job)

@@ -27,6 +27,7 @@ class Profile:
     datetime: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not used
     missing_share: dict[str, float] = field(default_factory=dict)
+    cardinality: dict[str, int] = field(default_factory=dict)  # distinct values of each categorical column
     classes: int = 0
     imbalance: float = 1.0  # majority / minority class size
 
@@ -89,6 +90,7 @@ def profile(frame: pd.DataFrame, target: str, task: Task | None = None, rows: in
                 prof.dropped[name] = f"identifier or free text ({unique} distinct values)"
             else:
                 prof.categorical.append(name)
+                prof.cardinality[name] = int(unique)
     if not (prof.numeric or prof.categorical or prof.datetime):
         raise InvalidInput("no usable feature columns besides the target")
     return prof

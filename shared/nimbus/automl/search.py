@@ -1,6 +1,10 @@
 """The search on Ray Tune: Optuna proposes configurations across algorithms, ASHA stops
 weak ones early, and actors are reused so a trial costs a fit, not a process start.
 
+Before it, :func:`first_results` scores the quick algorithms' defaults (``algorithms.py``) in the
+runner itself, while Ray starts: a job has a scored configuration within seconds whatever the
+machine, and the search's first trials are the other algorithms' defaults.
+
 A trial's iterations are its evaluation steps: cross-validation folds on small data,
 growing training fractions (25%, 50%, 100%) against one holdout on larger data — so
 ASHA can drop a configuration after its first, cheapest step.
@@ -8,7 +12,9 @@ ASHA can drop a configuration after its first, cheapest step.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +59,82 @@ class SearchData:
     device: str | None = None  # where the GPU family is fitted (gpu.py), None: the CPU
 
 
+class Evaluation:
+    """One configuration scored step by step on the search data: a trial's body, in a Tune actor or in
+    the runner. A step whose fit would end after ``data.deadline`` is not started (the first always is)."""
+
+    def __init__(self, data: SearchData, params: dict[str, Any]) -> None:
+        self.data, self.params = data, params
+        self.step_no, self.scores, self.fit_s = 0, [], 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.step_no >= len(self.data.steps)
+
+    def estimate(self) -> float:
+        """Folds: the mean so far; growing fractions: the latest (largest) fit."""
+        return float(np.mean(self.scores)) if len(self.data.y) <= CV_MAX_ROWS else self.scores[-1]
+
+    def can_step(self, now: float) -> bool:
+        if not self.scores:
+            return True
+        done_rows = sum(len(self.data.steps[i][0]) for i in range(self.step_no))
+        return step_fits(now, self.fit_s, done_rows, len(self.data.steps[self.step_no][0]), self.data.deadline)
+
+    def step(self, fit: Callable[[np.ndarray], Any] | None = None) -> float:
+        """Fit on the next step's rows (``fit``: how, when not a plain fit here), score on its validation rows."""
+        from sklearn.metrics import get_scorer
+
+        d = self.data
+        train, valid = d.steps[self.step_no]
+        start = time.perf_counter()
+        model = fit(train) if fit is not None else pipeline(self.params, d.profile).fit(d.x.iloc[train], d.y.iloc[train])
+        self.fit_s += time.perf_counter() - start
+        self.scores.append(float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid])))
+        self.step_no += 1
+        return self.estimate()
+
+    def trial(self, trial_id: str, node: str | None) -> dict[str, Any]:
+        """As a trial of the leaderboard (the shape :func:`run_search` returns)."""
+        return {"trial_id": trial_id, "params": self.params, "score": self.estimate(), "steps": self.step_no,
+                "complete": self.done, "fit_s": self.fit_s, "node": node, "gpu": 0.0, "device": "cpu"}
+
+
+RUNNER_NODE = "runner"  # the node of a configuration scored in the runner, not on Ray
+
+
+def first_results(data: SearchData, pool: list[str], on_result: Callable[[dict[str, Any]], None] | None = None,
+                  clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
+    """The quick algorithms' defaults (the first of the pool when none is quick), scored here, one after
+    another; the first always, the others only while ``data.deadline`` (on ``clock``) allows. ``on_result``
+    sees each trial as it is scored."""
+    quick = [a for a in pool if algorithms.get(a).quick] or pool[:1]
+    trials: list[dict[str, Any]] = []
+    failed: Exception | None = None
+    for name in quick:
+        if trials and clock() >= data.deadline:
+            break
+        evaluation = Evaluation(data, algorithms.default_params(name, len(data.y)))
+        try:
+            while not evaluation.done and evaluation.can_step(clock()):
+                evaluation.step()
+        except Exception as exc:  # noqa: BLE001 - a configuration that cannot fit these data is not a result
+            failed = failed or exc
+            continue
+        trials.append(evaluation.trial(f"default-{name}", RUNNER_NODE))
+        if on_result is not None:
+            on_result(trials[-1])
+    if not trials and failed is not None:
+        raise failed
+    return trials
+
+
+def defaults_to_search(pool: list[str], scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The defaults of the pool's algorithms not scored yet, as the search's first points."""
+    done = {t["params"]["algorithm"] for t in scored if t["trial_id"].startswith("default-")}
+    return [algorithms.default_point(a) for a in pool if a not in done and algorithms.get(a).default is not None]
+
+
 def fit_on_the_device(data: SearchData, params: dict[str, Any], rows: np.ndarray) -> tuple[Any, float]:
     """A Ray task holding a fraction of a GPU: the configuration fitted there; (model, GPU share held)."""
     import ray
@@ -65,7 +147,6 @@ def fit_on_the_device(data: SearchData, params: dict[str, Any], rows: np.ndarray
 def make_trainable():
     import ray
     from ray import tune
-    from sklearn.metrics import get_scorer
 
     # GPU fits are tasks of their own (0 CPU: the trial's CPU waits for them; a GPU share), so every
     # trial actor asks for the same single CPU and Tune keeps reusing them across both families.
@@ -84,46 +165,39 @@ def make_trainable():
 
         def _configure(self, config: dict[str, Any]) -> None:
             self.params = config["params"]
-            self.step_no, self.scores, self.fit_s, self.gpu_share = 0, [], 0.0, 0.0
+            self.evaluation, self.gpu_share = Evaluation(self.data, self.params), 0.0
 
         def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
             # Tune checkpoints trials it pauses or stops at the budget: the state is tiny.
-            return {"params": self.params, "step_no": self.step_no, "scores": self.scores, "fit_s": self.fit_s}
+            e = self.evaluation
+            return {"params": self.params, "step_no": e.step_no, "scores": e.scores, "fit_s": e.fit_s}
 
         def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            self.params, self.step_no = checkpoint["params"], checkpoint["step_no"]
-            self.scores, self.fit_s = checkpoint["scores"], checkpoint["fit_s"]
+            self._configure({"params": checkpoint["params"]})
+            e = self.evaluation
+            e.step_no, e.scores, e.fit_s = checkpoint["step_no"], checkpoint["scores"], checkpoint["fit_s"]
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:  # actor reuse: no new process
             self._configure(new_config)
             return True
 
         def step(self) -> dict[str, Any]:
-            d = self.data
-            train, valid = d.steps[self.step_no]
-            if self.scores:  # a step whose fit would end after the deadline is not started
-                done_rows = sum(len(d.steps[i][0]) for i in range(self.step_no))
-                if not step_fits(time.time(), self.fit_s, done_rows, len(train), d.deadline):
-                    return self._result(float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else self.scores[-1],
-                                        done=True)
-            start = time.perf_counter()
-            if self._on_device():
-                model, self.gpu_share = ray.get(device_fit.remote(self.data_ref, self.params, train))
-            else:
-                model = pipeline(self.params, d.profile).fit(d.x.iloc[train], d.y.iloc[train])
-            self.fit_s += time.perf_counter() - start
-            score = float(get_scorer(scorer_name(d.metric))(model, d.x.iloc[valid], d.y.iloc[valid]))
-            self.scores.append(score)
-            self.step_no += 1
-            # folds: the mean so far; fractions: the latest (largest) fit is the estimate
-            estimate = float(np.mean(self.scores)) if len(d.y) <= CV_MAX_ROWS else score
-            return self._result(estimate, done=self.step_no >= len(d.steps))
+            e = self.evaluation
+            if not e.can_step(time.time()):  # its next step would end after the deadline: done as it is
+                return self._result(done=True)
+            e.step(self._fit_on_device if self._on_device() else None)
+            return self._result(done=e.done)
+
+        def _fit_on_device(self, rows: np.ndarray) -> Any:
+            model, self.gpu_share = ray.get(device_fit.remote(self.data_ref, self.params, rows))
+            return model
 
         def _on_device(self) -> bool:
             return self.data.device is not None and algorithms.get(self.params["algorithm"]).on_device(self.params)
 
-        def _result(self, estimate: float, done: bool) -> dict[str, Any]:
-            return {"score": estimate, "steps": self.step_no, "fit_s": self.fit_s, "done": done,
+        def _result(self, done: bool) -> dict[str, Any]:
+            e = self.evaluation
+            return {"score": e.estimate(), "steps": e.step_no, "fit_s": e.fit_s, "done": done,
                     "algorithm": self.params["algorithm"], "node": ray.get_runtime_context().get_node_id(),
                     "gpu": self.gpu_share, "device": self.data.device if self._on_device() else "cpu"}
 
@@ -142,8 +216,10 @@ class Space:
 
 def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: int | None, concurrency: int,
                on_result: Any = None, seed: int = 0, storage: str | None = None,
-               stopper: Any = None, device: str | None = None) -> list[dict[str, Any]]:
-    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first.
+               stopper: Any = None, device: str | None = None,
+               points: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Search until ``budget_s`` or ``max_trials``; returns every trial, best first. ``points``
+    (configurations as points of the space, e.g. :func:`defaults_to_search`) are tried first.
 
     With a ``device``, the GPU family's configurations are fitted there, in Ray tasks that take a
     fraction of a GPU each."""
@@ -155,11 +231,14 @@ def run_search(data: SearchData, pool: list[str], budget_s: float, max_trials: i
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
+    # a trial stopped at the budget before its first result has no metrics: expected, not a warning
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if device is not None:
         data = replace(data, device=device)
     shared = [ray.put(data)]  # a list: Tune hands the reference itself to the trials
     searcher = ConcurrencyLimiter(OptunaSearch(space=Space(pool, len(data.y)), metric="score", mode="max",
-                                               sampler=optuna.samplers.TPESampler(seed=seed)),
+                                               sampler=optuna.samplers.TPESampler(seed=seed),
+                                               points_to_evaluate=points or None),
                                   max_concurrent=concurrency)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(data.steps), grace_period=1,
                               reduction_factor=2)

@@ -37,10 +37,14 @@ class TrialLogger:
     THREADS = 4  # a trial is three small HTTP calls: several in flight hide the round trips
 
     def __init__(self, settings: Settings, job_id: str, metric: str) -> None:
-        self.registry = Registry.for_settings(settings)
+        self.settings = settings
         self.experiment = experiment_name(job_id)
-        self.registry.experiment_id(self.experiment)  # created once, before the threads log into it
         self.job_id, self.metric = job_id, metric
+        # MLflow's import and the experiment's creation (seconds in a fresh process) happen in a thread
+        # of their own, overlapping the first fits; the logging threads wait for it.
+        self._ready = threading.Event()
+        self._setup_error: BaseException | None = None
+        threading.Thread(target=self._setup, name=f"mlflow-{job_id}-setup", daemon=True).start()
         self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.submitted: set[str] = set()
         self.pending = 0
@@ -50,6 +54,15 @@ class TrialLogger:
         for thread in self._threads:
             thread.start()
 
+    def _setup(self) -> None:
+        try:
+            self.registry = Registry.for_settings(self.settings)
+            self.registry.experiment_id(self.experiment)  # created once, before the threads log into it
+        except BaseException as exc:  # noqa: BLE001 - raised where the job waits for the logger (finish)
+            self._setup_error = exc
+        finally:
+            self._ready.set()
+
     def submit(self, trial: dict[str, Any]) -> None:
         if trial["trial_id"] in self.submitted:  # seen by the callback already
             return
@@ -58,7 +71,11 @@ class TrialLogger:
         self.queue.put(trial)
 
     def _drain(self) -> None:
+        self._ready.wait()
         while (trial := self.queue.get()) is not None:
+            if self._setup_error is not None:
+                self.pending -= 1
+                continue
             start = time.monotonic()
             self._log(trial)
             self.cost_s = 0.8 * self.cost_s + 0.2 * (time.monotonic() - start)
@@ -83,6 +100,8 @@ class TrialLogger:
             self.queue.put(None)
         for thread in self._threads:
             thread.join()
+        if self._setup_error is not None:
+            raise self._setup_error
 
 
 def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str, Any], model: Any,

