@@ -67,7 +67,11 @@ def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestCli
     # 30 s, of which 30% (9 s) is kept from the search and 20% (6 s, the minimum) from the refit.
     budget = job["budget"]
     assert (budget["total_s"], budget["after_search_s"], budget["after_refit_s"]) == (30, 9, 6)
-    assert budget["search_s"] == job["timings"]["search_budget_s"] >= 5
+    timings = job["timings"]
+    # the quick defaults first, in the runner, then the distributed search with what was left of its share
+    assert "search_skipped" not in timings, timings
+    assert 0 < timings["first_result_s"] <= timings["setup_s"] + timings["first_results_s"] + 1
+    assert 0 < budget["search_s"] <= timings["search_budget_s"] <= 30 - 9
     assert job["trials"] == job["progress"]["trials"] >= 5 and 0.9 < job["test"]["value"] <= 1
     assert job["model"]["name"] == f"automl-{job['job_id']}" and job["model"]["version"] == "1"
     assert job["test"]["ci95"][0] <= job["test"]["value"] <= job["test"]["ci95"][1]
@@ -98,7 +102,10 @@ def test_a_job_finishes_in_budget_registers_a_model_and_compares(client: TestCli
         assert set(np.asarray(labels).ravel().tolist()) <= {"benign", "malignant"}
     board = client.get(f"/automl/jobs/{job['job_id']}/leaderboard").json()
     [chosen] = [row for row in board if row["chosen"]]
-    assert chosen == job["winner"] and len(board) == job["progress"]["trials"]
+    assert {row["algorithm"] for row in board if row["node"] == "runner"} >= {"logistic", "hist_gb"}
+    # each configuration once (the search may propose one again)
+    assert chosen == job["winner"] and len(board) <= job["progress"]["trials"]
+    assert len({json.dumps(row["params"], sort_keys=True) for row in board}) == len(board)
     complete = [row["score"] for row in board if row["complete"]]  # fully evaluated ones first, best first
     assert complete == sorted(complete, reverse=True) and board[: len(complete)] == [r for r in board if r["complete"]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nimbus.automl.budget import AFTER_EXTRAS_S, SEARCH_MIN_S, JobBudget, next_step_s, step_fits
+from nimbus.automl.budget import AFTER_EXTRAS_S, RAY_START_S, SEARCH_MIN_S, JobBudget, next_step_s, step_fits
 
 
 class FakeClock:
@@ -33,8 +33,28 @@ def test_the_search_gets_what_is_left_after_its_reserve() -> None:
     clock.advance(4)  # setup: reading and sampling the data, starting Ray
     assert budget.elapsed() == 4 and budget.remaining() == 56
     assert budget.search_s() == 56 - 18
-    clock.advance(50)  # setup overran: the search still gets its minimum
-    assert budget.search_s() == SEARCH_MIN_S
+    clock.advance(50)  # setup overran: nothing is left for a search (the first results are the job's)
+    assert budget.search_s() == 0 and not budget.worth_searching(ray_up=True)
+
+
+def test_a_distributed_search_runs_only_when_the_time_left_is_worth_it() -> None:
+    clock = FakeClock()
+    short = JobBudget(15, clock)
+    assert short.search_s() == 9 and short.worth_searching(ray_up=False)
+    clock.advance(2)  # a CLI's start-up: 7 s left before the reserve, not enough to start Ray and search
+    assert short.search_s() == 7 < SEARCH_MIN_S + RAY_START_S
+    assert not short.worth_searching(ray_up=False) and short.worth_searching(ray_up=True)
+    assert JobBudget(30, clock).worth_searching(ray_up=False)
+    late = JobBudget(30, clock, started=clock())
+    clock.advance(30 - 9 - SEARCH_MIN_S + 0.1)  # Ray came up late: under the minimum left
+    assert not late.worth_searching(ray_up=True)
+
+
+def test_a_runner_that_shuts_its_ray_down_keeps_time_for_it_and_the_budget_counts_from_its_start() -> None:
+    clock = FakeClock()
+    budget = JobBudget(60, clock, started=997.0, teardown_s=2.0)  # the process started 3 s ago
+    assert budget.deadline == 997 + 60 - 2 and budget.elapsed() == 3
+    assert budget.search_s() == 60 - 2 - 3 - 18
 
 
 def test_the_refit_ends_before_the_refit_reserve_and_the_extras_before_theirs() -> None:
@@ -75,4 +95,4 @@ def test_the_search_sample_grows_with_the_budget_within_bounds() -> None:
 def test_the_plan_is_recorded_as_numbers() -> None:
     plan = JobBudget(30, FakeClock()).as_dict()
     assert plan == {"total_s": 30, "after_search_s": 9, "after_refit_s": 6, "after_extras_s": AFTER_EXTRAS_S,
-                    "search_rows": 7_500}
+                    "teardown_s": 0.0, "search_rows": 7_500}

@@ -134,7 +134,7 @@ def _hist_gb(kw: dict[str, Any], task: Task, seed: int) -> Any:
         else ensemble.HistGradientBoostingRegressor
     # Early stopping on 10% of the rows, patient enough for small learning rates; the cap on trees
     # is rarely reached (a fit stops when 20 more trees no longer improve the validation loss).
-    return cls(random_state=seed, early_stopping=True, max_iter=HGB_MAX_ITER, n_iter_no_change=20, **kw)
+    return cls(**{"random_state": seed, "early_stopping": True, "max_iter": HGB_MAX_ITER, "n_iter_no_change": 20, **kw})
 
 
 def _knn(kw: dict[str, Any], task: Task, seed: int) -> Any:

@@ -456,7 +456,7 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     prep = _prepare(settings, request, budget, lease)
     trials, logger, timings = _search(settings, job_id, request, prep, budget, lease, ray_start)
     lease.check()  # cancelled or lost during the search: stop here
-    trials = _with_ensemble(prep, trials, budget, logger, timings)
+    trials = _with_ensemble(prep, trials, budget, logger, timings, request.max_trials)
     seconds_left = budget.refit_s()
     x_search = prep.search.x
     winner = _affordable_winner(trials, seconds_left, scale=1.5 * len(prep.x_train) / max(1, len(x_search)))
@@ -509,11 +509,13 @@ ENSEMBLE_SHARE = 0.4  # of the time left for the refit, an ensemble's evaluation
 
 
 def _with_ensemble(prep: Prepared, trials: list[dict[str, Any]], budget: JobBudget, logger: TrialLogger,
-                   timings: dict[str, Any]) -> list[dict[str, Any]]:
+                   timings: dict[str, Any], max_trials: int | None) -> list[dict[str, Any]]:
     """The trials, with the ensemble of the best of them when it could be evaluated in time."""
     from nimbus.automl.ensemble import ensemble_trial
 
     clock = budget.clock()
+    if max_trials is not None and len(trials) >= max_trials:  # the ensemble is a configuration too
+        return trials
     built = ensemble_trial(prep.search, trials, ENSEMBLE_SHARE * budget.refit_s())
     timings["ensemble_s"] = round(budget.clock() - clock, 3)
     if built is None:
