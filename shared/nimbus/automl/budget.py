@@ -12,7 +12,8 @@ enough that what follows it still fits, by keeping a named reserve:
   exports and tracking. 20% of the budget, at least 6 s; smaller than ``after_search_s``
   because the refit itself is part of what the search leaves time for.
 * ``AFTER_EXTRAS_S`` — kept from explanations and the ONNX export for logging, registering
-  and publishing the winner.
+  and publishing the winner, plus ``TRACK_S_PER_MB`` for each megabyte of the fitted model
+  (serialised twice by skops, uploaded as the joblib export): a large forest takes seconds.
 
 The first results (the quick defaults, fitted in the runner while Ray starts) come first, whatever
 the time. The distributed search runs only when what is left for it is worth it: at least
@@ -34,6 +35,7 @@ from typing import Any
 AFTER_SEARCH_SHARE, AFTER_SEARCH_MIN_S = 0.3, 6.0
 AFTER_REFIT_SHARE, AFTER_REFIT_MIN_S = 0.2, 6.0
 AFTER_EXTRAS_S = 3.0
+TRACK_S_PER_MB = 0.07  # measured: a 57 MB extra-trees model took 6.8 s to log, register and publish here
 SEARCH_MIN_S = 3.0  # less than this left for the distributed search: the first results are the search
 RAY_START_S = 5.0  # a local Ray's start, its trial actors' start-up and Tune's set-up (measured ~5-8 s here)
 RAY_TEARDOWN_S = 2.0  # ray.shutdown() of a local Ray (measured ~1.4 s here)
@@ -97,9 +99,9 @@ class JobBudget:
         """Seconds left for the refit, starting now."""
         return self.refit_deadline - self.clock()
 
-    def extras_s(self) -> float:
-        """Seconds left for explanations and exports, starting now."""
-        return self.remaining() - AFTER_EXTRAS_S
+    def extras_s(self, model_mb: float = 0.0) -> float:
+        """Seconds left for explanations and exports, starting now, for a model of ``model_mb`` megabytes."""
+        return self.remaining() - AFTER_EXTRAS_S - TRACK_S_PER_MB * model_mb
 
     def can_finish(self, expected_s: float, by: float) -> bool:
         """Whether something expected to take ``expected_s``, started now, ends by ``by`` (on ``clock``)."""

@@ -70,19 +70,45 @@ def to_onnx(model: Any, profile: Profile, x_check: pd.DataFrame) -> OnnxExport:
 
 
 def to_onnx_within(model: Any, profile: Profile, x_check: pd.DataFrame, seconds: float) -> OnnxExport:
-    """``to_onnx``, given up (recorded as the reason) when it has not finished in ``seconds``: a
-    large forest takes skl2onnx seconds to walk. The abandoned conversion ends on its own."""
-    import concurrent.futures
+    """``to_onnx``, not attempted when the model's trees are expected to take skl2onnx longer than
+    ``seconds`` to walk (a large forest: 15 s measured for 150 deep trees), and given up (the reason
+    recorded) when it has not finished by then. The conversion runs in a daemon thread: one given up
+    ends on its own and never holds the process's exit."""
+    import threading
 
     if seconds <= 0:
         return OnnxExport(None, {"error": "not attempted: no time left in the job's budget"})
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnx")
-    future = pool.submit(to_onnx, model, profile, x_check)
-    pool.shutdown(wait=False)
-    try:
-        return future.result(timeout=seconds)
-    except concurrent.futures.TimeoutError:
+    expected = conversion_s(model)
+    if expected > seconds:
+        return OnnxExport(None, {"error": f"not attempted: converting its {tree_nodes(model):,} tree nodes would take "
+                                          f"about {expected:.0f} s, {seconds:.1f} s were left in the job's budget"})
+    result: list[OnnxExport] = []
+    thread = threading.Thread(target=lambda: result.append(to_onnx(model, profile, x_check)), name="onnx",
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not result:
         return OnnxExport(None, {"error": f"not finished within the {seconds:.1f} s left in the job's budget"})
+    return result[0]
+
+
+ONNX_S_PER_NODE = 7e-6  # skl2onnx walking tree nodes in Python: 15 s for ~2M nodes measured here
+
+
+def conversion_s(model: Any) -> float:
+    """What converting ``model`` is expected to take: its tree nodes at ``ONNX_S_PER_NODE``."""
+    return tree_nodes(model) * ONNX_S_PER_NODE
+
+
+def tree_nodes(model: Any) -> int:
+    """Tree nodes in a fitted model: its forests' and boosted trees', through pipelines and ensembles."""
+    if hasattr(model, "steps"):  # a Pipeline
+        return sum(tree_nodes(step) for _, step in model.steps)
+    if hasattr(model, "tree_"):
+        return int(model.tree_.node_count)
+    if hasattr(model, "_predictors"):  # HistGradientBoosting: a list of trees per iteration
+        return sum(len(p.nodes) for trees in model._predictors for p in trees)
+    return sum(tree_nodes(m) for m in getattr(model, "estimators_", []) if not isinstance(m, list | tuple))
 
 
 def winner_to_onnx(model: Any, algorithm: str, profile: Profile, x_check: pd.DataFrame, seconds: float) -> OnnxExport:

@@ -359,8 +359,8 @@ def _prepare(settings: Settings, request: JobRequest, budget: JobBudget, lease: 
 
 
 def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared, budget: JobBudget, lease: Lease,
-            ray_start: RayStart | None) -> tuple[list[dict[str, Any]], TrialLogger, dict[str, Any]]:
-    """The trials, best first, the logger still logging them, and the search's timings: first the quick
+            ray_start: RayStart | None, logger: TrialLogger) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The trials, best first (``logger`` logging them), and the search's timings: first the quick
     defaults scored here (while Ray starts), then, when the budget leaves time for it, the search on Ray."""
     setup_s = budget.elapsed()
     pool = algorithms.choose(prep.prof, request.include, request.exclude)
@@ -369,7 +369,6 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     data = SearchData(prep.search.x, prep.search.y, prep.search.steps, prep.prof, prep.metric,
                       deadline=time.time() + search_s)
     lower = sign(prep.metric) < 0
-    logger = TrialLogger(settings, job_id, prep.metric)
     firsts: list[dict[str, Any]] = []
     timings: dict[str, Any] = {"setup_s": round(setup_s, 3), "search_budget_s": round(search_s, 3)}
 
@@ -390,7 +389,7 @@ def _search(settings: Settings, job_id: str, request: JobRequest, prep: Prepared
     timings["search_s"] = round(budget.clock() - searching, 3)
     trials = sorted(firsts + trials, key=lambda t: (t["complete"], t["score"]), reverse=True)
     timings["gpu_trials"] = sum(1 for t in trials if t["gpu"] > 0)
-    return trials, logger, timings
+    return trials, timings
 
 
 def _search_on_ray(settings: Settings, job_id: str, request: JobRequest, prep: Prepared, budget: JobBudget,
@@ -449,12 +448,22 @@ def _ray_up() -> bool:
 
 def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str,
          lease: Lease, ray_start: RayStart | None = None) -> dict[str, Any]:
+
+    prep = _prepare(settings, request, budget, lease)
+    logger = TrialLogger(settings, job_id, prep.metric)
+    try:
+        return _finish_run(settings, job_id, request, budget, owner, lease, ray_start, prep, logger)
+    finally:
+        logger.close()  # a job that failed half-way leaves no logging thread behind in its runner
+
+
+def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str, lease: Lease,
+                ray_start: RayStart | None, prep: Prepared, logger: TrialLogger) -> dict[str, Any]:
     from nimbus.automl import explain, export
     from nimbus.automl.refit import refit
     from nimbus.automl.report import diagnostics, publish
 
-    prep = _prepare(settings, request, budget, lease)
-    trials, logger, timings = _search(settings, job_id, request, prep, budget, lease, ray_start)
+    trials, timings = _search(settings, job_id, request, prep, budget, lease, ray_start, logger)
     lease.check()  # cancelled or lost during the search: stop here
     trials = _with_ensemble(prep, trials, budget, logger, timings, request.max_trials)
     seconds_left = budget.refit_s()
@@ -475,10 +484,12 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     importances = permutation_importances(model, prep.x_test, prep.y_test, prep.metric)
     timings["evaluate_s"] = round(budget.clock() - clock - fit_s, 3)
     clock = budget.clock()
-    onnx = export.winner_to_onnx(model, winner["params"]["algorithm"], prep.prof, prep.x_test, budget.extras_s())
-    explanations = explain.explain(model, prep.prof.task, prep.x_train, prep.x_test, 0.4 * budget.extras_s())
+    size = _megabytes(model)  # what logging and publishing it will cost is kept from the extras
+    onnx = export.winner_to_onnx(model, winner["params"]["algorithm"], prep.prof, prep.x_test,
+                                 0.5 * budget.extras_s(size))
+    explanations = explain.explain(model, prep.prof.task, prep.x_train, prep.x_test, 0.4 * budget.extras_s(size))
     curve = explain.learning_curve(model, prep.x_train, prep.y_train, prep.metric, prep.prof.task, fit_s,
-                                   budget.extras_s())
+                                   budget.extras_s(size))
     timings["explain_export_s"] = round(budget.clock() - clock, 3)
     clock = budget.clock()
     logger.finish(trials)
@@ -503,6 +514,13 @@ def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget
     return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": chosen, "test": test,
             "importances": importances, "model": {"name": name, "version": version, "run_id": run_id},
             "exports": exports, "progress": {"trials": len(trials), "best": leaderboard[0]["score"]}}
+
+
+def _megabytes(model: Any) -> float:
+    """The fitted model's size as a pickle (tens of milliseconds for tens of megabytes)."""
+    import pickle
+
+    return len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20
 
 
 ENSEMBLE_SHARE = 0.4  # of the time left for the refit, an ensemble's evaluation may take at most this much

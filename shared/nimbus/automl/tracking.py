@@ -49,6 +49,7 @@ class TrialLogger:
         self.submitted: set[str] = set()
         self.pending = 0
         self.cost_s = 0.05  # per trial and thread, refined as trials are logged
+        self._closed = False
         self._threads = [threading.Thread(target=self._drain, name=f"mlflow-{job_id}-{n}", daemon=True)
                          for n in range(self.THREADS)]
         for thread in self._threads:
@@ -96,12 +97,18 @@ class TrialLogger:
         """Log whatever the callbacks did not see, then wait for the queue to empty."""
         for trial in trials:
             self.submit(trial)
-        for _ in self._threads:
-            self.queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        self.close()
         if self._setup_error is not None:
             raise self._setup_error
+
+    def close(self) -> None:
+        """End the logging threads once what was submitted is logged (again: nothing more happens)."""
+        if not self._closed:
+            self._closed = True
+            for _ in self._threads:
+                self.queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str, Any], model: Any,
