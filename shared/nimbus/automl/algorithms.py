@@ -146,7 +146,13 @@ def _knn(kw: dict[str, Any], task: Task, seed: int) -> Any:
 def _svm(kw: dict[str, Any], task: Task, seed: int) -> Any:
     from sklearn import svm
 
-    return svm.SVC(probability=True, random_state=seed, **kw) if task == "classification" else svm.SVR(**kw)
+    if task == "regression":
+        return svm.SVR(**kw)
+    # Probabilities by Platt scaling on cross-validated decision values, as SVC(probability=True) did
+    # (deprecated in scikit-learn 1.9; this is its documented replacement)
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return CalibratedClassifierCV(svm.SVC(random_state=seed, **kw), ensemble=False)
 
 
 def _lda(kw: dict[str, Any], task: Task, seed: int) -> Any:

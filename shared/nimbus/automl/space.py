@@ -62,11 +62,14 @@ def preprocessor(profile: Profile, kind: str = "scaled") -> Any:
             SimpleImputer(strategy="most_frequent"),
             OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False)), low))
     if high:
+        from sklearn.model_selection import KFold, StratifiedKFold
         from sklearn.preprocessing import TargetEncoder
 
-        target_type = "continuous" if profile.task == "regression" else "auto"
+        regression = profile.task == "regression"
+        folds = (KFold if regression else StratifiedKFold)(5, shuffle=True, random_state=0)  # reproducible
+        encoder = TargetEncoder(target_type="continuous" if regression else "auto", cv=folds)
         parts.append(("many_values", make_pipeline(SimpleImputer(strategy="constant", fill_value="__missing__"),
-                                                   TargetEncoder(target_type=target_type, random_state=0)), high))
+                                                   encoder), high))
     if profile.datetime:
         dates = [FunctionTransformer(date_parts, feature_names_out="one-to-one")]
         dates += [] if trees else [SimpleImputer(strategy="median"), StandardScaler()]
