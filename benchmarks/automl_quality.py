@@ -204,7 +204,16 @@ def flaml_automl() -> type:
 
 
 def run_flaml(split: Split, budget: float) -> tuple[float, int, float]:
-    """(held-out score, configurations tried, wall seconds of the fit)."""
+    """(held-out score, configurations tried, wall seconds of the fit), in a process of its own: FLAML
+    and its boosters (OpenMP thread pools, global settings) then cannot slow the Nimbus jobs after it."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_flaml_fit, split, budget).result()
+
+
+def _flaml_fit(split: Split, budget: float) -> tuple[float, int, float]:
     automl = flaml_automl()()
     start = time.monotonic()
     automl.fit(split.x_train, split.y_train, task=split.task, metric=FLAML_METRIC[split.metric], time_budget=budget,

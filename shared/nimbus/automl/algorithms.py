@@ -216,7 +216,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("lda", ("classification",), _lda_space, _lda, gpu=lambda p: p.get("solver", "svd") == "svd",
               default={"lda_solver": "svd"}),
     # the average of the best configurations of other algorithms (soft voting), see ensemble.py
-    Algorithm("ensemble", BOTH, _no_space, _ensemble, searched=False),
+    Algorithm("ensemble", BOTH, _no_space, _ensemble, searched=False, onnx=False),  # mixed precisions: no match
 )}
 
 

@@ -94,18 +94,27 @@ def explain(model: Any, task: str, x_train: pd.DataFrame, x_rows: pd.DataFrame, 
     probe = np.repeat(codes.encode(base), width, axis=0)
     clock = time.monotonic()
     predict(probe)
-    per_row = (time.monotonic() - clock) * 1.5 + 1e-3  # a permutation of one row, with shap's own overhead
+    per_row = (time.monotonic() - clock) * 1.5 + 1e-3  # a permutation of one row, at the least
+    left = seconds - (time.monotonic() - start)
+    if left < per_row:
+        return {"skipped": f"no time left in the job's budget ({max(left, 0):.1f} s left, a row needs "
+                           f"{per_row:.2f} s)"}
+    explainer = shap.PermutationExplainer(predict, shap.maskers.Independent(codes.encode(base),
+                                                                            max_samples=len(base)), seed=seed)
+    # One permutation of the first row, timed, is what a permutation costs here: shap's own calls
+    # (a fixed cost per model call: an ensemble of pipelines paid it many times) and the model's.
+    clock = time.monotonic()
+    explainer(codes.encode(picked.iloc[[0]]), max_evals=width, silent=True)
+    per_row = max(per_row, time.monotonic() - clock)
     left = seconds - (time.monotonic() - start)
     count = min(len(picked), int(left / per_row))
     if count < 1:
         return {"skipped": f"no time left in the job's budget ({max(left, 0):.1f} s left, a row needs "
                            f"{per_row:.2f} s)"}
     permutations = max(1, min(MAX_PERMUTATIONS, int(left / (per_row * count))))
-    explainer = shap.PermutationExplainer(predict, shap.maskers.Independent(codes.encode(base),
-                                                                            max_samples=len(base)), seed=seed)
     explained, values = [], []
-    for n in range(count):  # a row at a time, so a slow model cannot overrun the allowance by much
-        if explained and time.monotonic() - start > seconds:
+    for n in range(count):  # a row at a time: none is started that would end after the allowance
+        if explained and time.monotonic() - start + per_row * permutations > seconds:
             break
         values.append(explainer(codes.encode(picked.iloc[[n]]), max_evals=permutations * width, silent=True))
         explained.append(n)
