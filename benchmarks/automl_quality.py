@@ -325,7 +325,7 @@ def cli(home: Path, budgets: list[float]) -> None:
         except ProcessLookupError:
             pass
         rows = len(re.findall(r"^\s*[│┃|]\s*\d+\s*[│┃|]", out, flags=re.MULTILINE)) if "leaderboard (" in out else 0
-        registered = re.search(r"registered \S+ v\d+", out) is not None
+        registered = re.search(r"registered \S+\s+v\d+", out) is not None  # rich may wrap the line
         last = next((line.strip() for line in reversed(out.splitlines()) if line.strip()), "")
         print(f"  --budget {budget:<4g} exit {proc.returncode}, {wall:.1f} s wall ({wall / budget:.2f}x the budget), "
               f"leaderboard {'with ' + str(rows) + ' rows' if rows else 'not printed'}, "
