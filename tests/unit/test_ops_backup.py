@@ -72,3 +72,13 @@ def test_the_cli_names_a_bad_backup_folder_in_one_line(tmp_path: Path, args: lis
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("error: ") and ("no such folder" in done.stderr or "no manifest.json" in done.stderr)
+
+
+def test_a_backup_cut_short_by_a_store_leaves_no_folder_that_looks_whole(tmp_path: Path) -> None:
+    from nimbus.errors import StoreUnavailable
+    from nimbus.local.stack import free_port
+
+    settings = Settings(home=tmp_path / "home", redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+    with pytest.raises(StoreUnavailable, match="redis"):
+        backup(settings, tmp_path / "backup")
+    assert not (tmp_path / "backup").exists()

@@ -118,17 +118,22 @@ def restore_redis(settings: Settings, folder: Path, force: bool) -> Part:
     part = Part("redis", unit="keys")
     with RedisStore.for_settings(settings).redis as client, (folder / "redis.jsonl").open() as lines:
         pipe = client.pipeline(transaction=False)
+        expired = 0
         for line in lines:
             row = json.loads(line)
             payload = base64.b64decode(row["dump"])
             expire_at = row["expire_at_ms"]
-            # ABSTTL: the expiry is a point in time; one already past restores nothing (as Redis would have)
+            if expire_at is not None and expire_at <= time.time() * 1000:
+                expired += 1  # it would be gone by now had Redis kept running
+                continue
+            # ABSTTL: the expiry is a point in time, so a key expires when it would have
             pipe.restore(base64.b64decode(row["key"]), expire_at or 0, payload, replace=force, absttl=expire_at is not None)
             part.items += 1
             part.bytes += len(payload)
             if len(pipe) >= BATCH:
                 pipe.execute()
         pipe.execute()
+    part.detail = f"{expired} expired since the backup" if expired else ""
     return part
 
 
@@ -274,8 +279,20 @@ def backup_mlflow(settings: Settings, folder: Path) -> Part:
 
 
 def mlflow_clashes(settings: Settings) -> list[str]:
+    """The MLflow database, when it holds runs or registered models (a fresh one, made by a health
+    check, holds neither: restoring over it loses nothing)."""
     files = mlflow_files(settings)
-    return [str(files[0])] if files and files[0].exists() else []
+    if not files or not files[0].exists():
+        return []
+    connection = sqlite3.connect(f"file:{files[0]}?mode=ro", uri=True)
+    try:
+        used = any(connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                   for table in ("runs", "registered_models"))
+    except sqlite3.OperationalError:  # no such table: not initialised yet
+        used = False
+    finally:
+        connection.close()
+    return [str(files[0])] if used else []
 
 
 def restore_mlflow(settings: Settings, folder: Path) -> Part:
@@ -291,7 +308,8 @@ def restore_mlflow(settings: Settings, folder: Path) -> Part:
     source_db = folder / "mlflow" / "mlflow.db"
     if source_db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
-        db.unlink(missing_ok=True)
+        for stale in (db, *(db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal"))):
+            stale.unlink(missing_ok=True)  # an old write-ahead log would be replayed onto the restored file
         shutil.copyfile(source_db, db)
         part.items, part.bytes = 1, db.stat().st_size
     if (folder / "mlflow" / "artifacts").is_dir():
@@ -311,8 +329,12 @@ def backup(settings: Settings, folder: Path) -> dict[str, Any]:
         raise InvalidInput(f"{folder} exists and is not an empty folder: back up into a new one")
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    parts = [backup_redis(settings, folder), backup_mongodb(settings, folder), backup_s3(settings, folder),
-             backup_mlflow(settings, folder)]
+    try:
+        parts = [backup_redis(settings, folder), backup_mongodb(settings, folder), backup_s3(settings, folder),
+                 backup_mlflow(settings, folder)]
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # no half backup that looks whole; the rerun starts clean
+        raise
     manifest = {
         "format": FORMAT, "version": VERSION, "created_at": datetime.now(UTC).isoformat(),
         "duration_s": round(time.monotonic() - started, 3),
