@@ -88,6 +88,8 @@ def test_a_restored_backup_serves_the_same_recommendations_and_audit_trail(live_
     done = nimbus("ops", "backup", str(backup_dir), "--json")
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout)
+    print("backup:", {name: (p["items"], p["bytes"]) for name, p in manifest["parts"].items()},
+          f"{manifest['duration_s']} s")  # the figures, with -s
     assert manifest["parts"]["redis"]["items"] == keys
     assert manifest["parts"]["mongodb"]["collections"][Collections.AUDIT] == len(trail)
     assert manifest["parts"]["s3"]["items"] == len(planted)
@@ -107,6 +109,7 @@ def test_a_restored_backup_serves_the_same_recommendations_and_audit_trail(live_
         done = nimbus("ops", "restore", str(backup_dir))
         assert done.returncode == 0, done.stderr
         assert "redis" in done.stdout and f"{keys}" in done.stdout  # the summary table
+        print(done.stdout)
     finally:
         stack.up(["mlflow"], timeout_s=180)  # the rest of the session needs MLflow, whatever happened here
 
