@@ -42,6 +42,9 @@ app.add_typer(experiments_app, name="experiments")
 monitor_app = typer.Typer(help="Monitoring: drift of the live models, traffic and latency of the functions.",
                           no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
+ops_app = typer.Typer(help="Operations: back up every store to a folder, restore it into empty stores.",
+                      no_args_is_help=True)
+app.add_typer(ops_app, name="ops")
 keys_app = typer.Typer(help="API keys: make a named, scoped key (Nimbus stores only its hash).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -690,6 +693,49 @@ def monitor_traffic(
         table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), fmt(f["rps"], ".1f"),
                       fmt(f["p50_ms"], ".2f"), fmt(f["p95_ms"], ".2f"), fmt(f["p99_ms"], ".2f"))
     out.print(table)
+
+
+# ---- ops -------------------------------------------------------------------------------
+def _parts_table(report: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("part", "items", "what", "bytes", "detail"):
+        table.add_column(column, justify="right" if column in ("items", "bytes") else "left")
+    for p in report["parts"].values():
+        table.add_row(p["part"], str(p["items"]), p["unit"], f"{p['bytes']:,}", p["detail"])
+    out.print(table)
+
+
+@ops_app.command("backup")
+def ops_backup(
+    folder: Annotated[Path, typer.Argument(help="A new (or empty) folder for the backup.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Back up Redis (every key and its expiry), MongoDB (every collection), the S3 buckets and MLflow."""
+    from nimbus.ops.backup import backup
+
+    manifest = backup(get_settings(), folder)
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    _parts_table(manifest, f"backup in {folder} ({manifest['duration_s']:.1f} s)")
+
+
+@ops_app.command("restore")
+def ops_restore(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `nimbus ops backup`.")],
+    force: Annotated[bool, typer.Option(help="Overwrite stores that are not empty.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was restored as JSON.")] = False,
+) -> None:
+    """Restore a backup into empty stores (stop a local MLflow server first)."""
+    from nimbus.ops.backup import restore
+
+    report = restore(get_settings(), folder, force=force)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    _parts_table(report, f"restored {folder} (backup of {report['created_at']}, {report['duration_s']:.1f} s)")
 
 
 def main() -> None:

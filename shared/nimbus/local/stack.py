@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nimbus.apikeys import is_loopback_url
 from nimbus.config import Settings
 from nimbus.errors import LocalStackError
 from nimbus.stores import Health
@@ -58,6 +59,21 @@ def free_port() -> int:
 
 def _port(url: str, default: int) -> int:
     return urlsplit(url).port or default
+
+
+def mlflow_files(settings: Settings) -> tuple[Path, Path] | None:
+    """MLflow's backend database file and artifact folder when they are on this machine: SQLite under
+    ``home`` (no server), or the ``mlflow server`` this stack runs on loopback; None for a remote server."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")), settings.mlflow_artifact_root
+    return _server_files(settings) if is_loopback_url(uri) else None
+
+
+def _server_files(settings: Settings) -> tuple[Path, Path]:
+    """Where the ``mlflow server`` of the local stack keeps its database and artifacts."""
+    base = settings.home / "data" / "mlflow"
+    return base / "mlflow.db", base / "artifacts"
 
 
 @dataclass
@@ -186,10 +202,10 @@ class LocalStack:
         return [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage, "--log-level", "WARNING"]
 
     def _mlflow_command(self, port: int) -> list[str]:
-        base = self._data_dir("mlflow")
+        self._data_dir("mlflow")
+        db, artifacts = _server_files(self.settings)
         return [self._need("mlflow", "pip install mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-                "--artifacts-destination", str(base / "artifacts")]
+                "--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts)]
 
     def _init_mlflow_sqlite(self) -> None:
         self.settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
@@ -228,6 +244,10 @@ class LocalStack:
             path.unlink(missing_ok=True)  # the pid was recycled by an unrelated process
             return None
         return pid
+
+    def running(self, name: str) -> bool:
+        """True while a process of service ``name`` that this stack started is alive."""
+        return any(self._live_pid(s) is not None for s in self.services if s.name == name and s.command)
 
     # ---- lifecycle ---------------------------------------------------------------------
     def select(self, names: list[str] | None) -> list[Service]:

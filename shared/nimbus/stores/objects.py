@@ -141,6 +141,27 @@ class ObjectStore(PerProcess):
         with self._calling():
             self.client.download_file(bucket, key, path)
 
+    def upload(self, bucket: str, key: str, path: str, content_type: str | None = None) -> None:
+        """Copy one local file to an object (streamed, multipart for large files)."""
+        with self._calling():
+            self.client.upload_file(path, bucket, key, ExtraArgs={"ContentType": content_type} if content_type else None)
+
+    def content_type(self, bucket: str, key: str) -> str | None:
+        with self._calling():
+            return self.client.head_object(Bucket=bucket, Key=key).get("ContentType")
+
+    def has_objects(self, bucket: str) -> bool:
+        """True when ``bucket`` exists and holds at least one object."""
+        with self._calling():
+            if bucket not in self.bucket_names():
+                return False
+            return bool(self.client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0))
+
+    def ensure_bucket(self, bucket: str) -> None:
+        if bucket not in self.bucket_names():
+            with self._calling():
+                self.client.create_bucket(Bucket=bucket)
+
     # -- everything under a folder --
     def list_under(self, folder: S3Uri) -> list[S3Uri]:
         """The objects under ``folder`` (its key taken as a folder), in key order."""

@@ -1,0 +1,1 @@
+"""Operating Nimbus: backup and restore of every store (``backup``)."""
