@@ -161,7 +161,9 @@ def test_prometheus_scrapes_a_function_and_an_error_burst_reaches_the_webhook(cl
             live = wait_until(lambda: (api("/api/v1/query", query='nimbus_model_live_version{alias="champion"}')
                                        or {}).get("result"), "the live model version scraped")
             assert live[0]["metric"]["model"] == "nimbus-recommender" and live[0]["value"][1] == "3"
-            assert (api("/api/v1/query", query='nimbus_http_requests_total{function="health"}') or {})["result"]
+            scraped = wait_until(lambda: (api("/api/v1/query", query='nimbus_http_requests_total{function="health"}')
+                                          or {}).get("result"), "the HTTP counters scraped (the scrapes count too)")
+            assert {r["metric"]["route"] for r in scraped} >= {"/health/metrics"}
 
             def burst_until_firing() -> list[dict]:
                 for _ in range(5):  # the burst goes on until the rule fires: rate() needs two scrapes of it
