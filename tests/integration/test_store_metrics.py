@@ -86,3 +86,13 @@ def test_any_function_serves_the_store_metrics_on_its_metrics_route(clean_stack:
         text = client.get("/health/metrics").text
     got = samples(text_string_to_metric_families(text))
     assert got[("nimbus_model_live_version", (("alias", "champion"), ("model", "ranker")))] == 4
+
+
+def test_the_recommender_pointer_published_before_the_model_set_existed_is_reported(clean_stack: Settings) -> None:
+    from nimbus.recommend.bundle import MODEL_NAME
+    from nimbus.stores.redis.base import RedisStore
+    from nimbus.stores.redis.keys import Keys
+
+    RedisStore.for_settings(clean_stack).client.hset(Keys.model_live(MODEL_NAME), "champion", "2")  # no SADD
+    got = samples(exporter.StoreCollector(clean_stack).collect())
+    assert got[("nimbus_model_live_version", (("alias", "champion"), ("model", MODEL_NAME)))] == 2

@@ -32,6 +32,7 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from nimbus.config import Settings
 from nimbus.errors import NimbusError
+from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.live import LiveModelStore
 
@@ -69,7 +70,7 @@ class StoreCollector(Collector):
         metrics: list[Metric] = []
         live: dict[str, dict[str, str]] = {}
         try:
-            live = LiveModelStore.for_settings(self.settings).live_models()
+            live = LiveModelStore.for_settings(self.settings).live_models(also=(MODEL_NAME,))
             metrics.append(_live_versions(live))
             up.add_metric(["redis"], 1)
         except STORE_ERRORS as exc:

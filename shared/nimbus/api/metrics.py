@@ -70,6 +70,8 @@ def instrument(app: FastAPI, function: str, settings: Settings | None = None) ->
                               "description": "Prometheus text exposition format.",
                               "content": {CONTENT_TYPE_LATEST: {"example": (
                                   'nimbus_http_requests_total{function="recommend",method="GET",'
-                                  'route="/recommendations/{user_id}",status="200"} 1042.0\n')}}}})
+                                  'route="/recommendations/{user_id}",status="200"} 1042.0\n'
+                                  'nimbus_model_live_version{alias="champion",model="nimbus-recommender"} 3.0\n'
+                                  'nimbus_automl_jobs{status="queued"} 2.0\n')}}}})
     app.add_middleware(RequestMetrics, traffic=traffic)
     return traffic

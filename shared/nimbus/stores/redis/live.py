@@ -39,10 +39,12 @@ class LiveModelStore(RedisStore):
             raw = r.hgetall(Keys.model_live(name))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def live_models(self) -> dict[str, dict[str, str]]:
-        """Every model with a live pointer: ``{model: {alias: version}}`` (one SMEMBERS, one pipelined read)."""
+    def live_models(self, also: Sequence[str] = ()) -> dict[str, dict[str, str]]:
+        """Every model with a live pointer: ``{model: {alias: version}}`` (one SMEMBERS, one pipelined read).
+
+        ``also``: names to read even if the set lacks them (pointers published before the set existed)."""
         with self.redis as r:
-            names = sorted(n.decode() for n in r.smembers(Keys.models_live()))
+            names = sorted({n.decode() for n in r.smembers(Keys.models_live())} | set(also))
             pipe = r.pipeline(transaction=False)
             for name in names:
                 pipe.hgetall(Keys.model_live(name))
