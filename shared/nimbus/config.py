@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     traffic_bucket_s: int = Field(default=10, ge=1, description="Time bucket of the cross-process traffic rollup in Redis.")
     traffic_flush_s: float = Field(default=1.0, gt=0, description="How often each process adds its traffic to Redis.")
     traffic_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long traffic buckets stay in Redis.")
+    metrics_cache_s: float = Field(default=5.0, ge=0, description="How long /metrics reuses the values it read "
+                                                                  "from Redis and MongoDB (live versions, drift, "
+                                                                  "job queue, batch counts).")
 
     actor: str | None = Field(default=None, description="Who the audit trail names as acting; None: the OS user. "
                                                         "Functions set it from their caller.")

@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nimbus.api import exporter
 from nimbus.api.auth import AUTH_ERRORS, require
 from nimbus.config import Settings, get_settings
 from nimbus.monitoring.traffic import FunctionTraffic
@@ -53,11 +54,13 @@ class RequestMetrics:
 
 def instrument(app: FastAPI, function: str, settings: Settings | None = None) -> FunctionTraffic:
     """Add the metrics middleware and ``GET /metrics`` + ``GET /{function}/metrics`` to ``app``."""
-    traffic = FunctionTraffic(function, settings or get_settings())
+    resolved = settings or get_settings()
+    traffic = FunctionTraffic(function, resolved)
     app.state.traffic = traffic
+    exporter.register(resolved)  # live versions, drift, AutoML queue, batch counts: read from the stores
 
     def metrics() -> Response:
-        """Prometheus metrics of this process (requests, errors, latency, degraded answers)."""
+        """Prometheus metrics: HTTP traffic, live model versions, drift PSI, AutoML queue, batch records."""
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     for path in ("/metrics", f"/{function}/metrics"):
@@ -67,6 +70,8 @@ def instrument(app: FastAPI, function: str, settings: Settings | None = None) ->
                               "description": "Prometheus text exposition format.",
                               "content": {CONTENT_TYPE_LATEST: {"example": (
                                   'nimbus_http_requests_total{function="recommend",method="GET",'
-                                  'route="/recommendations/{user_id}",status="200"} 1042.0\n')}}}})
+                                  'route="/recommendations/{user_id}",status="200"} 1042.0\n'
+                                  'nimbus_model_live_version{alias="champion",model="nimbus-recommender"} 3.0\n'
+                                  'nimbus_automl_jobs{status="queued"} 2.0\n')}}}})
     app.add_middleware(RequestMetrics, traffic=traffic)
     return traffic

@@ -124,6 +124,11 @@ class Keys:
         return cls.key("model", name, "live", "log")
 
     @classmethod
+    def models_live(cls) -> str:
+        """The set of model names that have a live pointer (what ``/metrics`` reports without a SCAN)."""
+        return cls.key("models", "live")
+
+    @classmethod
     def channel(cls, topic: str) -> str:
         return cls.key("events", topic)
 

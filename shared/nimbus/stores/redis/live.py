@@ -28,6 +28,7 @@ class LiveModelStore(RedisStore):
         with self.redis as r:
             pipe = r.pipeline(transaction=True)
             pipe.hset(Keys.model_live(name), alias, version)
+            pipe.sadd(Keys.models_live(), name)
             pipe.lpush(Keys.model_live_log(name), entry)
             pipe.ltrim(Keys.model_live_log(name), 0, keep_log - 1)
             pipe.execute()
@@ -37,6 +38,18 @@ class LiveModelStore(RedisStore):
         with self.redis as r:
             raw = r.hgetall(Keys.model_live(name))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def live_models(self, also: Sequence[str] = ()) -> dict[str, dict[str, str]]:
+        """Every model with a live pointer: ``{model: {alias: version}}`` (one SMEMBERS, one pipelined read).
+
+        ``also``: names to read even if the set lacks them (pointers published before the set existed)."""
+        with self.redis as r:
+            names = sorted({n.decode() for n in r.smembers(Keys.models_live())} | set(also))
+            pipe = r.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(Keys.model_live(name))
+            rows = pipe.execute() if names else []
+        return {name: {k.decode(): v.decode() for k, v in raw.items()} for name, raw in zip(names, rows) if raw}
 
     def live_log(self, name: str, limit: int = 500) -> list[dict]:
         """When each alias of ``name`` was pointed at which version (``{at, alias, version}``), newest first."""
