@@ -8,7 +8,6 @@ the command exits non-zero.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from nimbus import logs, tracing
 from nimbus.config import get_settings
 from nimbus.console import fmt, out, print_health, progress, status_table
 from nimbus.errors import NimbusError
@@ -127,7 +127,8 @@ def local_serve(
 
     settings = get_settings()
     gateway = Gateway(load_project(settings.project_root), settings, GatewayOptions(schedules=schedules, watch=watch))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(settings)  # JSON lines (or text) at NIMBUS_LOG_LEVEL, as the functions log
+    tracing.configure()  # the gateway's spans, when OTEL_* asks for traces
     routes = [f"{r.method:6} {r.path} -> {fn.name}" for fn in gateway.project.functions.values() for r in fn.http]
     out.print("routes:\n  " + "\n  ".join(routes))
     # uvicorn re-raises SIGTERM once it has shut down: unwind instead, so the worker child is stopped.
