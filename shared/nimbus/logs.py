@@ -34,6 +34,18 @@ _SECRET = re.compile(r"(?i)(api[_-]?key|authorization|password|secret|token|cook
 _handler: logging.Handler | None = None
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it; Lambda ships it)."""
+
+    @property
+    def stream(self) -> IO[str]:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
 def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     event.pop("message", None)  # the stdlib's copy of "event", added back by ExtraAdder
     for key in [k for k in event if _SECRET.search(k)]:
@@ -66,7 +78,7 @@ def configure(settings: Settings, stream: IO[str] | None = None, force: bool = F
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.setFormatter(formatter(settings.log_format))
     handler.setLevel(settings.log_level)
     root.addHandler(handler)

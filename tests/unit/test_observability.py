@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Annotated
 
 import orjson
 import pytest
@@ -62,7 +63,7 @@ def client() -> TestClient:
     app = create_app("Nimbus probe", "A probe.", function="probe")
 
     @app.post("/probe/{user_id}")
-    def probe(user_id: str, body: dict = Body()) -> dict:
+    def probe(user_id: str, body: Annotated[dict, Body()]) -> dict:
         return {"ok": True}
 
     with TestClient(app) as c:

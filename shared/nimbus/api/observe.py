@@ -1,7 +1,7 @@
 """One log line per HTTP request, and the request id that joins it to traces and answers.
 
-:class:`RequestLog` sits outside everything of an app but the tracing middleware (so 413s and
-the recommend fast path are logged too, inside the request's span). For each request it
+:class:`RequestLog` sits outside every middleware of an app but Starlette's error middleware and
+the tracing one (so 413s and the recommend fast path are logged too, inside the request's span). For each request it
 
 * takes the request id (:func:`nimbus.ids.request_id_for`): a usable ``X-Request-Id``, else API
   Gateway's ``requestContext.requestId`` (Mangum puts the event in the scope), else a new one;
@@ -90,10 +90,14 @@ class RequestLog:
 
 
 def wrap(app: Any, function: str) -> None:
-    """Put :class:`RequestLog` around ``app``'s whole middleware stack (built on its first request)."""
+    """Put :class:`RequestLog` around every middleware of ``app`` (built on its first request) but
+    Starlette's outermost ``ServerErrorMiddleware``, which OpenTelemetry's FastAPI instrumentation
+    expects to find there; an unhandled error is still logged (status 500)."""
     build = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        return RequestLog(build(), function)
+        stack = build()
+        stack.app = RequestLog(stack.app, function)
+        return stack
 
     app.build_middleware_stack = build_middleware_stack
