@@ -462,6 +462,8 @@ def automl_worker(
     # a job cut short keeps its lease until it lapses, then another runner takes it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = get_settings()
+    logs.configure(settings)  # a runner's job-step lines, as the functions log
+    tracing.configure()  # a Ray job's spans join the submitter's trace (TRACEPARENT, see automl.cluster)
     if job is not None:
         out.print(f"running job {job}")
         run_once(settings, job)  # not queued: Conflict; a failed job: NimbusError; one line, exit 1

@@ -165,6 +165,23 @@ def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
     return carrier
 
 
+def job_env(env: dict[str, str]) -> dict[str, str]:
+    """A submitted job's environment with this process's ``OTEL_*`` settings and the current
+    context as ``TRACEPARENT``/``TRACESTATE`` (the environment-variable carrier of the W3C
+    context), so the job's spans join the submitter's trace; ``env`` unchanged when tracing is off."""
+    if _tracer is None:
+        return env
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return {**env, **{k: v for k, v in os.environ.items() if k.startswith("OTEL_")},
+            **{k.upper(): v for k, v in carrier.items()}}
+
+
+def from_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The W3C context a parent process left in ``TRACEPARENT``/``TRACESTATE`` (for :func:`attached`)."""
+    return {k.lower(): env[k] for k in ("TRACEPARENT", "TRACESTATE") if env.get(k)}
+
+
 @contextlib.contextmanager
 def attached(carrier: Mapping[str, str]) -> Iterator[None]:
     """Make the context in ``carrier`` (e.g. a job's ``TRACEPARENT``) the parent of spans in the block."""

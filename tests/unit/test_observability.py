@@ -9,6 +9,9 @@ import orjson
 import pytest
 from fastapi import Body
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nimbus import logs, tracing
 from nimbus.api.common import create_app
@@ -153,3 +156,38 @@ def test_off_tracing_does_no_span_work() -> None:
     assert not tracing.enabled()
     assert tracing.span("a") is tracing.span("b")  # one shared no-op context
     assert tracing.trace_id() is None and tracing.inject({}) == {}
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    tracing.use(TracerProvider(), SimpleSpanProcessor(exporter))
+    yield exporter
+    tracing.stop()
+
+
+def test_a_job_step_is_a_span_with_its_counts_and_its_line_names_the_trace(
+    spans: InMemorySpanExporter, logged: io.StringIO
+) -> None:
+    with tracing.span("batch.run"), logs.step("batch", "run-7", "write") as counts:
+        counts["mongodb_written"] = 5
+    step, run = spans.get_finished_spans()
+    assert (step.name, run.name) == ("batch.write", "batch.run") and step.parent.span_id == run.context.span_id
+    assert step.attributes["nimbus.run_key"] == "run-7" and step.attributes["nimbus.mongodb_written"] == 5
+    (line,) = lines(logged)
+    assert line["trace_id"] == f"{step.context.trace_id:032x}"
+
+
+def test_a_submitted_job_gets_the_traceparent_and_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    with tracing.span("automl.submit") as parent:
+        env = tracing.job_env({"NIMBUS_RAY_ADDRESS": "auto"})
+    trace_id = f"{parent.get_span_context().trace_id:032x}"
+    assert env["NIMBUS_RAY_ADDRESS"] == "auto" and env["TRACEPARENT"].split("-")[1] == trace_id
+    with tracing.attached(tracing.from_env(env)), tracing.span("automl.job"):
+        pass
+    job = next(s for s in spans.get_finished_spans() if s.name == "automl.job")
+    assert f"{job.context.trace_id:032x}" == trace_id and job.parent.span_id == parent.get_span_context().span_id
+
+
+def test_off_a_job_env_is_left_as_it_is() -> None:
+    assert tracing.job_env({"A": "1"}) == {"A": "1"} and tracing.from_env({}) == {}
