@@ -191,3 +191,24 @@ def test_a_submitted_job_gets_the_traceparent_and_continues_the_trace(spans: InM
 
 def test_off_a_job_env_is_left_as_it_is() -> None:
     assert tracing.job_env({"A": "1"}) == {"A": "1"} and tracing.from_env({}) == {}
+
+
+def test_on_lambda_api_gateways_request_id_is_the_request_id(logged: io.StringIO) -> None:
+    from nimbus.api.common import lambda_handler
+
+    app = create_app("Nimbus probe", "A probe.", function="probe")
+
+    @app.get("/probe/{user_id}")
+    def probe(user_id: str) -> dict:
+        return {"ok": True}
+
+    event = {"version": "2.0", "routeKey": "GET /probe/{user_id}", "rawPath": "/probe/u1", "rawQueryString": "",
+             "headers": {"host": "x.execute-api.us-east-1.amazonaws.com", "x-api-key": SECRET_KEY},
+             "requestContext": {"requestId": "JbQ3-gHGoAMEMxw=", "stage": "$default", "http": {
+                 "method": "GET", "path": "/probe/u1", "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1",
+                 "userAgent": "curl"}}, "isBase64Encoded": False}
+    answer = lambda_handler(app)(event, None)
+    assert answer["statusCode"] == 200 and answer["headers"]["x-request-id"] == "JbQ3-gHGoAMEMxw"
+    (line,) = request_lines(logged)
+    assert line["request_id"] == "JbQ3-gHGoAMEMxw" and line["route"] == "/probe/{user_id}"
+    assert SECRET_KEY not in logged.getvalue()
