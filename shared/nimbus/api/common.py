@@ -159,7 +159,8 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if resolved.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=resolved.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-Id", "traceparent"],
+                           expose_headers=["X-Request-Id"], max_age=600)
     instrument(app, name, settings)
 
     @app.exception_handler(NimbusError)
