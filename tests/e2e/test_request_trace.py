@@ -40,7 +40,9 @@ def observed() -> Iterator[tuple[InMemorySpanExporter, io.StringIO]]:
     finally:
         tracing.stop()
         logs.configure(Settings(), force=True)
-        sys.modules.pop(HANDLER, None)
+        rebuilt = sys.modules.pop(HANDLER, None)
+        if rebuilt is not None:
+            rebuilt.app.state.service.close()  # its model watcher and exposure threads
         if saved is not None:
             sys.modules[HANDLER] = saved
 
