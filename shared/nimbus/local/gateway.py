@@ -240,7 +240,8 @@ class Gateway:
                 result = await self.invoker.wait_async(invocation)  # no thread held while the handler runs
             if not result.ok:
                 log.error("%s %s -> %s failed: %s: %s", request.method, request.url.path, fn.name,
-                          result.payload.get("errorType"), result.payload.get("errorMessage"))
+                          result.payload.get("errorType"), result.payload.get("errorMessage"),
+                          extra={"request_id": request_id, "function": fn.name})
                 timed_out = result.payload.get("errorType") == "TimeoutError"
                 # API Gateway's own answers: 503/504 say nothing of the function's internals.
                 return JSONResponse({"message": "Service Unavailable" if timed_out else "Internal Server Error"},
