@@ -8,7 +8,6 @@ the command exits non-zero.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from nimbus import logs, tracing
 from nimbus.config import get_settings
 from nimbus.console import fmt, out, print_health, progress, status_table
 from nimbus.errors import NimbusError
@@ -130,7 +130,8 @@ def local_serve(
 
     settings = get_settings()
     gateway = Gateway(load_project(settings.project_root), settings, GatewayOptions(schedules=schedules, watch=watch))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(settings)  # JSON lines (or text) at NIMBUS_LOG_LEVEL, as the functions log
+    tracing.configure()  # the gateway's spans, when OTEL_* asks for traces
     routes = [f"{r.method:6} {r.path} -> {fn.name}" for fn in gateway.project.functions.values() for r in fn.http]
     out.print("routes:\n  " + "\n  ".join(routes))
     # uvicorn re-raises SIGTERM once it has shut down: unwind instead, so the worker child is stopped.
@@ -464,6 +465,8 @@ def automl_worker(
     # a job cut short keeps its lease until it lapses, then another runner takes it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = get_settings()
+    logs.configure(settings)  # a runner's job-step lines, as the functions log
+    tracing.configure()  # a Ray job's spans join the submitter's trace (TRACEPARENT, see automl.cluster)
     if job is not None:
         out.print(f"running job {job}")
         run_once(settings, job)  # not queued: Conflict; a failed job: NimbusError; one line, exit 1

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nimbus.apikeys import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
@@ -160,6 +160,19 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 3000
+
+    # Logs (nimbus.logs). Traces are configured only by the standard OTEL_* variables (nimbus.tracing).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe log line written; INFO writes one line per request and job step.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object a line (for CloudWatch, Loki...); text: for a terminal.")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _log_case(cls, value: object, info: ValidationInfo) -> object:  # NIMBUS_LOG_LEVEL=info, ...=JSON
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
     @field_validator("home", "project_root")
     @classmethod

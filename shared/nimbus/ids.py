@@ -5,7 +5,8 @@ Every user, item, event and request id Nimbus accepts matches :data:`ID_PATTERN`
 name another key (``u42:recent`` is refused, not read as user ``u42``'s recent list).
 
 A ``request_id`` is issued by the recommender and signed: ``{nonce}.{signature}`` where
-the nonce is 96 random bits (hex) and the signature the first 128 bits of
+the nonce is the request's own id (:func:`request_id_for`: the caller's ``X-Request-Id``,
+API Gateway's request id, else 96 random bits in hex) and the signature the first 128 bits of
 HMAC-SHA256(``request_secret``, ``v1|{nonce}|{user_id}``) (hex). An id that does not
 verify for the event's user is refused before any Redis key is built from it; one that
 does is then joined to the server's own record of that answer (its items and time).
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import os
 import re
+from contextvars import ContextVar
 
 from nimbus.config import Settings
 
@@ -29,7 +31,34 @@ _ID = re.compile(ID_PATTERN)
 
 NONCE_BYTES, SIG_BYTES = 12, 16
 REQUEST_ID_LEN = 2 * NONCE_BYTES + 1 + 2 * SIG_BYTES  # 57
-_REQUEST_ID = re.compile(rf"^[0-9a-f]{{{2 * NONCE_BYTES}}}\.[0-9a-f]{{{2 * SIG_BYTES}}}$")
+# A request's own id (X-Request-Id, API Gateway's requestId): 8-64 of A-Z a-z 0-9 _ -. No "." (it
+# separates the signature), nothing a log line, a header or a Redis key would need to escape.
+REQUEST_ID_MIN, REQUEST_ID_MAX = 8, 64
+_NONCE = re.compile(rf"^[A-Za-z0-9_\-]{{{REQUEST_ID_MIN},{REQUEST_ID_MAX}}}$")
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9_\-]{{{REQUEST_ID_MIN},{REQUEST_ID_MAX}}}\.[0-9a-f]{{{2 * SIG_BYTES}}}$")
+# The id of the request being served; set by the HTTP layer, read by :meth:`RequestSigner.issue`.
+current_request_id: ContextVar[str | None] = ContextVar("nimbus_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 96 random bits, hex."""
+    return os.urandom(NONCE_BYTES).hex()
+
+
+def is_request_id(value: object) -> bool:
+    """True for a usable request id (8-64 of ``A-Z a-z 0-9 _ -``)."""
+    return isinstance(value, str) and _NONCE.fullmatch(value) is not None
+
+
+def request_id_for(header: str | None = None, gateway_id: str | None = None) -> str:
+    """The id of one request: the caller's ``X-Request-Id`` when it is a usable id, else API
+    Gateway's ``requestContext.requestId`` (its base64 padding dropped), else a new one. A bad
+    header is replaced, never refused: the id is for correlation, not for authorisation."""
+    if is_request_id(header):
+        return header  # type: ignore[return-value]
+    if isinstance(gateway_id, str) and is_request_id(gateway_id.rstrip("=")):
+        return gateway_id.rstrip("=")
+    return new_request_id()
 
 
 def is_id(value: object) -> bool:
@@ -57,9 +86,11 @@ class RequestSigner:
         mac.update(f"v1|{nonce}|{user_id}".encode())
         return mac.hexdigest()[:2 * SIG_BYTES]
 
-    def issue(self, user_id: str) -> str:
-        """A new request id for an answer to ``user_id``."""
-        nonce = os.urandom(NONCE_BYTES).hex()
+    def issue(self, user_id: str, nonce: str | None = None) -> str:
+        """The request id of an answer to ``user_id``: the current request's id (or ``nonce``), signed."""
+        nonce = nonce or current_request_id.get()
+        if not is_request_id(nonce):
+            nonce = new_request_id()
         return f"{nonce}.{self._sign(nonce, user_id)}"
 
     def verify(self, request_id: object, user_id: str) -> bool:

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nimbus import __version__, buffers
+from nimbus import __version__, buffers, logs, tracing
 from nimbus.config import Settings, get_settings
 from nimbus.errors import ConfigError, Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 
@@ -86,7 +86,17 @@ def lambda_handler(app: ASGIApp) -> Callable[[dict[str, Any], Any], dict[str, An
     served directly and the buffers keep their background threads."""
     from mangum import Mangum
 
-    return buffers.flushed(Mangum(app, lifespan="off"))
+    handler = buffers.flushed(Mangum(app, lifespan="off"))
+    if not tracing.enabled():
+        return handler
+
+    def traced(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            return handler(event, context)
+        finally:
+            tracing.flush()  # spans exported before Lambda freezes the exporter's thread
+
+    return traced
 
 
 class BodyLimit:
@@ -134,17 +144,24 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
                settings: Settings | None = None, **kwargs: Any) -> FastAPI:
     """A FastAPI app whose Nimbus errors become JSON answers, whose bodies are bounded and
     whose requests are counted and timed (``/metrics``; ``function`` names it there)."""
+    from nimbus.api import observe
     from nimbus.api.metrics import instrument
     from nimbus.security import check_deployable
 
     resolved = settings or get_settings()
     check_deployable(resolved)  # off the local stack: never on the local key or a default secret
+    logs.configure(resolved)  # once per process: JSON lines (or text) at NIMBUS_LOG_LEVEL
+    tracing.configure()  # once per process, from OTEL_*; off: nothing set up
     app = FastAPI(title=title, description=description, version=__version__, **kwargs)
+    name = function or title.split()[-1].lower()
+    observe.wrap(app, name)  # a log line and the request id per request, outside every middleware
+    tracing.instrument_app(app)  # outside that: the request's span (only when tracing is on)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if resolved.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=resolved.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
-    instrument(app, function or title.split()[-1].lower(), settings)
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-Id", "traceparent"],
+                           expose_headers=["X-Request-Id"], max_age=600)
+    instrument(app, name, settings)
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:

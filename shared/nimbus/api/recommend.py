@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Res
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nimbus.api import observe
 from nimbus.api.auth import OptionalCaller
 from nimbus.api.common import Once, create_app
 from nimbus.config import Settings, get_settings
@@ -93,6 +94,7 @@ class RecommendService:
         recommender.listeners.append(FeatureSampler(models, MODEL_NAME, self.settings.drift_sample_rate))
         if self.traffic is not None:
             recommender.listeners.append(self.traffic.count_degraded)
+        recommender.listeners.append(observe.note_served)  # model, degraded, experiment on the request's log line
         return recommender
 
     @property
@@ -147,6 +149,7 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
             start = time.perf_counter()
+            scope[observe.ROUTE_KEY] = ROUTE  # the request log's route template (FastAPI's router is skipped)
             params = fast_params(scope["path"][len(PREFIX):], scope["query_string"])
             if params is not None and not any(n in (b"content-length", b"transfer-encoding")
                                               for n, _ in scope["headers"]):

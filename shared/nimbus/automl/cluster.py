@@ -22,6 +22,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from nimbus import tracing
 from nimbus.automl.jobs import get_job, jobs, requeue_lapsed, update
 from nimbus.config import Settings
 from nimbus.errors import NimbusError, StoreUnavailable
@@ -98,7 +99,7 @@ def submit(settings: Settings, job_id: str, attempt: int = 0) -> str:
     jobs_api = _client_or_fail(settings, job_id)
     try:
         jobs_api.submit_job(entrypoint=entrypoint(job_id), submission_id=sid,
-                            runtime_env={"env_vars": runner_env(settings)},
+                            runtime_env={"env_vars": tracing.job_env(runner_env(settings))},
                             metadata={"nimbus_job": job_id}, entrypoint_num_cpus=0)
     except Exception as exc:  # Ray refuses a second job under one id: then it is submitted
         if not _exists(jobs_api, sid):

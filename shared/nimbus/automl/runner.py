@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from nimbus import logs, tracing
 from nimbus.automl import algorithms
 from nimbus.automl.budget import RAY_TEARDOWN_S, JobBudget
 from nimbus.automl.data import Scan, scan
@@ -310,7 +311,9 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
     with Lease(settings, job_id, runner) as lease:
         lease.update({"started_at": datetime.now(UTC), "budget": budget.as_dict()})
         try:
-            with threadpool_limits(1):  # as in the trials: OpenMP threads on a busy machine measured 7-40x slower
+            with threadpool_limits(1), tracing.attached(tracing.from_env()), \
+                    tracing.span("automl.job", {"nimbus.job_id": job_id}):
+                # threadpool_limits(1): as in the trials, OpenMP threads on a busy machine measured 7-40x slower
                 result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"), lease, ray_start)
         except JobLost:
             raise
@@ -449,7 +452,9 @@ def _ray_up() -> bool:
 def _run(settings: Settings, job_id: str, request: JobRequest, budget: JobBudget, owner: str,
          lease: Lease, ray_start: RayStart | None = None) -> dict[str, Any]:
 
-    prep = _prepare(settings, request, budget, lease)
+    with logs.step("automl", job_id, "prepare") as counts:
+        prep = _prepare(settings, request, budget, lease)
+        counts.update(rows=prep.sampled.rows, train_rows=len(prep.x_train), search_rows=len(prep.search.x))
     logger = TrialLogger(settings, job_id, prep.metric)
     try:
         return _finish_run(settings, job_id, request, budget, owner, lease, ray_start, prep, logger)
@@ -463,7 +468,9 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
     from nimbus.automl.refit import refit
     from nimbus.automl.report import diagnostics, publish
 
-    trials, timings = _search(settings, job_id, request, prep, budget, lease, ray_start, logger)
+    with logs.step("automl", job_id, "search") as counts:
+        trials, timings = _search(settings, job_id, request, prep, budget, lease, ray_start, logger)
+        counts["trials"] = len(trials)
     lease.check()  # cancelled or lost during the search: stop here
     trials = _with_ensemble(prep, trials, budget, logger, timings, request.max_trials)
     seconds_left = budget.refit_s()
@@ -475,8 +482,9 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
     fitted = sum(len(steps[i][0]) for i in range(min(len(steps), max(1, winner["steps"]))))
     max_rows = max(len(x_search), int(seconds_left / 2 * fitted / max(winner["fit_s"], 1e-3)))
     clock = budget.clock()
-    model, refit_info = refit(settings, prep.sampled, winner["params"], prep.prof, prep.metric,
-                              deadline=budget.refit_deadline, max_rows=max_rows)
+    with logs.step("automl", job_id, "refit", max_rows=max_rows):
+        model, refit_info = refit(settings, prep.sampled, winner["params"], prep.prof, prep.metric,
+                                  deadline=budget.refit_deadline, max_rows=max_rows)
     lease.update({"refit": refit_info})
     fit_s = budget.clock() - clock
     timings["refit_s"] = round(fit_s, 3)
@@ -496,9 +504,10 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
     name = request.model_name(job_id)
     check_model_owner(settings, name, owner)  # again: another owner's job may have registered it since submit
     lease.check()  # a cancelled or lost job registers nothing
-    version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
-                                      {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
-                                       "trials": len(trials)}, onnx.model)
+    with logs.step("automl", job_id, "register", trials=len(trials)):
+        version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
+                                          {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
+                                           "trials": len(trials)}, onnx.model)
     claim_model(settings, name, owner)
     timings["track_s"] = round(budget.clock() - clock, 3)
     direction = sign(prep.metric)

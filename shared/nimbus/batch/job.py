@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from nimbus import audit
+from nimbus import audit, logs, tracing
 from nimbus.batch.io import (
     FsConfig,
     InputFile,
@@ -328,28 +328,50 @@ class BatchJob:
             return self._run()
 
     def _run(self) -> RunResult:
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        key, done = self.prepare()
-        if done is not None:
-            return RunResult(key, "skipped", message=f"input already scored by run {key}",
-                             models=done.get("models", {}), report_uri=done.get("report_uri"))
-        self.check_schema(key)
-        t = time.perf_counter()
-        self.score(key)
-        timings["score_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        written = self.write(key)
-        timings["write_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - start
-        doc = self._doc(key)
-        records = doc["counts"]["records"]
-        timings["records_per_s"] = records / timings["total_s"] if timings["total_s"] else 0.0
-        self.finish(key, timings)
-        self.report(key)
-        result = self.audit_run(key)
-        result.message = json.dumps(written.get("mongodb", {}))
-        return result
+        # One span for the run, one span and one log line per step (nimbus.logs.step).
+        with tracing.span("batch.run", {"nimbus.input_uri": self.request.input_uri}):
+            timings: dict[str, float] = {}
+            start = time.perf_counter()
+            key, done = self.prepare()
+            tracing.set_attributes({"nimbus.run_key": key})
+            if done is not None:
+                return RunResult(key, "skipped", message=f"input already scored by run {key}",
+                                 models=done.get("models", {}), report_uri=done.get("report_uri"))
+            with logs.step("batch", key, "check_schema"):
+                self.check_schema(key)
+            t = time.perf_counter()
+            with logs.step("batch", key, "score") as counts:
+                total = self.score(key)
+                counts.update({k: total[k] for k in ("records", "scored", "quarantined") if k in total})
+            timings["score_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            with logs.step("batch", key, "write") as counts:
+                written = self.write(key)
+                counts.update(_counts(written))
+            timings["write_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - start
+            doc = self._doc(key)
+            records = doc["counts"]["records"]
+            timings["records_per_s"] = records / timings["total_s"] if timings["total_s"] else 0.0
+            self.finish(key, timings)
+            with logs.step("batch", key, "report"):
+                self.report(key)
+            with logs.step("batch", key, "audit", records=records):
+                result = self.audit_run(key)
+            result.message = json.dumps(written.get("mongodb", {}))
+            return result
+
+
+def _counts(step_result: Any) -> dict[str, int]:
+    """The whole-number counts of a step's result, flattened (``mongodb_written``...), for its log line."""
+    out: dict[str, int] = {}
+    if isinstance(step_result, dict):
+        for name, value in step_result.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[name] = value
+            elif isinstance(value, dict):
+                out.update({f"{name}_{k}": v for k, v in _counts(value).items()})
+    return out
 
 
 def run_batch(settings: Settings, request: RunRequest, progress: Progress | None = None) -> RunResult:

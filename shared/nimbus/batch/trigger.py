@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nimbus import logs, tracing
 from nimbus.batch.io import UnsafeKey
 from nimbus.batch.job import BatchFailed, RunRequest, run_batch
 from nimbus.config import Settings
@@ -37,6 +38,8 @@ def pending_files(settings: Settings) -> list[str]:
 
 
 def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
+    logs.configure(settings)  # the function's job-step lines (once per process)
+    tracing.configure()  # its spans, when OTEL_* asks for them
     if isinstance(event, ObjectsCreated):
         uris = [str(S3Uri(o.bucket, o.key)) for o in event.objects]
     elif isinstance(event, ScheduledTrigger):

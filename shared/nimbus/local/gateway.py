@@ -42,9 +42,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nimbus import tracing
 from nimbus.config import Settings
 from nimbus.errors import ConfigError, EventError, NimbusError
 from nimbus.events import ObjectsCreated, parse
+from nimbus.ids import request_id_for
 from nimbus.local.invoke import Invocation, Invoker
 from nimbus.local.serverless import FunctionSpec, Project, Schedule
 from nimbus.stores.objects import QueueStore
@@ -61,11 +63,14 @@ def starlette_path(path: str) -> str:
     return re.sub(r"\{(\w+)\+\}", r"{\1:path}", path)
 
 
-def http_event(request: Request, body: bytes, route_key: str) -> dict[str, Any]:
-    """The API Gateway HTTP API (payload format 2.0) event for ``request``."""
+def http_event(request: Request, body: bytes, route_key: str, request_id: str | None = None) -> dict[str, Any]:
+    """The API Gateway HTTP API (payload format 2.0) event for ``request``; ``request_id`` is its
+    ``requestContext.requestId`` and ``X-Request-Id`` header (the caller's, when usable: see nimbus.ids)."""
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         headers[name] = f"{headers[name]},{value}" if name in headers else value
+    request_id = request_id or request_id_for(headers.get("x-request-id"))
+    headers["x-request-id"] = request_id
     query: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         query[name] = f"{query[name]},{value}" if name in query else value
@@ -92,7 +97,7 @@ def http_event(request: Request, body: bytes, route_key: str) -> dict[str, Any]:
                 "sourceIp": request.client.host if request.client else "127.0.0.1",
                 "userAgent": headers.get("user-agent", ""),
             },
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id,
             "routeKey": route_key,
             "stage": "$default",
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
@@ -226,17 +231,24 @@ class Gateway:
             body = await request.body()
             if len(body) > MAX_BODY_BYTES:
                 return JSONResponse({"message": "Request Entity Too Large"}, status_code=413)
-            event = http_event(request, body, route_key)
-            invocation = await asyncio.to_thread(self.invoker.submit, fn.name, event)  # a first call imports
-            result = await self.invoker.wait_async(invocation)  # no thread held while the handler runs
+            request_id = request_id_for(request.headers.get("x-request-id"))
+            event = http_event(request, body, route_key, request_id)
+            # API Gateway's part of the trace; its traceparent reaches the function in the event's headers.
+            with tracing.span(f"gateway {route_key}", {"nimbus.request_id": request_id, "faas.invoked_name": fn.name}):
+                tracing.inject(event["headers"])
+                invocation = await asyncio.to_thread(self.invoker.submit, fn.name, event)  # a first call imports
+                result = await self.invoker.wait_async(invocation)  # no thread held while the handler runs
             if not result.ok:
                 log.error("%s %s -> %s failed: %s: %s", request.method, request.url.path, fn.name,
-                          result.payload.get("errorType"), result.payload.get("errorMessage"))
+                          result.payload.get("errorType"), result.payload.get("errorMessage"),
+                          extra={"request_id": request_id, "function": fn.name})
                 timed_out = result.payload.get("errorType") == "TimeoutError"
                 # API Gateway's own answers: 503/504 say nothing of the function's internals.
                 return JSONResponse({"message": "Service Unavailable" if timed_out else "Internal Server Error"},
-                                    status_code=504 if timed_out else 500)
-            return http_response(result.payload)
+                                    status_code=504 if timed_out else 500, headers={"X-Request-Id": request_id})
+            response = http_response(result.payload)
+            response.headers.setdefault("x-request-id", request_id)
+            return response
 
         return endpoint
 
