@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     alert_sns_topic_arn: str | None = Field(default=None, description="Publish every alert change to this SNS topic.")
     alert_renotify_s: int = Field(default=3600, ge=0, description="A still-firing alert is delivered again "
                                                                   "after this long.")
-    alert_window_s: int = Field(default=300, ge=10, description="Traffic window of the error-rate and p99 checks.")
+    alert_window_s: int = Field(default=300, ge=10, le=86400, description="Traffic window of the error-rate and p99 checks.")
     alert_min_requests: int = Field(default=20, ge=1, description="No error-rate or p99 verdict on fewer requests.")
     alert_error_rate: float = Field(default=0.05, gt=0, le=1, description="A function's 5xx share that fires.")
     alert_latency_p99_ms: float = Field(default=1000.0, gt=0, description="A function's p99 latency (ms) that fires.")

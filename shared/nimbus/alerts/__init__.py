@@ -225,10 +225,10 @@ def _fire(coll: Any, doc: Mapping[str, Any] | None, signal: Signal, to: list[str
                                               "$setOnInsert": {"first_seen": now}}, upsert=True)
         log.warning("alert firing: %s", signal.key)
         return 1
-    notified = doc.get("notified_at")
-    if notified is not None and notified.tzinfo is None:
-        notified = notified.replace(tzinfo=UTC)
-    if notified is not None and (now - notified).total_seconds() >= renotify_s:
+    last = doc.get("notified_at") or doc.get("since")  # never delivered (no target then): from its start
+    if last is not None and last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    if last is not None and (now - last).total_seconds() >= renotify_s:
         fields["pending"] = {t: "firing" for t in to}  # still firing: remind
     coll.update_one({"key": signal.key}, {"$set": fields, "$inc": {"count": 1}})
     return 0
@@ -288,6 +288,9 @@ def evaluate(settings: Settings, drift_checks: Sequence[Mapping[str, Any]] | Non
         except STORE_ERRORS as exc:
             skipped.append(name)
             log.warning("alert source %s skipped: %s", name, type(exc).__name__)
+        except Exception:  # a fault in one source must not silence the others or the monitor
+            skipped.append(name)
+            log.exception("alert source %s failed", name)
     try:
         _ensure_index(settings)
         changed = record(settings, signals, scopes, now)
