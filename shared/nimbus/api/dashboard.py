@@ -176,7 +176,7 @@ def create_dashboard_app() -> FastAPI:
                                drift_limit, experiments_limit)
         return build(settings, query)
 
-    @router.get("/alerts", response_model=list[AlertPublic], responses=AUTH_ERRORS)
+    @router.get("/alerts", response_model=list[AlertPublic], responses=AUTH_ERRORS, summary="Alerts")
     def alert_list(
         settings: SettingsDep, _: ReadKey,
         state: Annotated[Literal["firing", "resolved"] | None, Query(description="Only alerts in this state.")] = None,
