@@ -11,6 +11,7 @@ Batch runs and AutoML jobs are planted as the documents their jobs write (``batc
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,8 @@ def plant_batch_run(settings: Settings, key: str, status: str, records: int, qua
 
 
 def test_an_error_burst_fires_once_is_reminded_after_the_interval_and_resolves_once(
-        clean_stack: Settings, receiver: Receiver) -> None:
+        clean_stack: Settings, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="httpx")  # httpx logs each request's URL at INFO
     settings = clean_stack.model_copy(update={"alert_webhook_url": receiver.url, "alert_renotify_s": 600})
     serve(settings, "recommend", errors=30, ok=0)
     t0 = datetime.now(UTC)
@@ -107,6 +109,8 @@ def test_an_error_burst_fires_once_is_reminded_after_the_interval_and_resolves_o
     assert [b["status"] for b in receiver.bodies] == ["firing", "firing", "resolved"]
     (alert,) = alerts.list_alerts(settings)
     assert alert["state"] == "resolved" and alert["resolved_at"] and alert["count"] == 3
+    assert "alert firing: error_rate:function:recommend" in caplog.text  # what the log says
+    assert receiver.url not in caplog.text  # a webhook URL may be a credential: never logged
 
 
 def test_a_webhook_that_is_down_gets_the_alert_at_the_next_evaluation(clean_stack: Settings,

@@ -9,6 +9,7 @@ data values, no settings, no secrets.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,11 +28,28 @@ def payload(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"version": PAYLOAD_VERSION, "source": "nimbus", "status": alert["state"], **alert}
 
 
+class _HideUrl(logging.Filter):
+    """httpx logs each request's URL at INFO; a webhook URL is often a credential (chat webhooks)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.url not in str(record.args)
+
+
+_hidden: set[str] = set()
+
+
 def webhook(settings: Settings, body: Mapping[str, Any]) -> None:
     """POST ``body`` as JSON to ``alert_webhook_url``; a non-2xx answer is a failure."""
     import httpx  # already a dependency (FastAPI's test client, MLflow); keeps timeouts explicit
 
     assert settings.alert_webhook_url
+    if settings.alert_webhook_url not in _hidden:
+        logging.getLogger("httpx").addFilter(_HideUrl(settings.alert_webhook_url))
+        _hidden.add(settings.alert_webhook_url)
     response = httpx.post(settings.alert_webhook_url, json=body, timeout=settings.alert_webhook_timeout_s,
                           headers={"User-Agent": "nimbus-alerts"})
     response.raise_for_status()
