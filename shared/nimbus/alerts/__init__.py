@@ -243,6 +243,10 @@ def _resolve(coll: Any, doc: Mapping[str, Any], to: list[str], now: datetime, su
     return 1
 
 
+class _TargetDown(Exception):
+    """A target that already failed in this evaluation (its error's name as the argument)."""
+
+
 def deliver_pending(settings: Settings, now: datetime) -> dict[str, int]:
     """Send every pending change to its target; a failure stays pending (retried next time), never raises.
     Returns {"delivered": n, "failed": n}."""
@@ -250,18 +254,22 @@ def deliver_pending(settings: Settings, now: datetime) -> dict[str, int]:
 
     coll = _collection(settings)
     result = {"delivered": 0, "failed": 0}
+    down: dict[str, str] = {}  # target -> its error this time: not tried again (a dead webhook costs one timeout)
     for doc in [d for d in coll.find({"pending": {"$exists": True}}) if d.get("pending")]:
         for target in list(doc.get("pending") or {}):
             if target not in DELIVERERS or target not in targets(settings):
                 coll.update_one({"key": doc["key"]}, {"$unset": {f"pending.{target}": ""}})
                 continue
             try:
+                if target in down:
+                    raise _TargetDown(down[target])
                 DELIVERERS[target](settings, payload(doc))
             except Exception as exc:  # noqa: BLE001 - any failure of a target: keep it pending, log, go on
+                error = down.setdefault(target, exc.args[0] if isinstance(exc, _TargetDown) else type(exc).__name__)
                 result["failed"] += 1
                 log.warning("alert %s: delivery to %s failed (%s); retried at the next evaluation",
-                            doc["key"], target, type(exc).__name__)
-                coll.update_one({"key": doc["key"]}, {"$set": {"last_error": f"{target}: {type(exc).__name__}"},
+                            doc["key"], target, error)
+                coll.update_one({"key": doc["key"]}, {"$set": {"last_error": f"{target}: {error}"},
                                                       "$inc": {"attempts": 1}})
                 continue
             result["delivered"] += 1
