@@ -1,5 +1,6 @@
-"""monitor: on a schedule, check the live models for drift; results and alerts go to MongoDB."""
+"""monitor: on a schedule, check the live models for drift, then evaluate and deliver every alert."""
 
+from nimbus import alerts
 from nimbus.buffers import flushed
 from nimbus.config import get_settings
 from nimbus.errors import InvalidInput
@@ -13,8 +14,9 @@ def handler(event, context):
     trigger = parse(event)
     if not isinstance(trigger, ScheduledTrigger):
         raise InvalidInput(f"monitor runs on a schedule; got {type(trigger).__name__}")
-    checks = run_check(get_settings(), MODEL_NAME)  # the live recommender's versions
-    return {"rule": trigger.rule, "checks": [
+    settings = get_settings()
+    checks = run_check(settings, MODEL_NAME)  # the live recommender's versions
+    return {"rule": trigger.rule, "alerts": alerts.evaluate(settings, drift_checks=checks), "checks": [
         {"model": c["model"], "model_version": c["model_version"], "status": c["status"], "samples": c["samples"],
          "drifted": c["drifted"], "drifted_features": [f["name"] for f in c["features"] if f["drifted"]]}
         for c in checks]}

@@ -45,6 +45,10 @@ app.add_typer(monitor_app, name="monitor")
 ops_app = typer.Typer(help="Operations: back up every store to a folder, restore it into empty stores.",
                       no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
+
+alerts_app = typer.Typer(help="Alerts: drift, sample ratio, error rate, p99 latency, bad records, failed jobs.",
+                         no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 keys_app = typer.Typer(help="API keys: make a named, scoped key (Nimbus stores only its hash).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -739,6 +743,41 @@ def ops_restore(
         out.print_json(json.dumps(report))
         return
     _parts_table(report, f"restored {folder} (backup of {report['created_at']}, {report['duration_s']:.1f} s)")
+
+# ---- alerts ----------------------------------------------------------------------------
+@alerts_app.command("list")
+def alerts_list(
+    state: Annotated[str | None, typer.Option(help="Only alerts in this state: firing or resolved.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Alerts to show.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the alerts as JSON.")] = False,
+) -> None:
+    """Stored alerts, firing first: state, kind, subject, since, last seen, count, summary."""
+    from rich.table import Table
+
+    from nimbus.alerts import list_alerts
+
+    rows = list_alerts(get_settings(), state=state, limit=limit)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"alerts: {sum(a['state'] == 'firing' for a in rows)} firing")
+    for column in ("state", "kind", "subject", "since", "last seen", "count", "summary"):
+        table.add_column(column, overflow="fold")
+    for a in rows:
+        table.add_row(f"[red]{a['state']}[/red]" if a["state"] == "firing" else a["state"], a["kind"], a["subject"],
+                      a["since"] or "-", a["last_seen"] or "-", str(a["count"]), a["summary"])
+    out.print(table)
+
+
+@alerts_app.command("evaluate")
+def alerts_evaluate() -> None:
+    """Evaluate every alert source now and deliver what changed (the monitor does this on its schedule,
+    after its drift check)."""
+    from nimbus.alerts import evaluate
+
+    result = evaluate(get_settings())
+    out.print(f"{result['changed']} changed, {result['delivered']} delivered, {result['failed']} failed"
+              + (f"; skipped (store down): {', '.join(result['skipped'])}" if result["skipped"] else ""))
 
 
 def main() -> None:

@@ -155,6 +155,21 @@ class Settings(BaseSettings):
                                                                   "from Redis and MongoDB (live versions, drift, "
                                                                   "job queue, batch counts).")
 
+    # Alerts (nimbus.alerts): thresholds the monitor evaluates, and where alerts are delivered.
+    alert_webhook_url: str | None = Field(default=None, description="POST every alert change here as JSON.")
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook delivery.")
+    alert_sns_topic_arn: str | None = Field(default=None, description="Publish every alert change to this SNS topic.")
+    alert_renotify_s: int = Field(default=3600, ge=0, description="A still-firing alert is delivered again "
+                                                                  "after this long.")
+    alert_window_s: int = Field(default=300, ge=10, le=86400, description="Traffic window of the error-rate and p99 checks.")
+    alert_min_requests: int = Field(default=20, ge=1, description="No error-rate or p99 verdict on fewer requests.")
+    alert_error_rate: float = Field(default=0.05, gt=0, le=1, description="A function's 5xx share that fires.")
+    alert_latency_p99_ms: float = Field(default=1000.0, gt=0, description="A function's p99 latency (ms) that fires.")
+    alert_bad_record_share: float = Field(default=0.05, gt=0, le=1,
+                                          description="A batch run's quarantined share that fires.")
+    alert_job_lookback_s: int = Field(default=86400, ge=60, description="Batch runs and AutoML jobs started this "
+                                                                         "recently are checked.")
+
     actor: str | None = Field(default=None, description="Who the audit trail names as acting; None: the OS user. "
                                                         "Functions set it from their caller.")
 
@@ -195,7 +210,7 @@ class Settings(BaseSettings):
 
     @field_validator("aws_endpoint_url", "mlflow_tracking_uri", "mlflow_registry_uri", "ray_address", "spark_remote",
                      "actor", "api_keys_source", "request_secret_source", "ray_jobs_url", "ray_jobs_token",
-                     "ray_jobs_token_source",
+                     "ray_jobs_token_source", "alert_webhook_url", "alert_sns_topic_arn",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -2,7 +2,7 @@
 
 Each section comes from the module that owns it — live traffic and latency
 (``monitoring.traffic``), A/B results (``experiments.service``), recommendation
-performance (``monitoring.performance``), drift checks (``monitoring.drift``) — plus the
+performance (``monitoring.performance``), drift checks (``monitoring.drift``), alerts (``nimbus.alerts``) — plus the
 model versions and when each went live (the registry, the live-pointer log in Redis and
 the audit trail). A section whose store is down comes back ``None`` with the reason under
 ``errors``, so one unreachable backend never blanks the whole page.
@@ -27,7 +27,7 @@ from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
 log = logging.getLogger("nimbus.dashboard")
-SECTIONS = ("traffic", "experiments", "performance", "drift", "models")
+SECTIONS = ("alerts", "traffic", "experiments", "performance", "drift", "models")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class DashboardQuery:
     drift_limit: int = 50
     experiments_limit: int = 5
     model: str = MODEL_NAME
+    alerts_limit: int = 100
 
     def __post_init__(self) -> None:
         for window, bucket in (("traffic_window_s", "traffic_bucket_s"),
@@ -71,6 +72,13 @@ def jsonable(value: Any) -> Any:
 
 
 # ---- sections ------------------------------------------------------------------------------
+def alerts_section(settings: Settings, query: DashboardQuery) -> list[dict[str, Any]]:
+    """Every alert, firing first (``nimbus.alerts``)."""
+    from nimbus import alerts
+
+    return alerts.list_alerts(settings, limit=query.alerts_limit)
+
+
 def traffic_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     from nimbus.monitoring import traffic
 
@@ -141,6 +149,7 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
 
 
 SECTION_BUILDERS: dict[str, Callable[[Settings, DashboardQuery], Any]] = {
+    "alerts": alerts_section,
     "traffic": traffic_section,
     "experiments": experiments_section,
     "performance": performance_section,

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nimbus import alerts
 from nimbus.config import Settings
 from nimbus.dashboard import iso
 from nimbus.experiments.assignment import assign, bucket_ranges
@@ -196,6 +197,7 @@ def monitored(served: dict) -> dict:
              == [second_expected["control"], second_expected["treatment"]], "planted-srm's exposures")
     settle_samples(settings, sum(a["strategy"] == "personalized" for a in traffic.answers))
     second_checks = drift.run_check(settings, MODEL_NAME)
+    alerts.evaluate(settings, drift_checks=second_checks)  # as the monitor does: planted-srm's mismatch fires
 
     client = served["client"]
     counted = lambda: client.get("/dashboard/data", headers=KEY).json()["traffic"]["functions"]  # noqa: E731
@@ -241,6 +243,8 @@ READ_PAGE = """() => {
     drift_rows: [...document.querySelectorAll('#table-drift tr[data-feature]')].map((r) => ({
       feature: r.dataset.feature, version: r.dataset.modelVersion, ...cells(r)})),
     alerts: document.querySelectorAll('#drift-alerts li[data-at]').length,
+    alert_rows: Object.fromEntries([...document.querySelectorAll('#table-alerts tr[data-key]')]
+                                   .map((r) => [r.dataset.key, cells(r)])),
     models: Object.fromEntries([...document.querySelectorAll('#table-models tr[data-version]')]
                                .map((r) => [r.dataset.version, cells(r)])),
     models_chart: chart(document.getElementById('chart-models')),
@@ -338,6 +342,11 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
     assert [c["id"] for c in data["drift"]["checks"]] == [c["id"] for c in checks]  # oldest first
     assert data["drift"]["checks"] == [{**c} for c in reversed(drift.history(monitored["settings"], MODEL_NAME))]
     assert data["drift"]["psi_threshold"] == monitored["settings"].drift_psi_threshold
+    # the alerts section: every alert with its state, since and count; planted-srm's mismatch is firing
+    assert api["alerts"] == data["alerts"] == alerts.list_alerts(monitored["settings"])
+    assert {k: (r["state"], r["since"], int(r["count"])) for k, r in shown["alert_rows"].items()} == {
+        a["key"]: (a["state"], a["since"], a["count"]) for a in data["alerts"]}
+    assert shown["alert_rows"][f"sample_ratio_mismatch:experiment:{second}"]["state"] == "firing"
     assert data["models"]["live"] == {"champion": monitored["versions"][0], "challenger": monitored["versions"][1]}
 
     # ---- the page draws the document's numbers -----------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from nimbus import alerts
 from nimbus.api.events import create_events_app
 from nimbus.api.experiments import create_experiments_app
 from nimbus.api.recommend import create_recommend_app
@@ -146,6 +147,16 @@ def test_a_planted_60_40_split_on_a_50_50_experiment_is_flagged(stack: dict) -> 
     results = stack["admin"].get(f"/experiments/{exp['id']}/results", headers=KEY).json()
     assert results["srm"]["observed"] == [600, 400] and results["srm"]["flagged"]
     assert results["verdict"]["status"] == "insufficient_data" and "sample ratio mismatch" in results["verdict"]["reason"]
+
+    settings = stack["settings"]  # the mismatch is an alert, resolved when the experiment stops
+    alerts.evaluate(settings)
+    (alert,) = [a for a in alerts.list_alerts(settings) if a["kind"] == "sample_ratio_mismatch"]
+    assert (alert["subject"], alert["state"], alert["severity"]) == (f"experiment:{exp['id']}", "firing", "critical")
+    assert "[600, 400]" in alert["summary"]
+    assert stack["admin"].post(f"/experiments/{exp['id']}/stop", headers=KEY).status_code == 200
+    alerts.evaluate(settings)
+    (alert,) = [a for a in alerts.list_alerts(settings) if a["kind"] == "sample_ratio_mismatch"]
+    assert alert["state"] == "resolved" and alert["resolved_at"]
 
 
 def test_bad_requests_get_clear_4xx(stack: dict) -> None:

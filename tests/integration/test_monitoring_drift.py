@@ -14,8 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import stats
 
+from nimbus import alerts
 from nimbus.api.recommend import create_recommend_app
 from nimbus.config import Settings
+from nimbus.local.stack import free_port
 from nimbus.monitoring import drift
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
@@ -74,11 +76,18 @@ def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommen
     publish_features(FeatureStore.for_settings(settings), shifted)
     samples = serve_half_the_users(live_recommender, seed=2)
 
-    done = run(["invoke", "monitor", "--event", SCHEDULE_EVENT], {})
+    # an alert webhook that is down: the monitor still answers, and the drift alert waits for it
+    done = run(["invoke", "monitor", "--event", SCHEDULE_EVENT],
+               {"NIMBUS_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook"})
     assert done.returncode == 0, done.stderr
-    (check,) = json.loads(done.stdout)["checks"]
+    answer = json.loads(done.stdout)
+    (check,) = answer["checks"]
     assert check == {"model": MODEL_NAME, "model_version": version, "status": "ok", "samples": samples,
                      "drifted": True, "drifted_features": ["item_price"]}
+    assert answer["alerts"]["failed"] >= 1 and answer["alerts"]["delivered"] == 0
+    (fired,) = [a for a in alerts.list_alerts(settings) if a["kind"] == "drift"]
+    assert fired["subject"] == f"model:{MODEL_NAME}:v{version}" and fired["state"] == "firing"
+    assert fired["pending"] == ["webhook"] and "item_price" in fired["summary"]
 
     latest = drift.history(settings, MODEL_NAME)[0]
     by_name = {f["name"]: f for f in latest["features"]}

@@ -1,4 +1,5 @@
-"""The ``dashboard`` function's app: GET /dashboard (the page), GET /dashboard/data (its JSON).
+"""The ``dashboard`` function's app: GET /dashboard (the page), GET /dashboard/data (its JSON),
+GET /dashboard/alerts (the alerts alone).
 
 The page is static HTML and vanilla JavaScript under ``static/``; it polls /dashboard/data
 and draws with Chart.js, which ships inside this package (static/chart.umd.min.js, MIT,
@@ -8,24 +9,34 @@ licence beside it) so the page loads nothing from the internet.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from nimbus import alerts
 from nimbus.api.auth import AUTH_ERRORS, ReadKey
 from nimbus.api.common import SettingsDep, create_app
 from nimbus.dashboard import DashboardQuery, build
 
 STATIC = Path(__file__).resolve().parent / "static"
 
+ALERT_EXAMPLE: dict[str, Any] = {
+    "key": "error_rate:function:recommend", "kind": "error_rate", "subject": "function:recommend",
+    "state": "firing", "severity": "critical",
+    "summary": "recommend: 12.0% of 250 requests failed in the last 300 s (threshold 5.0%)",
+    "first_seen": "2026-11-26T09:20:00Z", "since": "2026-11-26T09:20:00Z", "last_seen": "2026-11-26T09:30:00Z",
+    "resolved_at": None, "count": 3, "notified_at": "2026-11-26T09:20:00Z", "pending": [], "last_error": None}
+
 EXAMPLE: dict[str, Any] = {
     "generated_at": "2026-11-26T09:30:05.123456Z",
     "query": {"traffic_window_s": 900, "traffic_bucket_s": 10, "performance_window_s": 3600,
-              "performance_bucket_s": 60, "drift_limit": 50, "experiments_limit": 5, "model": "nimbus-recommender"},
+              "performance_bucket_s": 60, "drift_limit": 50, "experiments_limit": 5, "model": "nimbus-recommender",
+              "alerts_limit": 100},
     "errors": {},
+    "alerts": [ALERT_EXAMPLE],
     "traffic": {
         "window_s": 900, "bucket_s": 10,
         "functions": {"recommend": {"requests": 1200, "errors": 0, "degraded": 3, "p50_ms": 2.1, "p95_ms": 5.8,
@@ -93,6 +104,9 @@ class DashboardData(BaseModel):
     generated_at: str = Field(description="When this document was assembled (ISO-8601 UTC).")
     query: dict[str, Any] = Field(description="The windows and limits in force.")
     errors: dict[str, str] = Field(description="Section -> why it could not be read (a store down).")
+    alerts: list[dict[str, Any]] | None = Field(
+        default=None, description="Every alert, firing first: kind, subject, state, since, last seen, count, "
+                                  "summary (see GET /dashboard/alerts).")
     traffic: dict[str, Any] | None = Field(
         description="Per function: requests, errors, degraded answers, latency p50/p95/p99 (ms), rps; and the "
                     "same per time bucket (series).")
@@ -108,6 +122,29 @@ class DashboardData(BaseModel):
     models: dict[str, Any] | None = Field(
         description="Registered versions with when each was registered and went live, live aliases, the "
                     "live-pointer timeline and the audited promotions and rollbacks.")
+
+
+class AlertPublic(BaseModel):
+    """One alert: its dedup key (kind:subject), state and when it was seen (``nimbus.alerts``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ALERT_EXAMPLE]})
+
+    key: str = Field(description="The dedup key: kind:subject.")
+    kind: str = Field(description="drift | sample_ratio_mismatch | error_rate | latency_p99 | batch_bad_records | "
+                                  "job_failed")
+    subject: str = Field(description="What it is about: model:NAME:vN, experiment:ID, function:NAME, batch:RUN, "
+                                     "automl:JOB.")
+    state: Literal["firing", "resolved"]
+    severity: str
+    summary: str = Field(description="Thresholds and counts; never data values.")
+    first_seen: str | None = Field(description="First time it ever fired (ISO-8601 UTC).")
+    since: str | None = Field(description="Start of the current (or last) firing.")
+    last_seen: str | None = Field(description="Last evaluation that saw it firing.")
+    resolved_at: str | None
+    count: int = Field(description="Evaluations that saw it firing.")
+    notified_at: str | None = Field(description="Last successful delivery.")
+    pending: list[str] = Field(description="Targets a change still has to reach (webhook, sns).")
+    last_error: str | None = Field(description="The last failed delivery: target and error type.")
 
 
 def create_dashboard_app() -> FastAPI:
@@ -138,6 +175,15 @@ def create_dashboard_app() -> FastAPI:
         query = DashboardQuery(traffic_window_s, traffic_bucket_s, performance_window_s, performance_bucket_s,
                                drift_limit, experiments_limit)
         return build(settings, query)
+
+    @router.get("/alerts", response_model=list[AlertPublic], responses=AUTH_ERRORS, summary="Alerts")
+    def alert_list(
+        settings: SettingsDep, _: ReadKey,
+        state: Annotated[Literal["firing", "resolved"] | None, Query(description="Only alerts in this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Alerts to return.")] = 100,
+    ) -> list[dict[str, Any]]:
+        """The alerts (a key with the ``read`` scope), firing first, then by last seen, newest first."""
+        return alerts.list_alerts(settings, state=state, limit=limit)
 
     app.include_router(router)
     app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")

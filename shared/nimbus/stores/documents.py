@@ -34,6 +34,7 @@ class Collections:
     DRIFT_ALERTS = "drift_alerts"  # one document per check that crossed a threshold
     AUTOML_JOBS = "automl_jobs"  # one document per AutoML job: request, status, progress, results
     AB_QUARANTINE = "ab_quarantine"  # A/B log rows the rollup could not store: the row as logged and why
+    ALERTS = "alerts"  # one document per alert (kind + subject): state, first/last seen, count, deliveries
 
 
 # name -> list of (keys, options) passed to create_index
@@ -53,6 +54,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.DRIFT_ALERTS: [([("raised_at", pymongo.DESCENDING)], {})],
     # by _id (the API's reads); the worker claims the oldest queued job; a queued or running job holds
     # one of its owner's quota slots (unique: two submits cannot take the same one; freed when it ends)
+    Collections.ALERTS: [([("key", pymongo.ASCENDING)], {"unique": True, "name": "alert_key"}),
+                         ([("state", pymongo.ASCENDING), ("last_seen", pymongo.DESCENDING)], {})],
     Collections.AB_QUARANTINE: [([("kind", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
     Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {}),
                               ([("owner", pymongo.ASCENDING), ("slot", pymongo.ASCENDING)],

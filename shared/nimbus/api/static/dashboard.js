@@ -323,6 +323,18 @@
     }).join("") || "<li class=\"empty\">none</li>";
   }
 
+  // ---- alerts -----------------------------------------------------------------------------
+  function renderAlerts(list) {
+    const firing = list.filter((a) => a.state === "firing").length;
+    document.getElementById("alerts-firing").textContent = `${firing} firing, ${list.length - firing} resolved`;
+    document.querySelector("#table-alerts tbody").innerHTML = list.map((a) =>
+      `<tr data-key="${esc(a.key)}" data-state="${esc(a.state)}"${a.state === "firing" ? ' class="drifted"' : ""}>` +
+      `${td("state", a.state)}${td("kind", a.kind)}${td("subject", a.subject)}` +
+      `${td("since", a.since, stamp(a.since))}${td("last_seen", a.last_seen, stamp(a.last_seen))}` +
+      `${td("count", a.count)}${td("summary", a.summary)}</tr>`).join("")
+      || `<tr><td colspan="7" class="empty">No alert has fired.</td></tr>`;
+  }
+
   // ---- models -----------------------------------------------------------------------------
   function renderModels(m, generatedAt) {
     document.getElementById("models-name").textContent = m.model;
@@ -351,7 +363,7 @@
   }
 
   // ---- the loop ---------------------------------------------------------------------------
-  const RENDERERS = { traffic: renderTraffic, experiments: renderExperiments, performance: renderPerformance,
+  const RENDERERS = { alerts: renderAlerts, traffic: renderTraffic, experiments: renderExperiments, performance: renderPerformance,
                       drift: renderDrift, models: renderModels };
 
   function render(data) {
