@@ -34,6 +34,15 @@ REGRESS = {"ridge": {"alpha": 1.0}, "extra_trees": {"n_estimators": 30, "max_dep
            "hist_gb": {"learning_rate": 0.1, "max_leaf_nodes": 15, "l2_regularization": 1e-3, "max_iter": 30}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _warm() -> None:
+    """As a job does in a thread from its start: shap's numba code compiled once, not in a test's allowance
+    (explain times one real permutation before planning, which would otherwise include the compilation)."""
+    from nimbus.automl.explain import warm_up
+
+    warm_up()
+
+
 def fitted(task: str, algorithm: str, params: dict, dates: bool = False):
     data = frame(dates=dates)
     target, other = ("churn", "spend") if task == "classification" else ("spend", "churn")
