@@ -1,9 +1,11 @@
 """The operator's stack (infra/prometheus, infra/alertmanager, infra/grafana) against the metrics Nimbus defines.
 
-Grafana cannot run here (no Debian package), so its dashboard is checked structurally: every
-panel queries the provisioned Prometheus datasource, and every metric its PromQL names is one
-the code exports (the HTTP metrics of ``monitoring.traffic`` and the store-backed ones of
-``api.exporter``); with ``promtool`` present every expression is also parsed by Prometheus.
+Grafana cannot run here (no Debian package), so its dashboard is checked without it: the JSON
+type-checks as Grafana's own published dashboard schema (``@grafana/schema``'s ``Dashboard``, with
+TypeScript's excess-property checks, so a misspelt or unknown field fails); every panel queries the
+provisioned Prometheus datasource, and every metric its PromQL names is one the code exports (the
+HTTP metrics of ``monitoring.traffic`` and the store-backed ones of ``api.exporter``); with
+``promtool`` present every expression is also parsed by Prometheus.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ NAME = re.compile(r"\bnimbus_[a-zA-Z0-9_:]*")
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
             "gauge": ("",), "summary": ("", "_count", "_sum", "_created")}
 # Grafana's own variables, replaced by what they stand for so that promtool can parse the expression.
+TSC = ROOT / "node_modules" / ".bin" / "tsc"
+GRAFANA_SCHEMA = ROOT / "node_modules" / "@grafana" / "schema"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$function": ".*", "$model": ".*"}
 
 
@@ -120,3 +124,28 @@ def test_promtool_parses_every_dashboard_query_and_the_alert_rules(tmp_path: Pat
     for path in (tmp_path / "panels.yml", ALERTS):
         result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def grafana_schema_errors(doc: dict, folder: Path) -> str:
+    """What TypeScript says of ``doc`` as an object literal typed ``Dashboard`` ('' when it is one)."""
+    folder.mkdir()
+    (folder / "node_modules").symlink_to(ROOT / "node_modules")
+    (folder / "dashboard.ts").write_text('import type { Dashboard } from "@grafana/schema";\n\n'
+                                         f"export const dashboard: Dashboard = {json.dumps(doc, indent=2)};\n")
+    (folder / "tsconfig.json").write_text(json.dumps({
+        "compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext", "moduleResolution": "nodenext",
+                            "skipLibCheck": True, "types": []},
+        "files": ["dashboard.ts"]}))
+    done = subprocess.run([str(TSC), "-p", str(folder)], capture_output=True, text=True, timeout=120)
+    return "" if done.returncode == 0 else done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not (TSC.exists() and GRAFANA_SCHEMA.exists()),
+                    reason="typescript and @grafana/schema not installed (npm ci; make does it)")
+def test_the_dashboard_is_a_dashboard_by_grafanas_own_schema(tmp_path: Path) -> None:
+    assert grafana_schema_errors(dashboard(), tmp_path / "shipped") == ""
+    planted = dashboard()
+    planted["panels"][1]["gridpos"] = planted["panels"][1].pop("gridPos")  # a misspelt field
+    planted["refresh"] = 30  # a string ("30s") in Grafana's schema
+    errors = grafana_schema_errors(planted, tmp_path / "planted")
+    assert "'\"gridpos\"' does not exist" in errors and "Type 'number' is not assignable to type 'string'" in errors
