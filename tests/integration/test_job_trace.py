@@ -1,6 +1,7 @@
-"""Traces that leave the request: pymongo's commands as client spans, and an AutoML job submitted over
-HTTP whose runner, later and elsewhere, continues the submitter's trace (the W3C context kept in the
-job's document). The SDK's in-memory exporter; the real MongoDB-wire server, S3 emulator and MLflow."""
+"""Traces that leave the request: pymongo's commands as client spans, an AutoML job submitted over HTTP
+whose runner, later and elsewhere, continues the submitter's trace (the W3C context kept in the job's
+document), and a batch run continuing the trace its CloudEvent carried. The SDK's in-memory exporter;
+the real MongoDB-wire server, S3 emulator, MLflow and Spark (local)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def test_pymongo_gets_a_listener_only_when_tracing_is_on(otel: dict[str, str], p
     assert out.stdout.strip().splitlines()[-1] == printed, out
 
 
+@pytest.mark.slow
 def test_a_job_submitted_over_http_runs_in_the_submitters_trace(
         clean_stack: Settings, spans: InMemorySpanExporter) -> None:
     from nimbus.api.automl import create_automl_app
@@ -153,3 +155,24 @@ def test_a_job_submitted_without_tracing_records_no_context(clean_stack: Setting
     doc = submit(clean_stack, JobRequest(dataset=f"s3://{clean_stack.data_bucket}/datasets/plain.csv", target="y",
                                          budget_s=10), owner="test")
     assert "trace" not in doc
+
+
+@pytest.mark.slow
+def test_a_batch_run_continues_the_trace_its_cloudevent_carried(
+        batch_stack: Settings, spans: InMemorySpanExporter) -> None:
+    from nimbus.batch.examples import write_records
+    from nimbus.batch.trigger import handle
+    from nimbus.events import parse
+
+    bucket, key = batch_stack.data_bucket, f"{batch_stack.drop_prefix}traced.parquet"
+    write_records(batch_stack, f"s3://{bucket}/{key}", 300)
+    event = {"specversion": "1.0", "id": "t-1", "type": "google.cloud.storage.object.v1.finalized",
+             "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}", "traceparent": TRACEPARENT,
+             "data": {"bucket": bucket, "name": key}}
+    [result] = handle(parse(event), batch_stack)
+    assert result["status"] == "succeeded", result
+    finished = spans.get_finished_spans()
+    run = next(s for s in finished if s.name == "batch.run")
+    assert f"{run.context.trace_id:032x}" == TRACE_ID and run.parent.span_id == int(TRACEPARENT.split("-")[2], 16)
+    steps = {s.name for s in finished if s.parent is not None and s.parent.span_id == run.context.span_id}
+    assert {"batch.check_schema", "batch.score", "batch.write", "batch.report", "batch.audit"} <= steps, steps
