@@ -289,7 +289,7 @@ class _CloudEventEnvelope(BaseModel):
     subject: str | None = None
     data: Any = None
     data_base64: str | None = None
-    # The distributed-tracing extension (W3C Trace Context); Eventarc sets it, for one.
+    # The distributed-tracing extension (W3C Trace Context), set by a producer that traces.
     traceparent: str | None = None
     tracestate: str | None = None
 
