@@ -470,7 +470,7 @@ def automl_worker(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = get_settings()
     logs.configure(settings)  # a runner's job-step lines, as the functions log
-    tracing.configure()  # a Ray job's spans join the submitter's trace (TRACEPARENT, see automl.cluster)
+    tracing.configure()  # before any store: a job's spans join its submitter's trace (the job's `trace`, or TRACEPARENT)
     if job is not None:
         out.print(f"running job {job}")
         run_once(settings, job)  # not queued: Conflict; a failed job: NimbusError; one line, exit 1

@@ -112,6 +112,8 @@ class ObjectsCreated(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     objects: list[ObjectCreated]
+    # The W3C context the event carried (CloudEvents' distributed-tracing extension): the run continues it.
+    trace: dict[str, str] = Field(default_factory=dict)
 
 
 class ScheduledTrigger(BaseModel):
@@ -123,6 +125,7 @@ class ScheduledTrigger(BaseModel):
     time: datetime
     source: ScheduleSource
     detail: dict[str, Any] = Field(default_factory=dict)
+    trace: dict[str, str] = Field(default_factory=dict)  # as ObjectsCreated.trace
 
 
 NimbusEvent: TypeAlias = HttpRequest | ObjectsCreated | ScheduledTrigger
@@ -286,6 +289,12 @@ class _CloudEventEnvelope(BaseModel):
     subject: str | None = None
     data: Any = None
     data_base64: str | None = None
+    # The distributed-tracing extension (W3C Trace Context), set by a producer that traces.
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def trace(self) -> dict[str, str]:
+        return {k: v for k, v in (("traceparent", self.traceparent), ("tracestate", self.tracestate)) if v}
 
 
 class _GcsObjectData(BaseModel):
@@ -550,7 +559,8 @@ class CloudEvent(EventSource):
                     event_time=raw.timeCreated or envelope.time,
                     source="cloudevents",
                 )
-            ]
+            ],
+            trace=envelope.trace(),
         )
 
     @staticmethod
@@ -571,7 +581,8 @@ class CloudEvent(EventSource):
                     event_time=envelope.time,
                     source="cloudevents",
                 )
-            ]
+            ],
+            trace=envelope.trace(),
         )
 
     @staticmethod
@@ -590,6 +601,7 @@ class CloudEvent(EventSource):
             time=envelope.time,
             source="cloudevents",
             detail=detail,
+            trace=envelope.trace(),
         )
 
 

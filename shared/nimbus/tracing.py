@@ -8,9 +8,11 @@ sampler...). Off, nothing of the SDK is imported or set up: an app gets no traci
 :func:`span` is one shared no-op context and :func:`trace_id` answers None — the request path
 does no span work at all (``benchmarks/monitoring_overhead.py`` measures both).
 
-On, FastAPI apps (:func:`instrument_app`), Redis, botocore (S3/SQS/SSM) and ``requests``
-(MLflow, the Ray Jobs API) are instrumented; W3C ``traceparent`` is the propagator
-(:func:`inject` puts it in headers or in a job's environment).
+On, FastAPI apps (:func:`instrument_app`), Redis, botocore (S3/SQS/SSM), ``requests`` (MLflow,
+the Ray Jobs API) and pymongo (:func:`_register_mongo`: a client span per command inside a
+trace) are instrumented; W3C ``traceparent`` is the propagator (:func:`inject` puts it in headers,
+in a job's environment, or in a queued job's document, whose runner continues the trace with
+:func:`attached`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _lock = threading.Lock()
 _provider: Any = None  # the SDK's TracerProvider while tracing is on
 _tracer: Any = None
 _configured = False
+_mongo_listener: Any = None  # registered with pymongo once tracing is first on in this process
 
 
 def exporter_wanted(env: Mapping[str, str] = os.environ) -> str | None:
@@ -96,6 +99,7 @@ def use(provider: Any, processor: Any = None) -> None:
                 instrumentor.uninstrument()
             instrumentor.instrument(tracer_provider=provider)
         _provider, _tracer = provider, provider.get_tracer("nimbus")
+        _register_mongo()
 
 
 def stop() -> None:
@@ -112,6 +116,74 @@ def stop() -> None:
             instrumentor.uninstrument()
     _provider.force_flush()
     _provider = _tracer = None
+
+
+def _register_mongo() -> None:
+    """pymongo's command events as client spans, from now on (clients made after this call: configure
+    runs at a process's start, before its stores are built).
+
+    A listener of our own rather than opentelemetry-instrumentation-pymongo: no release of it matches
+    the other instrumentations' version here (its 0.66b1 pins opentelemetry-instrumentation==0.66b1,
+    the FastAPI one 0.66b2). pymongo has no way to unregister a listener, so it is registered only
+    when tracing is first turned on (off, pymongo never calls it) and does nothing once :func:`stop`
+    turned tracing off again."""
+    global _mongo_listener
+    if _mongo_listener is not None:
+        return
+    from pymongo import monitoring
+
+    _mongo_listener = _mongo_command_tracer(monitoring)
+    monitoring.register(_mongo_listener)
+
+
+def _mongo_command_tracer(monitoring: Any) -> Any:
+    """The listener (its class is made here: the module imports neither pymongo nor the SDK while off)."""
+    from opentelemetry import trace
+
+    class _MongoCommandTracer(monitoring.CommandListener):
+        """One CLIENT span per MongoDB command, as the upstream instrumentation's ``CommandTracer``
+        makes it (same attributes), but never the command itself (``db.statement``: values, filters) nor
+        a failure's message (it may quote a key's value): the command's name, database and collection,
+        the server. Only inside a trace: the runners' lease heartbeats and a worker's poll of the queue
+        would otherwise each be a trace of one span every few seconds."""
+
+        def __init__(self) -> None:
+            self._spans: dict[Any, Any] = {}  # (request id, connection): pymongo calls back on the op's thread
+
+        def started(self, event: Any) -> None:
+            tracer = _tracer
+            if tracer is None or not trace.get_current_span().get_span_context().is_valid:
+                return
+            name = event.command_name
+            collection = event.command.get("collection" if name == "getMore" else name)
+            attributes: dict[str, Any] = {"db.system": "mongodb", "db.name": event.database_name,
+                                          "db.operation": name}
+            if isinstance(collection, str):
+                attributes["db.mongodb.collection"] = collection
+            if event.connection_id is not None:
+                host, port = event.connection_id
+                attributes["net.peer.name"] = host
+                if port is not None:
+                    attributes["net.peer.port"] = port
+            self._spans[(event.request_id, event.connection_id)] = tracer.start_span(
+                f"{name} {collection}" if isinstance(collection, str) else name,
+                kind=trace.SpanKind.CLIENT, attributes=attributes)
+
+        def succeeded(self, event: Any) -> None:
+            span = self._spans.pop((event.request_id, event.connection_id), None)
+            if span is not None:
+                span.end()
+
+        def failed(self, event: Any) -> None:
+            span = self._spans.pop((event.request_id, event.connection_id), None)
+            if span is None:
+                return
+            code = event.failure.get("codeName") if isinstance(event.failure, Mapping) else None
+            span.set_attribute("error.type", str(code or "UnknownError"))
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(code or "the command failed")))
+            span.end()
+
+    return _MongoCommandTracer()
 
 
 def enabled() -> bool:

@@ -480,6 +480,18 @@ def test_cloudevent_custom_schedule_type_without_data_is_a_trigger() -> None:
     )
 
 
+@pytest.mark.parametrize("sample", ["cloudevent_gcs_finalized", "cloudevent_azure_blob_created",
+                                    "cloudevent_gcp_scheduler"])
+def test_a_cloudevents_trace_context_is_kept_for_the_run(sample: str) -> None:
+    """The distributed-tracing extension (traceparent, tracestate): the batch run continues that trace."""
+    event = load(sample)
+    assert parse(event).trace == {}
+    event["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert parse(event).trace == {"traceparent": event["traceparent"]}
+    event["tracestate"] = "congo=t61rcWkgMzE"
+    assert parse(event).trace == {"traceparent": event["traceparent"], "tracestate": "congo=t61rcWkgMzE"}
+
+
 def test_cloudevent_schedule_without_time_is_refused() -> None:
     event = load("cloudevent_gcp_scheduler")
     del event["time"]

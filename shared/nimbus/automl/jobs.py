@@ -14,6 +14,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from nimbus import tracing
 from nimbus.automl.algorithms import choose
 from nimbus.automl.data import peek
 from nimbus.automl.inputs import resolve
@@ -104,6 +105,8 @@ def submit(settings: Settings, request: JobRequest, *, owner: str, trusted_paths
            "request": {**request.model_dump(), "dataset": location}, "metric": metric,
            "profile": prof.as_dict(), "created_at": datetime.now(UTC), "owner": owner,
            "trusted_paths": trusted_paths, "progress": {"trials": 0, "best": None}}
+    if trace := tracing.inject({}):  # the submitter's W3C context: the runner's job span continues its trace
+        doc["trace"] = dict(trace)
     return _insert_holding_a_slot(settings, doc, owner)
 
 

@@ -311,8 +311,8 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
     with Lease(settings, job_id, runner) as lease:
         lease.update({"started_at": datetime.now(UTC), "budget": budget.as_dict()})
         try:
-            with threadpool_limits(1), tracing.attached(tracing.from_env()), \
-                    tracing.span("automl.job", {"nimbus.job_id": job_id}):
+            with threadpool_limits(1), tracing.attached(_submitter_trace(job)), \
+                    tracing.span("automl.job", {"nimbus.job_id": job_id, "nimbus.attempt": job.get("attempts")}):
                 # threadpool_limits(1): as in the trials, OpenMP threads on a busy machine measured 7-40x slower
                 result = _run(settings, job_id, request, budget, job.get("owner", "anonymous"), lease, ray_start)
         except JobLost:
@@ -328,6 +328,16 @@ def run_job(settings: Settings, job_id: str, clock: Callable[[], float] = time.m
                                          "elapsed_s": elapsed}, runner=runner):
             lease.check()  # cancelled in the last instant: JobLost (its version stays registered, once)
     return get_job(settings, job_id)
+
+
+def _submitter_trace(job: dict[str, Any]) -> dict[str, str]:
+    """The W3C context the job's span continues: the submitter's, recorded in the job at submit (an HTTP
+    request's, whichever runner claims the job and however often it is requeued), else the one a Ray
+    job's submitter left in ``TRACEPARENT``."""
+    recorded = job.get("trace")
+    if isinstance(recorded, dict) and isinstance(recorded.get("traceparent"), str):
+        return {k: v for k, v in recorded.items() if k in ("traceparent", "tracestate") and isinstance(v, str)}
+    return tracing.from_env()
 
 
 @dataclass
@@ -472,7 +482,8 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
         trials, timings = _search(settings, job_id, request, prep, budget, lease, ray_start, logger)
         counts["trials"] = len(trials)
     lease.check()  # cancelled or lost during the search: stop here
-    trials = _with_ensemble(prep, trials, budget, logger, timings, request.max_trials)
+    with logs.step("automl", job_id, "ensemble"):
+        trials = _with_ensemble(prep, trials, budget, logger, timings, request.max_trials)
     seconds_left = budget.refit_s()
     x_search = prep.search.x
     winner = _affordable_winner(trials, seconds_left, scale=1.5 * len(prep.x_train) / max(1, len(x_search)))
@@ -488,16 +499,19 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
     lease.update({"refit": refit_info})
     fit_s = budget.clock() - clock
     timings["refit_s"] = round(fit_s, 3)
-    test = evaluate(model, prep.x_test, prep.y_test, prep.metric)
-    importances = permutation_importances(model, prep.x_test, prep.y_test, prep.metric)
+    with logs.step("automl", job_id, "evaluate", test_rows=len(prep.x_test)):
+        test = evaluate(model, prep.x_test, prep.y_test, prep.metric)
+        importances = permutation_importances(model, prep.x_test, prep.y_test, prep.metric)
     timings["evaluate_s"] = round(budget.clock() - clock - fit_s, 3)
     clock = budget.clock()
-    size = _megabytes(model)  # what logging and publishing it will cost is kept from the extras
-    onnx = export.winner_to_onnx(model, winner["params"]["algorithm"], prep.prof, prep.x_test,
-                                 0.5 * budget.extras_s(size))
-    explanations = explain.explain(model, prep.prof.task, prep.x_train, prep.x_test, 0.4 * budget.extras_s(size))
-    curve = explain.learning_curve(model, prep.x_train, prep.y_train, prep.metric, prep.prof.task, fit_s,
-                                   budget.extras_s(size))
+    with logs.step("automl", job_id, "explain_export"):
+        size = _megabytes(model)  # what logging and publishing it will cost is kept from the extras
+        onnx = export.winner_to_onnx(model, winner["params"]["algorithm"], prep.prof, prep.x_test,
+                                     0.5 * budget.extras_s(size))
+        explanations = explain.explain(model, prep.prof.task, prep.x_train, prep.x_test,
+                                       0.4 * budget.extras_s(size))
+        curve = explain.learning_curve(model, prep.x_train, prep.y_train, prep.metric, prep.prof.task, fit_s,
+                                       budget.extras_s(size))
     timings["explain_export_s"] = round(budget.clock() - clock, 3)
     clock = budget.clock()
     logger.finish(trials)
@@ -518,7 +532,8 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
               "trials": len(trials), "test": test, "importances": importances,
               "diagnostics": diagnostics(model, prep.x_test, prep.y_test, prep.prof.task),
               "explanations": explanations, "learning_curve": curve, "onnx": onnx.info}
-    exports = publish(settings, job_id, report, model, onnx)
+    with logs.step("automl", job_id, "publish"):
+        exports = publish(settings, job_id, report, model, onnx)
     chosen = next(row for row in leaderboard if row["chosen"])
     return {"timings": timings, "leaderboard": leaderboard, "trials": len(trials), "winner": chosen, "test": test,
             "importances": importances, "model": {"name": name, "version": version, "run_id": run_id},

@@ -47,9 +47,11 @@ def handle(event: NimbusEvent, settings: Settings) -> list[dict[str, Any]]:
     else:
         raise InvalidInput(f"batch runs on a drop-folder file or a schedule; got {type(event).__name__}")
     results = []
-    for uri in uris:
-        try:
-            results.append(run_batch(settings, RunRequest.from_settings(settings, uri, actor="drop-folder")).as_dict())
-        except (BatchFailed, UnsafeKey) as exc:  # refused input: reported (and audited when run), not retried
-            results.append({"input": uri, "status": "failed", "message": str(exc)})
+    with tracing.attached(event.trace):  # the event's W3C context, when it carried one (CloudEvents)
+        for uri in uris:
+            try:
+                results.append(run_batch(settings, RunRequest.from_settings(settings, uri, actor="drop-folder"))
+                               .as_dict())
+            except (BatchFailed, UnsafeKey) as exc:  # refused input: reported (and audited when run), not retried
+                results.append({"input": uri, "status": "failed", "message": str(exc)})
     return results
