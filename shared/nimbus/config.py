@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nimbus.apikeys import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
+from nimbus.errors import ConfigError
 
 SECRET_SOURCE = r"^(ssm:/\S+|secretsmanager:\S+)$"  # where a secret lives in AWS (nimbus.stores.secrets)
 
@@ -198,12 +199,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _cluster_db(cls, value: str) -> str:
-        scheme, _, rest = value.partition("://")
-        if scheme.lower() in ("redis+cluster", "rediss+cluster"):
+        if value.partition("://")[0].lower() in ("redis+cluster", "rediss+cluster"):
             parts = urlsplit(value)
             db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
-            if db != "0":
-                raise ValueError(f"a Redis Cluster has database 0 only, not {db!r} ({rest.split('@')[-1]})")
+            if db != "0":  # a ConfigError, not a ValueError: pydantic would echo the URL (and its password)
+                raise ConfigError(f"NIMBUS_REDIS_URL: a Redis Cluster has database 0 only, not {db!r}")
         return value
 
     @field_validator("home", "project_root")
