@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,9 +200,14 @@ def main() -> None:
                               "--port", str(hello_port), "--workers", "2", "--log-level", "warning",
                               "--no-access-log"], env, f"http://127.0.0.1:{hello_port}/hello"))
         users = [f"u{n}" for n in range(1, args.users, max(1, args.users // 97))]
-        for port in rec_ports.values():
-            for n in range(200):  # warm both workers' caches
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/recommendations/{users[n % len(users)]}").read()
+        for name, port in rec_ports.items():
+            answers = Counter()
+            for n in range(200):  # warm both workers' caches; and what they answer, so no side is timed degraded
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/recommendations/{users[n % len(users)]}") as got:
+                    body = json.loads(got.read())
+                answers[f"{body['strategy']}{' degraded' if body['degraded'] else ''}"] += 1
+            print(f"{name}: warm-up answers {dict(answers)}")
+        print()
 
         print(f"{'endpoint':<16}{'target/s':>9}{'got/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
               f"{'p99 x hello':>13}{'got/s x single':>16}")

@@ -193,3 +193,15 @@ def test_the_scheduled_refresh_swaps_features_on_the_cluster_and_prunes(cluster:
     assert store.prune_feature_versions(keep=1) == [first]
     assert not list(store.client.scan_iter(match=Keys.fs_pattern(first)))
     assert store.feature_meta(result["version"]) is not None
+
+
+def test_the_local_stack_waits_for_a_cluster_and_never_starts_a_redis_on_its_port(cluster: dict, tmp_path) -> None:
+    from nimbus.local.stack import LocalStack
+
+    settings = cluster["settings"].model_copy(update={"home": tmp_path})
+    stack = LocalStack(settings, ephemeral=True)
+    (status,) = stack.up(["redis"], timeout_s=10)
+    assert status.up and status.pid is None  # the cluster's, not a process of the stack's
+    assert not (tmp_path / "run" / "redis.json").exists()
+    stack.down(["redis"])
+    assert RedisStore.for_settings(cluster["settings"]).health().up  # down left the user's cluster alone
