@@ -125,3 +125,26 @@ class LocalRedisCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m nimbus.local.redis_cluster [folder]``: start one, print its URL, stop it on Ctrl-C."""
+    import signal
+    import sys
+    import tempfile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops the servers too
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="nimbus-redis-cluster-"))
+    cluster = LocalRedisCluster(folder)
+    try:
+        print(cluster.start(), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
