@@ -22,7 +22,7 @@ from nimbus.recommend.pipeline import publish_features, refresh_features
 from nimbus.recommend.publish import write_dataset
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.base import RedisStore
-from nimbus.stores.redis.features import FeatureStore
+from nimbus.stores.redis.features import FeatureStore, RealtimeEvent
 from nimbus.stores.redis.keys import MODEL_TOPIC, Keys
 from nimbus.stores.redis.live import LiveModelStore
 
@@ -205,3 +205,29 @@ def test_the_local_stack_waits_for_a_cluster_and_never_starts_a_redis_on_its_por
     assert not (tmp_path / "run" / "redis.json").exists()
     stack.down(["redis"])
     assert RedisStore.for_settings(cluster["settings"]).health().up  # down left the user's cluster alone
+
+
+def test_a_slot_moved_to_another_master_is_followed_by_the_one_round_trip_read(cluster: dict) -> None:
+    """The request path writes its three commands straight to the node its slot map names; after a
+    resharding that node answers MOVED, and the read must follow to the new owner (and learn the map)."""
+    store = FeatureStore.for_settings(cluster["settings"])
+    user, version = str(cluster["features"].user_ids[0]), cluster["features"].version
+    store.apply_events([RealtimeEvent("mv-1", user, "i1", "", 1.0, 1.0)], recent_n=5)
+    before = store.read_user(version, user, 5)
+    assert before[0] and before[2] == [b"i1"]
+    client, key = store.client, Keys.rt_user(user)
+    slot, source = client.keyslot(key), client.get_node_from_key(key)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    src, dst = source.redis_connection, target.redis_connection
+    src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+    assert len(keys) >= 3  # the user's vector, hash, recent list and event mark
+    src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+    for node in client.get_primaries():
+        node.redis_connection.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    assert client.get_node_from_key(key).name == source.name  # the client's map is stale now
+    assert store.read_user(version, user, 5) == before
+    assert client.get_node_from_key(key).name == target.name
+    assert store.read_user(version, user, 5) == before  # and straight from the new owner
