@@ -57,6 +57,17 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster on free loopback ports (redis-server --cluster-enabled yes, joined by
+    redis-cli --cluster create, no replicas, nothing saved), ready (cluster_state:ok on every node), for the
+    session; its URL ``redis+cluster://127.0.0.1:<port>``. The servers are stopped by pid at the end."""
+    from nimbus.local.redis_cluster import LocalRedisCluster
+
+    with LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
 @pytest.fixture
 def clean_stack(stack_settings: Settings) -> Settings:
     """The session's stack with Redis, MongoDB, the buckets and the drop queues emptied."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nimbus.apikeys import LOCAL_ENTRY, ApiKey, is_loopback_url, parse_entries
+from nimbus.errors import ConfigError
 
 SECRET_SOURCE = r"^(ssm:/\S+|secretsmanager:\S+)$"  # where a secret lives in AWS (nimbus.stores.secrets)
 
@@ -28,7 +30,12 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".nimbus"), description="Folder for local-stack data, logs and pid files.")
     project_root: Path = Field(default=Path("."), description="Folder holding serverless.yml, functions/ and localstack/.")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="One Redis (redis://, rediss://, unix://), or a Redis Cluster: redis+cluster://host:port "
+                    "(rediss+cluster:// for TLS) naming any node; the others are learned from it. A cluster has "
+                    "database 0 only.",
+        examples=["redis://127.0.0.1:6379/0", "redis+cluster://10.0.0.5:7000"])
     mongo_url: str = "mongodb://127.0.0.1:27017/"
     mongo_db: str = "nimbus"
 
@@ -188,6 +195,16 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_db(cls, value: str) -> str:
+        if value.partition("://")[0].lower() in ("redis+cluster", "rediss+cluster"):
+            parts = urlsplit(value)
+            db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+            if db != "0":  # a ConfigError, not a ValueError: pydantic would echo the URL (and its password)
+                raise ConfigError(f"NIMBUS_REDIS_URL: a Redis Cluster has database 0 only, not {db!r}")
+        return value
 
     @field_validator("home", "project_root")
     @classmethod

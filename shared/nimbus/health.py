@@ -24,7 +24,7 @@ class StoreHealth(BaseModel):
                             description="Where it was looked for (passwords hidden); only for a read key.")
     latency_ms: float = Field(examples=[0.4])
     detail: str = Field(examples=["ok"], description="'ok', or why it is down ('down' without a read key).")
-    info: dict[str, str] = Field(default_factory=dict, examples=[{"version": "7.0.15"}])
+    info: dict[str, str] = Field(default_factory=dict, examples=[{"version": "7.0.15"}, {"version": "7.0.15", "cluster": "ok, 3 masters"}])
 
 
 class HealthReport(BaseModel):

@@ -159,7 +159,7 @@ def test_a_user_id_naming_another_key_is_a_422_and_never_opens_the_breaker(stack
     stack["clock"].t = 1_800_000_000.0
     viewed = {"event_id": "v-1", "user_id": user, "item_id": str(stack["features"].items.item_ids[0]), "type": "view"}
     assert stack["events"].post("/events", json={"events": [viewed]}).status_code == 200
-    assert keys(stack, f"rt:u:{user}:recent")  # the list the bad id would have named
+    assert stack["redis"].exists(Keys.rt_recent(user))  # the list the bad id would have named
     for client in (stack["rec"], stack["slow"]):
         for bad in (f"{user}:recent", "u%3A1", "u%201", "%F0%9F%98%80"):
             answer = client.get(f"/recommendations/{bad}")

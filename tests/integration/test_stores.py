@@ -31,7 +31,7 @@ def test_feature_store_round_trips_and_reuses_its_pool(clean_stack: Settings) ->
     others = [cls.for_settings(clean_stack) for cls in (LiveModelStore, ExperimentStore, TelemetryStore, RedisStore)]
     assert all(other.client is store.client for other in others)
     store.client.set(Keys.key("probe", 1), b"x")
-    assert store.client.get("nimbus:v1:probe:1") == b"x"
+    assert store.client.get("nimbus:v2:probe:1") == b"x"
     health = store.health()
     assert health.up and health.info["version"]
 

@@ -95,3 +95,20 @@ def test_a_driver_memory_spark_would_not_read_is_refused(monkeypatch: pytest.Mon
     monkeypatch.setenv("NIMBUS_SPARK_DRIVER_MEMORY", "lots")
     with pytest.raises(ValidationError, match="spark_driver_memory"):
         Settings(_env_file=None)
+
+
+def test_a_redis_cluster_is_named_by_its_url_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nimbus.stores.redis.base import cluster_url
+
+    monkeypatch.setenv("NIMBUS_REDIS_URL", "redis+cluster://10.0.0.5:7000")
+    assert cluster_url(Settings(_env_file=None).redis_url) == "redis://10.0.0.5:7000"
+    assert cluster_url("rediss+cluster://u:pw@cache:7000/0") == "rediss://u:pw@cache:7000/0"
+    assert cluster_url("redis://cache:6379/0") is None and cluster_url("unix:///run/redis.sock") is None
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://u:s3cret@cache:7000/2", "rediss+cluster://cache:7000?db=1"])
+def test_a_cluster_url_with_a_database_other_than_0_is_refused(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIMBUS_REDIS_URL", url)
+    with pytest.raises(ConfigError, match="NIMBUS_REDIS_URL: a Redis Cluster has database 0 only") as caught:
+        Settings(_env_file=None)
+    assert "s3cret" not in str(caught.value)

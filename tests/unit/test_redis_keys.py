@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from nimbus.stores.redis import keys
 from nimbus.stores.redis.keys import Keys, OutcomeRow, ServedRow
@@ -34,6 +35,20 @@ def test_key_layout(case: dict) -> None:
 def test_an_id_that_could_name_another_key_is_refused(case: dict) -> None:
     with pytest.raises(ValueError, match="not a valid id"):
         getattr(Keys, case["fn"])(*case["args"])
+
+
+@pytest.mark.parametrize("group", CASES["same_slot"], ids=lambda g: g["why"].split(":")[0])
+def test_keys_used_together_share_one_cluster_slot(group: dict) -> None:
+    """A Redis Cluster refuses (CROSSSLOT) a script or transaction whose keys hash to different slots."""
+    slots = {key_slot(getattr(Keys, fn)(*args).encode()) for fn, args in group["keys"]}
+    assert len(slots) == 1
+
+
+def test_users_and_experiments_spread_over_the_slots() -> None:
+    """The tags are per user / per experiment, not one tag for all: a cluster shares the load out."""
+    assert key_slot(Keys.rt_user("alice").encode()) != key_slot(Keys.rt_user("bob").encode())
+    assert key_slot(Keys.ab_counts("exp-1").encode()) != key_slot(Keys.ab_counts("exp-2").encode())
+    assert key_slot(Keys.fs_user("v-a", "alice").encode()) != key_slot(Keys.fs_user("v-a", "bob").encode())
 
 
 def test_event_marks_are_per_user() -> None:

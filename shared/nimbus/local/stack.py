@@ -28,7 +28,7 @@ from nimbus.errors import LocalStackError
 from nimbus.stores import Health
 from nimbus.stores.documents import DocumentStore
 from nimbus.stores.objects import ObjectStore, QueueStore
-from nimbus.stores.redis.base import RedisStore
+from nimbus.stores.redis.base import RedisStore, cluster_url
 from nimbus.stores.registry import Registry
 
 RESOURCES_SCRIPT = Path("localstack") / "init" / "ready.d" / "nimbus_resources.py"
@@ -123,9 +123,9 @@ class LocalStack:
         mongo_port = _port(s.mongo_url, 27017)
         s3_port = _port(s.aws_endpoint_url or "", 4566) if s.aws_endpoint_url else 4566
         services = [
-            Service(
+            Service(  # a Redis Cluster (redis+cluster://) is one the user runs: only waited for, never started
                 "redis", redis_port, s.redis_url, "NIMBUS_REDIS_URL",
-                lambda: self._redis_command(redis_port),
+                None if cluster_url(s.redis_url) else lambda: self._redis_command(redis_port),
                 RedisStore(s.redis_url, s.store_timeout_s).health,
                 binary="redis-server",
             ),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from redis.commands.core import Script
+
 from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.redis.keys import (
     DIV_SUM,
@@ -25,7 +27,8 @@ from nimbus.stores.redis.keys import (
 
 # The per-answer writes of a batch as one command (redis-py's per-command pipeline cost was
 # most of the flush: measured ~35 us per SET under cProfile). KEYS: n record keys, then n
-# last-request keys; ARGV: ttl, n records, n request ids.
+# last-request keys; ARGV: ttl, n records, n request ids. One Redis only: on a cluster these keys
+# spread over every slot, so there they are plain SETs in the cluster pipeline (one batch per node).
 _RECORD_SERVED = """
 local ttl, n = ARGV[1], #KEYS / 2
 for i = 1, n do
@@ -41,7 +44,7 @@ class ExperimentStore(RedisStore):
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         super().__init__(url, timeout_s)
-        self._record_served = self.client.register_script(_RECORD_SERVED)
+        self._record_served: Script | None = None
 
     # ---- running experiments ---------------------------------------------------------
     def claim_surface(self, surface: str, experiment_json: str) -> bool:
@@ -102,7 +105,13 @@ class ExperimentStore(RedisStore):
             items.setdefault(bucket, set()).update(row.items)
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            self._record_served(keys=record_keys + last_keys, args=[ttl_s, *records, *request_ids], client=pipe)
+            if self.cluster:
+                for key, value in zip(record_keys + last_keys, records + request_ids):
+                    pipe.set(key, value, ex=ttl_s)
+            else:
+                if self._record_served is None:
+                    self._record_served = r.register_script(_RECORD_SERVED)
+                self._record_served(keys=record_keys + last_keys, args=[ttl_s, *records, *request_ids], client=pipe)
             for (experiment, variant), n in counts.items():
                 pipe.hincrby(Keys.ab_counts(experiment), ab_count_field(variant, EXPOSURES), n)
                 pipe.sadd(Keys.ab_users(experiment, variant), *users[(experiment, variant)])
@@ -126,15 +135,15 @@ class ExperimentStore(RedisStore):
         """The records of served answers (None where unknown or expired)."""
         if not request_ids:
             return []
-        with self.redis as r:
-            raw = r.mget([Keys.served_request(rid) for rid in request_ids])
+        with self.redis:
+            raw = self.get_many([Keys.served_request(rid) for rid in request_ids])
         return [decode_served(v) if v else None for v in raw]
 
     def last_requests(self, user_ids: Sequence[str]) -> list[str | None]:
         if not user_ids:
             return []
-        with self.redis as r:
-            raw = r.mget([Keys.last_request(u) for u in user_ids])
+        with self.redis:
+            raw = self.get_many([Keys.last_request(u) for u in user_ids])
         return [v.decode() if v else None for v in raw]
 
     def record_outcomes(self, rows: Sequence[OutcomeRow], ttl_s: int, bucket_s: int, keep_s: int,

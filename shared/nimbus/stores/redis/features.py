@@ -27,7 +27,8 @@ class RealtimeEvent:
 # One round trip per batch, atomic per event: an event id this user sent before changes nothing
 # (the marks are per user, so one user's ids never shadow another's).
 # KEYS: per event (seen, hash, recent); ARGV: seen_ttl, rt_ttl, recent_n, then per event
-# (item, category, weight, ts).
+# (item, category, weight, ts). On one Redis the whole batch is one call; on a cluster one call
+# per user (a user's keys share the slot of their tag {u:<user>}), pipelined: one batch per node.
 _APPLY_EVENTS = """
 local seen_ttl, rt_ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local applied = 0
@@ -58,9 +59,6 @@ class FeatureStore(RedisStore):
     SEEN_TTL_S = 7 * 86400
     RT_TTL_S = 30 * 86400
 
-    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
-        super().__init__(url, timeout_s)
-        self._apply_events = self.client.register_script(_APPLY_EVENTS)
 
     # ---- batch features -------------------------------------------------------------
     def write_feature_set(
@@ -129,21 +127,13 @@ class FeatureStore(RedisStore):
         (measured at a third of its cost) and writes the three commands on one pooled
         connection, reading the three replies back.
         """
-        with self.redis as r:
-            pool = r.connection_pool
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command(conn.pack_commands([
-                    ("GET", Keys.fs_user(version, user_id)),
-                    ("HGETALL", Keys.rt_user(user_id)),
-                    ("LRANGE", Keys.rt_recent(user_id), 0, recent_n - 1),
-                ]))
-                blob, counts, recent = conn.read_response(), conn.read_response(), conn.read_response()
-            except BaseException:
-                conn.disconnect()  # a half-read connection must not go back to the pool
-                raise
-            finally:
-                pool.release(conn)
+        hash_key = Keys.rt_user(user_id)
+        with self.redis:
+            blob, counts, recent = self.same_slot_commands([
+                ("GET", Keys.fs_user(version, user_id)),
+                ("HGETALL", hash_key),
+                ("LRANGE", Keys.rt_recent(user_id), 0, recent_n - 1),
+            ], hash_key)
         return blob, counts, recent
 
     # ---- real-time features ----------------------------------------------------------
@@ -151,13 +141,14 @@ class FeatureStore(RedisStore):
         """Apply a batch atomically per event; returns how many were new (not seen before)."""
         if not events:
             return 0
-        keys: list[str] = []
-        args: list[str | float] = [self.SEEN_TTL_S, self.RT_TTL_S, recent_n]
+        head: list[str | float] = [self.SEEN_TTL_S, self.RT_TTL_S, recent_n]
+        calls: dict[str, tuple[list[str], list[str | float]]] = {}  # one script call: all, or per user on a cluster
         for e in events:
+            keys, args = calls.setdefault(e.user_id if self.cluster else "", ([], list(head)))
             keys += [Keys.rt_seen(e.user_id, e.event_id), Keys.rt_user(e.user_id), Keys.rt_recent(e.user_id)]
             args += [e.item_id, e.category, repr(float(e.weight)), repr(float(e.ts))]
         with self.redis:
-            return int(self._apply_events(keys=keys, args=args))
+            return sum(self.run_script(_APPLY_EVENTS, list(calls.values())))
 
     def realtime(self, user_id: str, recent_n: int) -> tuple[dict[str, str], list[str]]:
         """A user's real-time hash and recent items, decoded (for tools and tests)."""

@@ -4,19 +4,23 @@ Nothing else in Nimbus builds a key or a field name, or parses one back: the sto
 this package write through these functions, and readers (monitoring, experiments) read
 through them. ``tests/data/redis_keys.json`` pins each layout and format.
 
-Layout (prefix ``nimbus:v1``):
+Layout (prefix ``nimbus:v2``; v2 added the Redis Cluster hash tags). Below, ``<x>`` is a
+value and ``{...}`` is literal: a hash tag, the part of the key a Redis Cluster hashes to
+pick the key's slot, so every key a script or transaction touches together shares one slot:
+``{u:<user>}`` (all of one user's keys), ``{x:<experiment>}``, ``{m:<model>}`` and ``{perf}``
+(the item sketches a PFCOUNT unions).
 
 * batch features, versioned so a refresh never shows readers a half-written set:
-  ``fs:{version}:items`` (the item table blob), ``fs:{version}:u:{user}`` (one user's
-  vector), ``fs:{version}:meta`` (JSON), ``fs:versions`` (sorted set by time) and one
+  ``fs:<version>:items`` (the item table blob), ``fs:<version>:{u:<user>}`` (one user's
+  vector), ``fs:<version>:meta`` (JSON), ``fs:versions`` (sorted set by time) and one
   pointer ``fs:current`` that is swapped last, atomically;
-* real-time features, updated as events arrive: ``rt:u:{user}`` (hash: ``n``, ``last_ts``,
-  ``c:{category}`` weighted counts), ``rt:u:{user}:recent`` (list of item ids, newest
-  first) and ``rt:seen:{user}:{event_id}`` (idempotency marks, per user: one user's event
+* real-time features, updated as events arrive: ``rt:{u:<user>}`` (hash: ``n``, ``last_ts``,
+  ``c:<category>`` weighted counts), ``rt:{u:<user>}:recent`` (list of item ids, newest
+  first) and ``rt:seen:{u:<user>}:<event_id>`` (idempotency marks, per user: one user's event
   ids can never claim, or be claimed by, another's);
-* live models: ``model:{name}:bundle:{version}`` (the serving bundle) and
-  ``model:{name}:live`` (hash alias -> version), announced on channel ``events:model``,
-  and ``model:{name}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
+* live models: ``model:<name>:bundle:<version>`` (the serving bundle) and
+  ``model:{m:<name>}:live`` (hash alias -> version), announced on channel ``events:model``,
+  and ``model:{m:<name>}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
   when each version went live);
 * monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
   ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
@@ -24,25 +28,27 @@ Layout (prefix ``nimbus:v1``):
   ``mon:traffic:functions`` (set of the functions that reported);
 * A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
   HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
-  ``ab:{experiment}:n`` (hash ``{variant}:exposures|clicks|purchases`` -> count,
-  :func:`ab_count_field`), ``ab:{experiment}:u:{variant}`` (set of exposed user ids),
+  ``ab:{x:<experiment>}:n`` (hash ``<variant>:exposures|clicks|purchases`` -> count,
+  :func:`ab_count_field`), ``ab:{x:<experiment>}:u:<variant>`` (set of exposed user ids),
   ``ab:log:exposures`` (served records, :meth:`ServedRow.record`) and ``ab:log:outcomes``
   (:func:`outcome_log_row`), JSON rows waiting for the rollup into MongoDB;
 * served answers, for joining outcomes: ``mon:req:{request_id}`` (:meth:`ServedRow.record`:
   user, experiment, variant, model version, items, time; expires after the attribution
   window), ``mon:req:{request_id}:{c|p}`` (first click / purchase marks), ``mon:last:{user}``
   (the user's latest request id);
-* recommendation performance: ``perf:{bucket}`` (hash ``{version}|{variant}|{metric}`` ->
-  count, :func:`perf_field`, plus ``div_sum`` / ``lists``) and ``perf:{bucket}:items``
+* recommendation performance: ``perf:<bucket>`` (hash ``<version>|<variant>|<metric>`` ->
+  count, :func:`perf_field`, plus ``div_sum`` / ``lists``) and ``perf:{perf}:<bucket>:items``
   (HyperLogLog of served item ids), one per ``bucket`` (epoch seconds, floored to the
    bucket size), expiring.
 
+Keys that are only ever used one at a time (or in pipelines, which a cluster splits by node)
+carry no tag, so they spread over the cluster.
+
 Ids in keys (users, events, requests) are checked against :data:`nimbus.ids.ID_PATTERN`,
 which has no ``:``: a key function refuses (ValueError) an id that could name another key,
-e.g. user ``u42:recent`` (``rt:u:u42:recent`` is user ``u42``'s recent list) or request
-``R:c`` (``mon:req:R:c`` is request ``R``'s click mark). Batch feature keys
-(``fs:{version}:u:{user}``) are written from training data and cannot collide (the ``u``
-segment is theirs alone), so they take any id.
+e.g. user ``u42:recent`` or request ``R:c`` (``mon:req:R:c`` is request ``R``'s click mark).
+Batch feature keys (``fs:<version>:{u:<user>}``) are written from training data and cannot
+collide (the tag is theirs alone), so they take any id.
 """
 
 from __future__ import annotations
@@ -63,10 +69,15 @@ def _id(value: str) -> str:
     return value
 
 
+def _tag(kind: str, value: str) -> str:
+    """The hash tag ``{kind:value}``: a Redis Cluster puts every key with the same tag in one slot."""
+    return f"{{{kind}:{value}}}"
+
+
 class Keys:
     """Redis key layouts, versioned by prefix so a layout change never reads old data."""
 
-    PREFIX = "nimbus:v1"
+    PREFIX = "nimbus:v2"
 
     @classmethod
     def key(cls, *parts: str | int) -> str:
@@ -91,7 +102,7 @@ class Keys:
 
     @classmethod
     def fs_user(cls, version: str, user_id: str) -> str:
-        return cls.key("fs", version, "u", user_id)
+        return cls.key("fs", version, _tag("u", user_id))
 
     @classmethod
     def fs_pattern(cls, version: str) -> str:
@@ -100,15 +111,15 @@ class Keys:
     # real-time features
     @classmethod
     def rt_user(cls, user_id: str) -> str:
-        return cls.key("rt", "u", _id(user_id))
+        return cls.key("rt", _tag("u", _id(user_id)))
 
     @classmethod
     def rt_recent(cls, user_id: str) -> str:
-        return cls.key("rt", "u", _id(user_id), "recent")
+        return cls.key("rt", _tag("u", _id(user_id)), "recent")
 
     @classmethod
     def rt_seen(cls, user_id: str, event_id: str) -> str:
-        return cls.key("rt", "seen", _id(user_id), _id(event_id))
+        return cls.key("rt", "seen", _tag("u", _id(user_id)), _id(event_id))
 
     # live models
     @classmethod
@@ -117,11 +128,11 @@ class Keys:
 
     @classmethod
     def model_live(cls, name: str) -> str:
-        return cls.key("model", name, "live")
+        return cls.key("model", _tag("m", name), "live")
 
     @classmethod
     def model_live_log(cls, name: str) -> str:
-        return cls.key("model", name, "live", "log")
+        return cls.key("model", _tag("m", name), "live", "log")
 
     @classmethod
     def models_live(cls) -> str:
@@ -152,11 +163,11 @@ class Keys:
 
     @classmethod
     def ab_counts(cls, experiment: str) -> str:
-        return cls.key("ab", experiment, "n")
+        return cls.key("ab", _tag("x", experiment), "n")
 
     @classmethod
     def ab_users(cls, experiment: str, variant: str) -> str:
-        return cls.key("ab", experiment, "u", variant)
+        return cls.key("ab", _tag("x", experiment), "u", variant)
 
     @classmethod
     def ab_log(cls, kind: str) -> str:
@@ -181,7 +192,7 @@ class Keys:
 
     @classmethod
     def perf_items(cls, bucket: int) -> str:
-        return cls.key("perf", bucket, "items")
+        return cls.key("perf", "{perf}", bucket, "items")
 
 
 # pub/sub topics (channel ``events:{topic}``): what changed, for every process that watches it

@@ -26,9 +26,12 @@ class LiveModelStore(RedisStore):
         """Point ``alias`` at ``version``, log when, and tell every serving process at once."""
         entry = json.dumps({"at": time.time(), "alias": alias, "version": str(version)})
         with self.redis as r:
-            pipe = r.pipeline(transaction=True)
+            if self.cluster:  # the set of names has a slot of its own; a reader skips a name with no pointer yet
+                r.sadd(Keys.models_live(), name)
+            pipe = r.pipeline(transaction=True)  # the pointer and its log share the slot of {m:<name>}
             pipe.hset(Keys.model_live(name), alias, version)
-            pipe.sadd(Keys.models_live(), name)
+            if not self.cluster:
+                pipe.sadd(Keys.models_live(), name)
             pipe.lpush(Keys.model_live_log(name), entry)
             pipe.ltrim(Keys.model_live_log(name), 0, keep_log - 1)
             pipe.execute()
