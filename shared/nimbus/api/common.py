@@ -162,6 +162,8 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
                            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-Id", "traceparent"],
                            expose_headers=["X-Request-Id"], max_age=600)
     instrument(app, name, settings)
+    if settings is not None:  # an app made for given settings answers with them, not the environment's
+        app.dependency_overrides[get_settings] = lambda: settings
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:

@@ -120,7 +120,8 @@ def create_experiments_app(settings: Settings | None = None) -> FastAPI:
     from nimbus.monitoring import performance
 
     app = create_app("Nimbus experiments", "A/B tests of recommendation models (admin, audited), and "
-                                           "recommendation performance.")
+                                           "recommendation performance.", function="experiments",
+                     settings=settings)
 
     router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERRORS)
 
