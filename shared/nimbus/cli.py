@@ -40,7 +40,8 @@ def emit(doc: Any, as_json: bool, show: Show = None) -> None:
         show = fields_table if isinstance(doc, dict) else rows_table
     shown = show if isinstance(show, str) else show(doc)
     if shown is not None:
-        out.print(shown, soft_wrap=isinstance(shown, str))  # a summary line is never broken mid-value
+        text = isinstance(shown, str)  # a summary: never broken mid-value, its brackets not markup
+        out.print(shown, soft_wrap=text, markup=not text)
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
                   pretty_exceptions_enable=False, no_args_is_help=True)

@@ -78,7 +78,7 @@ def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(cl
                           f"nimbus models promote someones-churn {theirs}")
     promoted = nimbus(["models", "promote", "someones-churn", theirs, "--reason", "reviewed"])
     assert promoted.returncode == 0, promoted.stderr
-    scored = nimbus(["batch", "run", uri, "--models", models], timeout=300)
+    scored = nimbus(["batch", "run", uri, "--models", models, "--json"], timeout=300)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)  # progress went to stderr: stdout is the result alone
     assert result["status"] == "succeeded" and (result["scored"], result["quarantined"]) == (1995, 5)

@@ -44,7 +44,7 @@ def test_a_batch_run_through_spark_connect_gives_the_local_run_s_output(batch_st
 
     done = {}
     for mode, env in (("local", {}), ("connect", remote)):
-        scored = run(["batch", "run", uris[mode]], env, timeout=300)
+        scored = run(["batch", "run", uris[mode], "--json"], env, timeout=300)
         assert scored.returncode == 0, scored.stdout + scored.stderr
         done[mode] = json.loads(scored.stdout)
         if mode == "local":
@@ -69,7 +69,7 @@ def test_a_batch_run_through_spark_connect_gives_the_local_run_s_output(batch_st
     # Airflow's validate step (Spark column expressions) through Connect: the same counts as on local[*]
     counts = {}
     for mode, env in (("local", {}), ("connect", remote)):
-        validated = run(["batch", "validate", uris[mode]], env, timeout=300)
+        validated = run(["batch", "validate", uris[mode], "--json"], env, timeout=300)
         assert validated.returncode == 0, validated.stdout + validated.stderr
         counts[mode] = json.loads(validated.stdout)
     assert counts["connect"]["records"] == 3000 and counts["connect"]["bad"] == 12
