@@ -35,22 +35,32 @@ BRIEF = 60  # characters a nested value gets in a table cell
 
 
 def brief(value: Any, width: int = BRIEF) -> str:
-    """A value in a few words for a table cell: scalars as they are, short lists and documents inline,
-    longer ones by their size and first keys (``--json`` prints the whole)."""
+    """A value in a few words for a table cell: scalars as they are; documents and lists inline, as many
+    entries as fit in ``width``, then how many more (``--json`` prints the whole)."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return format(value, ".4g")
-    if isinstance(value, dict):
-        text = ", ".join(f"{k}={brief(v, width)}" for k, v in value.items())
-        if len(text) <= width:
-            return text or "{}"
-        keys = ", ".join(str(k) for k in list(value)[:4])
-        return f"{len(value)} fields: {keys}" + (", ..." if len(value) > 4 else "")
-    if isinstance(value, list | tuple):
-        text = ", ".join(brief(v, width) for v in value)
-        return text if len(text) <= width else f"{len(value)} items"
+    if isinstance(value, dict | list | tuple):
+        entries = [f"{k}={_inner(v, width // 2)}" for k, v in value.items()] if isinstance(value, dict) else \
+            [_inner(v, width // 2) for v in value]
+        shown: list[str] = []
+        for entry in entries:
+            if shown and len(", ".join([*shown, entry])) > width:
+                break
+            shown.append(entry)
+        more = len(entries) - len(shown)
+        return ", ".join(shown) + (f", ... ({more} more)" if more else "") if entries else \
+            ("{}" if isinstance(value, dict) else "[]")
     return str(value)
+
+
+def _inner(value: Any, width: int) -> str:
+    """A value nested in another: bracketed, so where it ends is plain."""
+    text = brief(value, width)
+    if isinstance(value, dict) and value:
+        return "{" + text + "}"
+    return f"[{text}]" if isinstance(value, list | tuple) and value else text
 
 
 def fields_table(doc: dict[str, Any], title: str | None = None) -> Table:
