@@ -47,6 +47,7 @@ def test_a_batch_run_through_spark_connect_gives_the_local_run_s_output(batch_st
         scored = run(["batch", "run", uris[mode], "--json"], env, timeout=300)
         assert scored.returncode == 0, scored.stdout + scored.stderr
         done[mode] = json.loads(scored.stdout)
+        assert "scored 3,000 of 3,000 records (1/1 tasks)" in scored.stderr, scored.stderr  # Connect too
         if mode == "local":
             assert len(spark_connect.jobs()) == server_jobs  # local[*]: nothing ran on the server
     local, connect = done["local"], done["connect"]
