@@ -52,7 +52,8 @@ def connect_run(path: Path, settings: Settings, home: Path) -> tuple[float, dict
         env = {**os.environ, "NIMBUS_SPARK_REMOTE": server.url,
                "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), os.environ.get("PYTHONPATH", "")])}
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "nimbus.cli", "batch", "run", str(path), "--sinks", "parquet"],
+        done = subprocess.run([sys.executable, "-m", "nimbus.cli", "batch", "run", str(path), "--sinks", "parquet",
+                               "--json"],
                               env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
     if done.returncode != 0:

@@ -1,6 +1,8 @@
 """The ``nimbus`` command: the local stack, the function runner, and every job (recommend, batch, automl,
 models, experiments, monitor) as a user drives it from a terminal.
 
+Every command that prints a result prints a table or a one-line summary, or with ``--json`` the whole
+result as JSON on stdout and nothing else there (``emit``); progress and narration go to stderr.
 Every error Nimbus raises on purpose is printed as one line, without a traceback, and
 the command exits non-zero.
 """
@@ -10,15 +12,36 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import RenderableType
 
 from nimbus import logs, tracing
 from nimbus.config import get_settings
-from nimbus.console import fmt, out, print_health, progress, status_table
+from nimbus.console import err, fields_table, fmt, health_table, out, progress, rows_table, status_table
 from nimbus.errors import NimbusError
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout (and nothing else "
+                                                     "there), instead of a table or a summary.")]
+Show = str | Callable[[Any], RenderableType | None] | None
+
+
+def emit(doc: Any, as_json: bool, show: Show = None) -> None:
+    """A command's result. ``--json``: the whole document, as JSON, alone on stdout. Otherwise ``show``: a
+    one-line summary, or a function that returns a table (or prints its own and returns None); by default
+    the generic table of ``doc`` (key/value rows of a document, one row per document of a list)."""
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))  # plain print: parseable whatever the terminal's width
+        return
+    if show is None:
+        show = fields_table if isinstance(doc, dict) else rows_table
+    shown = show if isinstance(show, str) else show(doc)
+    if shown is not None:
+        text = isinstance(shown, str)  # a summary: never broken mid-value, its brackets not markup
+        out.print(shown, soft_wrap=text, markup=not text)
 
 app = typer.Typer(help="Nimbus: stateless ML functions on Lambda, containers and one laptop.",
                   pretty_exceptions_enable=False, no_args_is_help=True)
@@ -57,16 +80,16 @@ app.add_typer(keys_app, name="keys")
 def keys_new(
     name: Annotated[str, typer.Argument(help="Who holds it, e.g. ops-alice or clickstream (1-64 of A-Z a-z 0-9 _ . -).")],
     scope: Annotated[list[str], typer.Option("--scope", help="admin, automl, events or read; repeat for several.")],
+    as_json: AsJson = False,
 ) -> None:
     """Print a new key (once: hand it to its holder) and the line to add to NIMBUS_API_KEYS or the secret."""
     from nimbus.apikeys import ApiKey
 
     key, stored = ApiKey.create(name, scope)
-    print(f"key: {key}")
-    print(f"entry: {stored.entry}")
-    print("add the entry to NIMBUS_API_KEYS (comma-separated) or to the parameter at NIMBUS_API_KEYS_SOURCE",
-          file=sys.stderr)
-
+    emit({"name": name, "scopes": scope, "key": key, "entry": stored.entry}, as_json,
+         lambda d: f"key: {d['key']}\nentry: {d['entry']}")
+    err.print("add the entry to NIMBUS_API_KEYS (comma-separated) or to the parameter at NIMBUS_API_KEYS_SOURCE",
+              highlight=False, soft_wrap=True)
 
 
 def _stack(mlflow_server: bool = False):
@@ -87,28 +110,33 @@ def local_up(
     services: Services = None,
     mlflow_server: Annotated[bool, typer.Option(help="Run `mlflow server` instead of using SQLite directly.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to be healthy.")] = 60.0,
+    as_json: AsJson = False,
 ) -> None:
     """Start the local stack (idempotent) and wait until every service is healthy."""
     stack = _stack(mlflow_server)
-    with out.status("starting the local stack..."):
+    with err.status("starting the local stack..."):
         rows = stack.up(_names(services), timeout_s=timeout)
-    out.print(status_table(rows, f"nimbus local stack (data in {stack.home})"))
+    emit(_service_docs(rows), as_json, lambda _: status_table(rows, f"nimbus local stack (data in {stack.home})"))
     if mlflow_server and not get_settings().mlflow_tracking_uri:
-        out.print(f"MLflow server: export NIMBUS_MLFLOW_TRACKING_URI={rows[-1].url}")
+        err.print(f"MLflow server: export NIMBUS_MLFLOW_TRACKING_URI={rows[-1].url}", highlight=False)
+
+
+def _service_docs(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"service": r.name, "up": r.up, "url": r.url, "pid": r.pid, "detail": r.detail} for r in rows]
 
 
 @local_app.command("down")
-def local_down(services: Services = None) -> None:
+def local_down(services: Services = None, as_json: AsJson = False) -> None:
     """Stop every service the local stack started; data under .nimbus/ stays."""
     stopped = _stack().down(_names(services))
-    out.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    emit({"stopped": stopped}, as_json, f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 @local_app.command("status")
-def local_status(services: Services = None) -> None:
+def local_status(services: Services = None, as_json: AsJson = False) -> None:
     """Show which local services are up; exits 3 when any is down."""
     rows = _stack().status(_names(services))
-    out.print(status_table(rows, "nimbus local stack"))
+    emit(_service_docs(rows), as_json, lambda _: status_table(rows, "nimbus local stack"))
     if not all(r.up for r in rows):
         raise typer.Exit(3)
 
@@ -152,6 +180,7 @@ def invoke(
     function: Annotated[str, typer.Argument(help="A function name from serverless.yml.")],
     event: Annotated[Path | None, typer.Option("--event", "-e", help="JSON event file ('-' for stdin).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="The event as a JSON string.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Call a function's handler with a cloud-shaped event, like `sls invoke local`."""
     from nimbus.local.invoke import Invoker
@@ -165,7 +194,7 @@ def invoke(
         invoker.close()
     if not result.ok:
         raise NimbusError(f"{function} failed: {result.payload['errorType']}: {result.payload['errorMessage']}")
-    out.print_json(json.dumps(result.payload, default=str))
+    emit(result.payload, as_json, lambda p: fields_table(p, f"{function}: answer") if isinstance(p, dict) else str(p))
 
 
 def _read_event(path: Path | None, data: str | None) -> Any:
@@ -184,12 +213,12 @@ def _read_event(path: Path | None, data: str | None) -> Any:
 
 
 @app.command("health")
-def health() -> None:
+def health(as_json: AsJson = False) -> None:
     """Check every store directly (no gateway); exits 3 when any is down."""
     from nimbus.health import check_stores
 
     report = check_stores(get_settings())
-    print_health(report.model_dump())
+    emit(report.model_dump(), as_json, health_table)
     if report.status != "ok":
         raise typer.Exit(3)
 
@@ -219,21 +248,24 @@ def recommend_generate(
     days: Annotated[int, typer.Option(min=1)] = 60,
     seed: Annotated[int, typer.Option()] = 7,
     out_dir: Annotated[str | None, typer.Option("--out", help="A folder; default: upload to the data bucket.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Make a synthetic interaction log and catalogue (Parquet), locally or in S3."""
     from nimbus.recommend.data import generate
     from nimbus.recommend.publish import write_dataset
 
-    with out.status("generating..."):
+    with err.status("generating..."):
         dataset = generate(users, items, days=days, seed=seed)
         where = write_dataset(dataset, get_settings(), out_dir)
-    out.print(f"{len(dataset.interactions):,} events, {users:,} users, {items:,} items -> {where}")
+    doc = {"events": len(dataset.interactions), "users": users, "items": items, "where": where}
+    emit(doc, as_json, f"{doc['events']:,} events, {users:,} users, {items:,} items -> {where}")
 
 
 @recommend_app.command("features")
 def recommend_features(
     logs: Annotated[str | None, typer.Option(help="Logs (file, folder or s3://); default: the data bucket.")] = None,
     catalogue: Annotated[str | None, typer.Option(help="Catalogue (file or s3://).")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Recompute batch features and swap them into Redis (what the scheduled `features` function does)."""
     from nimbus.recommend.pipeline import refresh_features
@@ -241,7 +273,7 @@ def recommend_features(
     status, say = progress()
     with status:
         result = refresh_features(get_settings(), logs, catalogue, progress=say)
-    out.print_json(json.dumps(result, default=str))
+    emit(result, as_json, lambda r: fields_table(r, "features refreshed"))
 
 
 @recommend_app.command("train")
@@ -249,6 +281,7 @@ def recommend_train(
     logs: Annotated[str | None, typer.Option(help="Logs (file, folder or s3://); default: the data bucket.")] = None,
     catalogue: Annotated[str | None, typer.Option(help="Catalogue (file or s3://).")] = None,
     promote: Annotated[bool, typer.Option(help="Make the new version the champion and publish it live.")] = True,
+    as_json: AsJson = False,
 ) -> None:
     """Train the ranker, register it in MLflow with its metrics and (by default) promote it."""
     from nimbus.recommend.data import load_dataset
@@ -267,22 +300,24 @@ def recommend_train(
         say("registering in MLflow")
         version = register(result, settings, promote=promote)
     m = result.metrics
-    out.print(f"registered nimbus-recommender version {version}" + (" (champion, live)" if promote else ""))
-    out.print(f"recall@10 {m['recall_at_10']:.3f} vs popularity {m['popular_recall_at_10']:.3f}; "
-              f"NDCG@10 {m['ndcg_at_10']:.3f} vs {m['popular_ndcg_at_10']:.3f} ({int(m['test_users'])} test users)")
+    emit({"model": "nimbus-recommender", "version": version, "promoted": promote, "metrics": m}, as_json,
+         f"registered nimbus-recommender version {version}" + (" (champion, live)" if promote else "") + "\n"
+         f"recall@10 {m['recall_at_10']:.3f} vs popularity {m['popular_recall_at_10']:.3f}; "
+         f"NDCG@10 {m['ndcg_at_10']:.3f} vs {m['popular_ndcg_at_10']:.3f} ({int(m['test_users'])} test users)")
 
 
 @recommend_app.command("promote")
 def recommend_promote(
     version: Annotated[str, typer.Argument(help="Registry version of nimbus-recommender.")],
     alias: Annotated[str, typer.Option(help="champion, or challenger for an experiment.")] = "champion",
+    as_json: AsJson = False,
 ) -> None:
     """Point an alias at a version; every serving process swaps to it without a failed request."""
     from nimbus.recommend.models import promote_version
 
     record = promote_version(get_settings(), version, alias)
-    out.print(f"nimbus-recommender {alias} -> version {record['details']['to']} (was {record['details']['from']}; "
-              "published live, audited)")
+    emit(record, as_json, f"nimbus-recommender {alias} -> version {record['details']['to']} "
+                          f"(was {record['details']['from']}; published live, audited)")
 
 
 @recommend_app.command("serve")
@@ -307,45 +342,50 @@ def batch_run(
     schema: Annotated[str | None, typer.Option(help="Bundled schema name or a YAML file.")] = None,
     sinks: Annotated[str | None, typer.Option(help="parquet,mongodb")] = None,
     max_bad_share: Annotated[float | None, typer.Option(help="Fail past this share of bad records.")] = None,
+    as_json: AsJson = False,
 ) -> None:
-    """Score a file with registry models on Spark: validate, score, write, report, audit."""
+    """Score a file with registry models on Spark: validate, score, write, report, audit. While the scoring job
+    runs, stderr shows the records scored so far and the tasks done."""
     from nimbus.batch.job import RunRequest, run_batch
+    from nimbus.console import live_count
 
     settings = get_settings()
     request = RunRequest.from_settings(settings, input_uri, models=models, schema=schema, sinks=sinks,
                                        max_bad_share=max_bad_share)
     status, say = progress()
     with status:
-        result = run_batch(settings, request, progress=say)
-    out.print_json(json.dumps(result.as_dict(), default=str))
+        result = run_batch(settings, request, progress=say, on_progress=live_count(status))
+    emit(result.as_dict(), as_json, lambda d: fields_table(d, f"batch run {d['run_key']}: {d['status']}"))
 
 
 @batch_app.command("validate")
 def batch_validate(
     input_uri: Annotated[str, typer.Argument(help="CSV/Parquet file or folder, local or s3://.")],
     schema: Annotated[str | None, typer.Option(help="Bundled schema name or a YAML file.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Count validation failures by rule with Spark, without scoring (fails past the threshold)."""
     from nimbus.batch.job import BatchJob, RunRequest
 
     settings = get_settings()
     job = BatchJob(settings, RunRequest.from_settings(settings, input_uri, schema=schema))
-    with out.status("validating with Spark..."):
+    with err.status("validating with Spark..."):
         key, _ = job.prepare()
         counts = job.validate(key)
-    out.print_json(json.dumps({"run_key": key, **counts}))
+    emit({"run_key": key, **counts}, as_json, lambda d: fields_table(d, f"validated {input_uri}"))
 
 
 @batch_app.command("make-models")
 def batch_make_models(
     rows: Annotated[int, typer.Option(help="Training rows.")] = 50_000,
+    as_json: AsJson = False,
 ) -> None:
     """Train and register the example churn models (churn-lr, churn-hgb) as champions."""
     from nimbus.batch.examples import train_models
 
-    with out.status("training churn-lr and churn-hgb..."):
+    with err.status("training churn-lr and churn-hgb..."):
         versions = train_models(get_settings(), rows)
-    out.print(f"registered and promoted: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
+    emit(versions, as_json, f"registered and promoted: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
 
 
 @batch_app.command("generate")
@@ -355,31 +395,34 @@ def batch_generate(
     bad_rows: Annotated[int, typer.Option(min=0, help="Rows with planted errors.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     labels: Annotated[str | None, typer.Option(help="Also write the hidden labels here.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Make example churn records (and their labels) to score."""
     from nimbus.batch.examples import write_records
 
     where = write_records(get_settings(), target, rows, bad_rows, seed, labels)
-    out.print(f"{rows:,} records ({bad_rows} planted bad) -> {where}")
+    emit({"records": rows, "bad_records": bad_rows, "where": where, "labels": labels}, as_json,
+         f"{rows:,} records ({bad_rows} planted bad) -> {where}")
 
 
 @batch_app.command("labels")
 def batch_labels(
     labels_uri: Annotated[str, typer.Argument(help="CSV/Parquet with record_id, label.")],
     run: Annotated[str, typer.Option(help="The run key the labels belong to.")],
+    as_json: AsJson = False,
 ) -> None:
     """Score a run's predictions against labels that arrived later (AUC, accuracy or RMSE)."""
     from nimbus.batch.performance import score_labels
 
-    out.print_json(json.dumps(score_labels(get_settings(), labels_uri, run), default=str))
+    emit(score_labels(get_settings(), labels_uri, run), as_json, lambda rows: rows_table(rows, f"run {run} vs labels"))
 
 
 @batch_app.command("performance")
-def batch_performance(model: Annotated[str, typer.Argument()]) -> None:
+def batch_performance(model: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """A model's measured performance over runs and versions."""
     from nimbus.batch.performance import performance_history
 
-    out.print_json(json.dumps(performance_history(get_settings(), model), default=str))
+    emit(performance_history(get_settings(), model), as_json, lambda rows: rows_table(rows, f"{model}: performance"))
 
 
 # ---- automl ----------------------------------------------------------------------------
@@ -393,12 +436,12 @@ def automl_run(
     max_trials: Annotated[int | None, typer.Option(min=1)] = None,
     include: Annotated[str | None, typer.Option(help="Only these algorithms, comma-separated.")] = None,
     exclude: Annotated[str | None, typer.Option(help="Not these algorithms, comma-separated.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Search, track, register — with a live progress bar and the leaderboard at the end."""
     import time as _time
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from nimbus.automl.jobs import JobRequest, submit
     from nimbus.automl.runner import process_started, run_once
@@ -415,8 +458,9 @@ def automl_run(
         job = submit(settings, request, owner=actor(settings), trusted_paths=True)
     except InvalidInput as exc:  # the core's messages name no path: the user's own is shown here
         raise InvalidInput(f"{dataset}: {exc}") from exc
-    out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, metric {job['metric']}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out) as bar:
+    err.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, metric {job['metric']}",
+              highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
         task_id = bar.add_task("searching", total=budget)
         start = _time.monotonic()
 
@@ -427,6 +471,13 @@ def automl_run(
                        description=f"{doc['status']}: {p.get('trials', 0)} trials, best {best}")
 
         doc = run_once(settings, job["_id"], watch=show, started=started)
+    emit(doc, as_json, _automl_summary)
+
+
+def _automl_summary(doc: dict[str, Any]) -> None:
+    """A finished job: its leaderboard, held-out score, model and where the time went."""
+    from rich.table import Table
+
     table = Table(title=f"leaderboard ({doc['trials']} configurations, {doc['elapsed_s']:.0f} s)")
     for column in ("#", "algorithm", doc["metric"], "complete"):
         table.add_column(column)
@@ -483,17 +534,18 @@ def automl_list(
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
     offset: Annotated[int, typer.Option(min=0)] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Jobs, newest first, a page at a time."""
-    from rich.table import Table
-
     from nimbus.automl.jobs import list_jobs
 
-    page = list_jobs(get_settings(), status=status, limit=limit, offset=offset)
-    if as_json:
-        out.print_json(json.dumps(page, default=str))
-        return
+    emit(list_jobs(get_settings(), status=status, limit=limit, offset=offset), as_json, _jobs_table)
+
+
+def _jobs_table(page: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    offset = page.get("offset", 0)
     table = Table(title=f"AutoML jobs {offset + 1}-{offset + len(page['jobs'])} of {page['total']}")
     table.add_column("job", no_wrap=True, min_width=12)  # whole: it is what `show` and `cancel` take
     for column in ("status", "owner", "target", "trials", "best", "attempts", "model", "created"):
@@ -509,17 +561,17 @@ def automl_list(
 
 
 @automl_app.command("show")
-def automl_show(job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
-    """One job's record as JSON (status, attempts, progress, results or the error)."""
+def automl_show(job: Annotated[str, typer.Argument(help="The job id.")], as_json: AsJson = False) -> None:
+    """One job's record (status, attempts, progress, results or the error)."""
     from nimbus.automl.jobs import get_job
 
     doc = get_job(get_settings(), job)
     doc.pop("leaderboard", None)  # long: `automl list` and the report have it
-    out.print_json(json.dumps(doc, default=str))
+    emit(doc, as_json, lambda d: fields_table(d, f"AutoML job {job}: {d.get('status')}"))
 
 
 @automl_app.command("cancel")
-def automl_cancel(job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+def automl_cancel(job: Annotated[str, typer.Argument(help="The job id.")], as_json: AsJson = False) -> None:
     """Cancel a queued or running job; its runner stops at its next heartbeat without registering a model."""
     from nimbus.audit import actor
     from nimbus.automl.cluster import on_cancel
@@ -528,7 +580,8 @@ def automl_cancel(job: Annotated[str, typer.Argument(help="The job id.")]) -> No
     settings = get_settings()
     doc = cancel(settings, job, by=actor(settings))
     stopped = on_cancel(settings, doc)
-    out.print(f"job {job} cancelled" + (f"; Ray job {doc['ray_submission_id']} stopped" if stopped else ""))
+    emit({**doc, "ray_job_stopped": bool(stopped)}, as_json,
+         f"job {job} cancelled" + (f"; Ray job {doc['ray_submission_id']} stopped" if stopped else ""))
 
 
 # ---- models ----------------------------------------------------------------------------
@@ -541,9 +594,9 @@ def _governance():
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: AsJson = False) -> None:
     """Registered models, their versions and aliases."""
-    out.print_json(json.dumps(_governance().list_models(get_settings())))
+    emit(_governance().list_models(get_settings()), as_json, lambda rows: rows_table(rows, "registered models"))
 
 
 @models_app.command("promote")
@@ -554,35 +607,40 @@ def models_promote(
     reason: Annotated[str | None, typer.Option()] = None,
     force: Annotated[bool, typer.Option(help="Record the move even when the alias already points there (e.g. "
                                               "to vouch for an alias someone moved outside Nimbus).")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Point an alias at a version (audited)."""
     record = _governance().promote(get_settings(), name, version, alias, reason, force=force)
-    out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']}")
+    emit(record, as_json, f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']}")
 
 
 @models_app.command("rollback")
 def models_rollback(
     name: Annotated[str, typer.Argument()],
     alias: Annotated[str, typer.Option()] = "champion",
+    as_json: AsJson = False,
 ) -> None:
     """Return an alias to the version before its last promotion (audited)."""
     record = _governance().rollback(get_settings(), name, alias)
-    out.print(f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']} (rolled back)")
+    emit(record, as_json, f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']} (rolled back)")
 
 
 @models_app.command("history")
 def models_history(
     subject: Annotated[str | None, typer.Argument(help="e.g. model:churn-lr or batch:RUNKEY")] = None,
     limit: Annotated[int, typer.Option()] = 20,
+    as_json: AsJson = False,
 ) -> None:
     """The audit trail, newest first."""
     from nimbus.audit import history
 
-    out.print_json(json.dumps(history(get_settings(), subject, limit=limit), default=str))
+    emit(history(get_settings(), subject, limit=limit), as_json, lambda rows: rows_table(
+        rows, f"audit trail{' of ' + subject if subject else ''}",
+        ["at", "action", "subject", "outcome", "actor", "models", "details"]))
 
 
 # ---- experiments -----------------------------------------------------------------------
-def _experiments_table(rows: list[dict[str, Any]]) -> None:
+def _experiments_table(rows: list[dict[str, Any]]) -> RenderableType:
     from rich.table import Table
 
     table = Table(title="experiments")
@@ -593,7 +651,7 @@ def _experiments_table(rows: list[dict[str, Any]]) -> None:
                              for v in e["variants"])
         table.add_row(e["id"], e["name"], e["surface"], e["status"], variants, e["started_at"] or "-",
                       e["stopped_at"] or "-")
-    out.print(table)
+    return table
 
 
 def _variant_option(text: str) -> dict[str, Any]:
@@ -614,6 +672,7 @@ def experiments_create(
     metric: Annotated[str, typer.Option(help="ctr or conversion: the metric the verdict uses.")] = "ctr",
     seed: Annotated[str | None, typer.Option(help="Hash seed (default: the experiment id).")] = None,
     surface: Annotated[str, typer.Option()] = "recommendations",
+    as_json: AsJson = False,
 ) -> None:
     """Create a draft experiment."""
     from pydantic import ValidationError
@@ -628,40 +687,40 @@ def experiments_create(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"{where}: {first['msg']}") from None
-    _experiments_table([create(get_settings(), spec)])
+    emit(create(get_settings(), spec), as_json, lambda e: _experiments_table([e]))
 
 
 @experiments_app.command("start")
-def experiments_start(experiment_id: Annotated[str, typer.Argument()]) -> None:
+def experiments_start(experiment_id: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """Start a draft: its models go live and users are split between the variants."""
     from nimbus.experiments.service import start
 
-    _experiments_table([start(get_settings(), experiment_id)])
+    emit(start(get_settings(), experiment_id), as_json, lambda e: _experiments_table([e]))
 
 
 @experiments_app.command("stop")
-def experiments_stop(experiment_id: Annotated[str, typer.Argument()]) -> None:
+def experiments_stop(experiment_id: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """Stop a running experiment and freeze its results."""
     from nimbus.experiments.service import stop
 
-    _experiments_table([stop(get_settings(), experiment_id)])
+    emit(stop(get_settings(), experiment_id), as_json, lambda e: _experiments_table([e]))
 
 
 @experiments_app.command("list")
-def experiments_list() -> None:
+def experiments_list(as_json: AsJson = False) -> None:
     """Every experiment, newest first."""
     from nimbus.experiments.service import list_experiments
 
-    _experiments_table(list_experiments(get_settings()))
+    emit(list_experiments(get_settings()), as_json, _experiments_table)
 
 
 @experiments_app.command("results")
-def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None:
+def experiments_results(experiment_id: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """Per-variant CTR and conversion with intervals, lift, p-value, chance to beat control; SRM; verdict."""
     from nimbus.console import experiment_results
     from nimbus.experiments.service import results as results_of
 
-    experiment_results(results_of(get_settings(), experiment_id))
+    emit(results_of(get_settings(), experiment_id), as_json, experiment_results)
 
 
 # ---- monitor ---------------------------------------------------------------------------
@@ -669,41 +728,42 @@ def experiments_results(experiment_id: Annotated[str, typer.Argument()]) -> None
 def monitor_drift(
     model: Annotated[str | None, typer.Option(help="Registered model whose live versions are checked; "
                                                    "default: the recommender.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the check documents as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
     from nimbus.console import drift_tables
     from nimbus.monitoring.drift import run_check
     from nimbus.recommend.bundle import MODEL_NAME  # here, not at the top: numpy is no cost of every command
 
-    checks = run_check(get_settings(), model or MODEL_NAME)
-    if as_json:
-        out.print_json(json.dumps(checks, default=str))
-        return
-    drift_tables(checks)
+    emit(run_check(get_settings(), model or MODEL_NAME), as_json, drift_tables)
 
 
 @monitor_app.command("traffic")
 def monitor_traffic(
     window: Annotated[int, typer.Option(min=1, help="Seconds back from now.")] = 900,
+    as_json: AsJson = False,
 ) -> None:
     """Requests, errors, degraded answers and latency percentiles per function (all processes)."""
-    from rich.table import Table
-
     from nimbus.monitoring.traffic import summary
 
     report = summary(get_settings(), window_s=window, bucket_s=get_settings().traffic_bucket_s)
+    emit(report, as_json, lambda r: _traffic_table(r, window))
+
+
+def _traffic_table(report: dict[str, Any], window: int) -> RenderableType:
+    from rich.table import Table
+
     table = Table(title=f"last {window} s")
     for column in ("function", "requests", "errors", "degraded", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(column)
     for name, f in report["functions"].items():
         table.add_row(name, str(f["requests"]), str(f["errors"]), str(f["degraded"]), fmt(f["rps"], ".1f"),
                       fmt(f["p50_ms"], ".2f"), fmt(f["p95_ms"], ".2f"), fmt(f["p99_ms"], ".2f"))
-    out.print(table)
+    return table
 
 
 # ---- ops -------------------------------------------------------------------------------
-def _parts_table(report: dict[str, Any], title: str) -> None:
+def _parts_table(report: dict[str, Any], title: str) -> RenderableType:
     from rich.table import Table
 
     table = Table(title=title)
@@ -711,73 +771,68 @@ def _parts_table(report: dict[str, Any], title: str) -> None:
         table.add_column(column, justify="right" if column in ("items", "bytes") else "left")
     for p in report["parts"].values():
         table.add_row(p["part"], str(p["items"]), p["unit"], f"{p['bytes']:,}", p["detail"])
-    out.print(table)
+    return table
 
 
 @ops_app.command("backup")
 def ops_backup(
     folder: Annotated[Path, typer.Argument(help="A new (or empty) folder for the backup.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Back up Redis (every key and its expiry), MongoDB (every collection), the S3 buckets and MLflow."""
     from nimbus.ops.backup import backup
 
-    manifest = backup(get_settings(), folder)
-    if as_json:
-        out.print_json(json.dumps(manifest))
-        return
-    _parts_table(manifest, f"backup in {folder} ({manifest['duration_s']:.1f} s)")
+    emit(backup(get_settings(), folder), as_json,
+         lambda m: _parts_table(m, f"backup in {folder} ({m['duration_s']:.1f} s)"))
 
 
 @ops_app.command("restore")
 def ops_restore(
     folder: Annotated[Path, typer.Argument(help="A folder written by `nimbus ops backup`.")],
     force: Annotated[bool, typer.Option(help="Overwrite stores that are not empty.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print what was restored as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Restore a backup into empty stores (stop a local MLflow server first)."""
     from nimbus.ops.backup import restore
 
-    report = restore(get_settings(), folder, force=force)
-    if as_json:
-        out.print_json(json.dumps(report))
-        return
-    _parts_table(report, f"restored {folder} (backup of {report['created_at']}, {report['duration_s']:.1f} s)")
+    emit(restore(get_settings(), folder, force=force), as_json, lambda r: _parts_table(
+        r, f"restored {folder} (backup of {r['created_at']}, {r['duration_s']:.1f} s)"))
 
 # ---- alerts ----------------------------------------------------------------------------
 @alerts_app.command("list")
 def alerts_list(
     state: Annotated[str | None, typer.Option(help="Only alerts in this state: firing or resolved.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Alerts to show.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the alerts as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Stored alerts, firing first: state, kind, subject, since, last seen, count, summary."""
-    from rich.table import Table
-
     from nimbus.alerts import list_alerts
 
-    rows = list_alerts(get_settings(), state=state, limit=limit)
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
+    emit(list_alerts(get_settings(), state=state, limit=limit), as_json, _alerts_table)
+
+
+def _alerts_table(rows: list[dict[str, Any]]) -> RenderableType:
+    from rich.table import Table
+
     table = Table(title=f"alerts: {sum(a['state'] == 'firing' for a in rows)} firing")
     for column in ("state", "kind", "subject", "since", "last seen", "count", "summary"):
         table.add_column(column, overflow="fold")
     for a in rows:
         table.add_row(f"[red]{a['state']}[/red]" if a["state"] == "firing" else a["state"], a["kind"], a["subject"],
                       a["since"] or "-", a["last_seen"] or "-", str(a["count"]), a["summary"])
-    out.print(table)
+    return table
 
 
 @alerts_app.command("evaluate")
-def alerts_evaluate() -> None:
+def alerts_evaluate(as_json: AsJson = False) -> None:
     """Evaluate every alert source now and deliver what changed (the monitor does this on its schedule,
     after its drift check)."""
     from nimbus.alerts import evaluate
 
     result = evaluate(get_settings())
-    out.print(f"{result['changed']} changed, {result['delivered']} delivered, {result['failed']} failed"
-              + (f"; skipped (store down): {', '.join(result['skipped'])}" if result["skipped"] else ""))
+    skipped = f"; skipped (store down): {', '.join(result['skipped'])}" if result["skipped"] else ""
+    emit(result, as_json, f"{result['changed']} changed, {result['delivered']} delivered, {result['failed']} failed"
+                          f"{skipped}")
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""Terminal output shared by the CLI and the demo: tables of services and health, progress."""
+"""Terminal output shared by the CLI and the demo: tables of services and health, progress, and the
+generic tables every command's result falls back on (one document: key/value rows; a list of documents:
+one row each), with nested values summarized in a few words."""
 
 from __future__ import annotations
 
@@ -29,6 +31,60 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+BRIEF = 60  # characters a nested value gets in a table cell
+
+
+def brief(value: Any, width: int = BRIEF) -> str:
+    """A value in a few words for a table cell: scalars as they are; documents and lists inline, as many
+    entries as fit in ``width``, then how many more (``--json`` prints the whole)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, ".4g")
+    if isinstance(value, dict | list | tuple):
+        entries = [f"{k}={_inner(v, width // 2)}" for k, v in value.items()] if isinstance(value, dict) else \
+            [_inner(v, width // 2) for v in value]
+        shown: list[str] = []
+        for entry in entries:
+            if shown and len(", ".join([*shown, entry])) > width:
+                break
+            shown.append(entry)
+        more = len(entries) - len(shown)
+        return ", ".join(shown) + (f", ... ({more} more)" if more else "") if entries else \
+            ("{}" if isinstance(value, dict) else "[]")
+    return str(value)
+
+
+def _inner(value: Any, width: int) -> str:
+    """A value nested in another: bracketed, so where it ends is plain."""
+    text = brief(value, width)
+    if isinstance(value, dict) and value:
+        return "{" + text + "}"
+    return f"[{text}]" if isinstance(value, list | tuple) and value else text
+
+
+def fields_table(doc: dict[str, Any], title: str | None = None) -> Table:
+    """One document as key/value rows; nested values summarized (a long string is folded, not cut)."""
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in doc.items():
+        table.add_row(str(key), value if isinstance(value, str) else brief(value))
+    return table
+
+
+def rows_table(rows: list[dict[str, Any]], title: str | None = None, columns: list[str] | None = None) -> Table:
+    """A list of documents, one row each; the columns are ``columns`` or every key any row has."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(brief(row.get(c)) for c in columns))
+    return table
+
+
 def status_table(rows: list[Any], title: str) -> Table:
     table = Table(title=title)
     for column in ("service", "state", "url", "pid", "detail"):
@@ -40,13 +96,17 @@ def status_table(rows: list[Any], title: str) -> Table:
 
 
 def print_health(report: dict[str, Any]) -> None:
+    out.print(health_table(report))
+
+
+def health_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"nimbus health: {report['status']}")
     for column in ("store", "state", "url", "latency", "detail"):
         table.add_column(column, overflow="fold")
     for s in report["stores"]:
         state = "[green]up[/green]" if s["up"] else "[red]down[/red]"
         table.add_row(s["store"], state, s["url"] or "–", f"{s['latency_ms']:.1f} ms", s["detail"])
-    out.print(table)
+    return table
 
 
 def progress() -> tuple[Status, Callable[[str], None]]:
@@ -58,6 +118,19 @@ def progress() -> tuple[Status, Callable[[str], None]]:
         err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)  # a step, not a log record
 
     return status, say
+
+
+def live_count(status: Status) -> Callable[[Any], None]:
+    """A batch job's ``on_progress``: the records scored so far and the tasks done, on stderr, as they move —
+    the status line on a terminal, a line per update otherwise (a log file, a CI job)."""
+    def show(p: Any) -> None:
+        line = p.describe()
+        if err.is_terminal:
+            status.update(line)
+        else:
+            err.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False)
+
+    return show
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:

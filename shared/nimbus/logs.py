@@ -98,13 +98,23 @@ def unbind(tokens: Any) -> None:
     structlog.contextvars.reset_contextvars(**tokens)
 
 
+def _key_field(kind: str) -> str:
+    return "run_key" if kind == "batch" else "job_id"
+
+
+def step_progress(kind: str, key: str, name: str, **counts: Any) -> None:
+    """A line while a long step runs, saying how far it is (records scored so far, tasks done)."""
+    JOBS.info("job step progress", extra={"kind": kind, _key_field(kind): key, "step": name, "status": "running",
+                                          "trace_id": tracing.trace_id(), **counts})
+
+
 @contextlib.contextmanager
 def step(kind: str, key: str, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
     """One job step as a span (``{kind}.{name}``) and one log line when it ends: ``kind``'s key
     (``run_key`` of a batch run, ``job_id`` of an AutoML job), the step, its counts and duration.
     The block adds its counts to the dict it is given."""
     counts: dict[str, Any] = {}
-    key_field = "run_key" if kind == "batch" else "job_id"
+    key_field = _key_field(kind)
     start, status = time.perf_counter(), "ok"
     with tracing.span(f"{kind}.{name}", {f"nimbus.{key_field}": key, **{f"nimbus.{k}": v for k, v in fields.items()}}):
         try:

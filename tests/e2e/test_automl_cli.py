@@ -26,7 +26,7 @@ def test_automl_run_exits_0_and_prints_the_leaderboard(clean_stack: Settings, tm
     done = run(["automl", "run", str(dataset), "--target", "target", "--budget", "15"], {}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "leaderboard (" in done.stdout and "held-out roc_auc" in done.stdout
-    job_id = re.search(r"job ([0-9a-f]{12}): classification on 569 rows, metric roc_auc", done.stdout).group(1)
+    job_id = re.search(r"job ([0-9a-f]{12}): classification on 569 rows, metric roc_auc", done.stderr).group(1)
     job = get_job(clean_stack, job_id)
     assert job["status"] == "succeeded" and job["trials"] >= 1
     assert f"registered automl-{job_id} v{job['model']['version']}" in done.stdout

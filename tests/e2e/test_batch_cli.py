@@ -78,9 +78,10 @@ def test_models_registered_by_other_processes_score_in_a_batch_run_of_its_own(cl
                           f"nimbus models promote someones-churn {theirs}")
     promoted = nimbus(["models", "promote", "someones-churn", theirs, "--reason", "reviewed"])
     assert promoted.returncode == 0, promoted.stderr
-    scored = nimbus(["batch", "run", uri, "--models", models], timeout=300)
+    scored = nimbus(["batch", "run", uri, "--models", models, "--json"], timeout=300)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)  # progress went to stderr: stdout is the result alone
+    assert "scored 2,000 of 2,000 records (1/1 tasks)" in scored.stderr  # the scoring job's count, live
     assert result["status"] == "succeeded" and (result["scored"], result["quarantined"]) == (1995, 5)
     assert set(result["models"]) == {"churn-lr", "churn-hgb", "someones-churn"}
     assert result["models"]["someones-churn"] == theirs

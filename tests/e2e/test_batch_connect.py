@@ -44,9 +44,10 @@ def test_a_batch_run_through_spark_connect_gives_the_local_run_s_output(batch_st
 
     done = {}
     for mode, env in (("local", {}), ("connect", remote)):
-        scored = run(["batch", "run", uris[mode]], env, timeout=300)
+        scored = run(["batch", "run", uris[mode], "--json"], env, timeout=300)
         assert scored.returncode == 0, scored.stdout + scored.stderr
         done[mode] = json.loads(scored.stdout)
+        assert "scored 3,000 of 3,000 records (1/1 tasks)" in scored.stderr, scored.stderr  # Connect too
         if mode == "local":
             assert len(spark_connect.jobs()) == server_jobs  # local[*]: nothing ran on the server
     local, connect = done["local"], done["connect"]
@@ -69,7 +70,7 @@ def test_a_batch_run_through_spark_connect_gives_the_local_run_s_output(batch_st
     # Airflow's validate step (Spark column expressions) through Connect: the same counts as on local[*]
     counts = {}
     for mode, env in (("local", {}), ("connect", remote)):
-        validated = run(["batch", "validate", uris[mode]], env, timeout=300)
+        validated = run(["batch", "validate", uris[mode], "--json"], env, timeout=300)
         assert validated.returncode == 0, validated.stdout + validated.stderr
         counts[mode] = json.loads(validated.stdout)
     assert counts["connect"]["records"] == 3000 and counts["connect"]["bad"] == 12

@@ -56,7 +56,7 @@ def test_batch_run_in_a_terminal_shows_nimbus_output_only(batch_stack: Settings)
     write_records(batch_stack, uri, 500, bad_rows=2, seed=41)
     log = log_path(batch_stack)
     log.unlink(missing_ok=True)
-    done = nimbus(["batch", "run", uri, "--models", "churn-lr", "--sinks", "parquet"], timeout=300)
+    done = nimbus(["batch", "run", uri, "--models", "churn-lr", "--sinks", "parquet", "--json"], timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
     noise = [line for line in done.stderr.splitlines() if any(word in line for word in JVM_NOISE)]

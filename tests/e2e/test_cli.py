@@ -86,7 +86,7 @@ def test_an_unknown_service_is_a_one_line_error(own_stack: dict[str, str]) -> No
 
 
 def test_invoke_runs_the_health_function_with_a_cloud_event(clean_stack) -> None:
-    done = run(["invoke", "health", "--event", "tests/data/events/apigw_v2_health.json"], {})
+    done = run(["invoke", "health", "--event", "tests/data/events/apigw_v2_health.json", "--json"], {})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "ok"
@@ -94,7 +94,7 @@ def test_invoke_runs_the_health_function_with_a_cloud_event(clean_stack) -> None
 
 def test_invoke_reads_the_event_from_stdin(clean_stack) -> None:
     event = (ROOT / "tests/data/events/apigw_v2_health.json").read_text()
-    done = run(["invoke", "health", "--event", "-"], {}, stdin=event)
+    done = run(["invoke", "health", "--event", "-", "--json"], {}, stdin=event)
     assert done.returncode == 0 and json.loads(done.stdout)["statusCode"] == 200
 
 
@@ -135,3 +135,47 @@ def test_demo_shows_the_three_jobs_and_brings_the_stack_down(own_stack: dict[str
         assert noise not in done.stdout + done.stderr
     assert "stopped: redis, mongodb, s3" in done.stdout
     assert pids_of(Path(own_stack["NIMBUS_HOME"])) == []
+
+
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_command_prints_a_table_or_summary_by_default_and_the_same_facts_with_json(clean_stack,
+                                                                                         tmp_path: Path) -> None:
+    """As a user runs them, each its own process: the default output is for people (a table or one line,
+    not JSON); ``--json`` is the whole result, alone on stdout, and says what the table said."""
+    records = str(tmp_path / "churn.parquet")
+    commands = {
+        "health": ["health"],
+        "generate": ["batch", "generate", records, "--rows", "300", "--bad-rows", "3"],
+        "traffic": ["monitor", "traffic", "--window", "60"],
+        "jobs": ["automl", "list"],
+        "key": ["keys", "new", "ops-test", "--scope", "read"],
+    }
+    shown = {name: run(args) for name, args in commands.items()}
+    parsed = {}
+    for name, args in commands.items():
+        done = run([*args, "--json"])
+        assert done.returncode == 0 and shown[name].returncode == 0, (name, done.stderr, shown[name].stderr)
+        assert not is_json(shown[name].stdout), (name, shown[name].stdout)
+        parsed[name] = json.loads(done.stdout)  # nothing but the JSON document on stdout
+
+    health = parsed["health"]
+    assert health["status"] == "ok" and "nimbus health: ok" in shown["health"].stdout
+    for store in health["stores"]:
+        assert store["store"] in shown["health"].stdout and store["url"] in shown["health"].stdout
+    assert (parsed["generate"]["records"], parsed["generate"]["bad_records"]) == (300, 3)
+    assert shown["generate"].stdout.strip() == f"300 records (3 planted bad) -> {parsed['generate']['where']}"
+    assert parsed["traffic"]["window_s"] == 60 and "last 60 s" in shown["traffic"].stdout
+    for function in parsed["traffic"]["functions"]:
+        assert function in shown["traffic"].stdout
+    assert parsed["jobs"]["total"] == 0 and "AutoML jobs" in shown["jobs"].stdout
+    key = parsed["key"]  # a new key each time; the same shape
+    assert key["name"] == "ops-test" and key["scopes"] == ["read"] and key["entry"].startswith("ops-test:read:")
+    assert shown["key"].stdout.startswith("key: nk_") and "entry: ops-test:read:" in shown["key"].stdout
+    assert "NIMBUS_API_KEYS" in shown["key"].stderr and "NIMBUS_API_KEYS" not in shown["key"].stdout

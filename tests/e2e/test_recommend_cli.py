@@ -59,7 +59,7 @@ def test_training_on_a_missing_file_is_a_one_line_error(clean_stack, tmp_path: P
 
 def test_the_features_function_runs_on_its_schedule_event(clean_stack, recommender_models: dict) -> None:
     write_dataset(recommender_models["dataset"], clean_stack)
-    done = run(["invoke", "features", "--event", "tests/data/events/eventbridge_scheduled.json"], {})
+    done = run(["invoke", "features", "--event", "tests/data/events/eventbridge_scheduled.json", "--json"], {})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["users"] == recommender_models["dataset"].interactions["user_id"].nunique()
@@ -77,7 +77,7 @@ def test_the_recommend_handler_answers_an_api_gateway_event(live_recommender: di
     event.update(rawPath=f"/recommendations/{user}", rawQueryString="k=4", routeKey="GET /recommendations/{user_id}",
                  pathParameters={"user_id": user}, queryStringParameters={"k": "4"})
     event["requestContext"].update(http={**event["requestContext"]["http"], "path": f"/recommendations/{user}"})
-    done = run(["invoke", "recommend", "--data", json.dumps(event)], {})
+    done = run(["invoke", "recommend", "--data", json.dumps(event), "--json"], {})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["statusCode"] == 200 and len(json.loads(answer["body"])["items"]) == 4

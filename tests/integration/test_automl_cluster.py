@@ -45,7 +45,7 @@ def test_a_job_runs_on_a_two_node_cluster_by_setting_the_address_only(
     done = subprocess.run([sys.executable, "-m", "nimbus.cli", "automl", "run", str(dataset), "--target", "target",
                            "--budget", "60"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    job_id = re.search(r"job ([0-9a-f]{12})", done.stdout).group(1)
+    job_id = re.search(r"job ([0-9a-f]{12}):", done.stderr).group(1)  # the submission, on stderr
 
     job = DocumentStore.for_settings(clean_stack).collection(Collections.AUTOML_JOBS).find_one({"_id": job_id})
     assert job["status"] == "succeeded", job.get("error")

@@ -77,7 +77,7 @@ def test_a_planted_price_shift_is_flagged_by_the_scheduled_monitor(live_recommen
     samples = serve_half_the_users(live_recommender, seed=2)
 
     # an alert webhook that is down: the monitor still answers, and the drift alert waits for it
-    done = run(["invoke", "monitor", "--event", SCHEDULE_EVENT],
+    done = run(["invoke", "monitor", "--event", SCHEDULE_EVENT, "--json"],
                {"NIMBUS_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook"})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)

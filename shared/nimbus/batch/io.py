@@ -134,6 +134,7 @@ class Split:
     uri: str
     row_groups: tuple[int, ...] | None  # None: the whole file (CSV)
     index: int
+    rows: int | None = None  # known before reading for Parquet (its metadata); None for CSV
 
 
 def list_inputs(fs_config: FsConfig, uri: str) -> list[InputFile]:
@@ -232,10 +233,10 @@ def plan_splits(fs_config: FsConfig, files: list[InputFile], rows_per_split: int
             group.append(g)
             rows += meta.row_group(g).num_rows
             if rows >= rows_per_split:
-                splits.append(Split(file.uri, tuple(group), len(splits)))
+                splits.append(Split(file.uri, tuple(group), len(splits), rows))
                 group, rows = [], 0
         if group:
-            splits.append(Split(file.uri, tuple(group), len(splits)))
+            splits.append(Split(file.uri, tuple(group), len(splits), rows))
     return splits
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nimbus import audit, logs, tracing
 from nimbus.batch.io import (
@@ -53,7 +53,11 @@ from nimbus.stores._base import redact
 from nimbus.stores.documents import Collections, DocumentStore, mongo_reason
 from nimbus.validation.schema import load_schema
 
+if TYPE_CHECKING:
+    from nimbus.batch.spark import OnProgress, TaskProgress
+
 RUN_KEY_LENGTH = 20  # hex digits of the input checksum that name a run
+PROGRESS_LOG_S = 5.0  # at most one progress log line this often while scoring (and one at the end)
 Progress = Callable[[str], None]
 
 
@@ -123,10 +127,14 @@ def mongo_lost(settings: Settings) -> Iterator[None]:
 class BatchJob:
     """The steps of one run; ``run`` chains them, the Airflow DAG calls them one by one."""
 
-    def __init__(self, settings: Settings, request: RunRequest, progress: Progress | None = None) -> None:
+    def __init__(self, settings: Settings, request: RunRequest, progress: Progress | None = None,
+                 on_progress: OnProgress | None = None) -> None:
+        """``progress``: each step, in words; ``on_progress``: how far the scoring job is while it runs
+        (records scored so far of the total, tasks done), for a caller to render."""
         self.settings = settings
         self.request = request
         self.say = progress or (lambda _m: None)
+        self.on_progress = on_progress
         self.fs = FsConfig.from_settings(settings)
         self.schema = load_schema(request.schema)
         self.runs = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS)
@@ -237,8 +245,11 @@ class BatchJob:
         fs, schema = self.fs, self.schema
 
         self.say(f"scoring {len(splits)} splits with {', '.join(f'{m.name} v{m.version}' for m in models)}")
+        rows = [s.rows for s in splits]
         parts = map_items(spark, splits, lambda items: score_splits(items, estimators, fs, schema, models, folders,
-                                                                       key, duplicates))
+                                                                       key, duplicates),
+                          size=lambda part: part["records"], total=None if None in rows else sum(rows),
+                          on_progress=self._scoring_progress(key))
         total = merge(parts)
         if total["records"] != total["scored"] + total["quarantined"]:
             raise NimbusError(f"counts do not reconcile: {total['records']} != {total['scored']} + "
@@ -255,6 +266,21 @@ class BatchJob:
             self.parquet.clear_staging(folders)
             raise
         return total
+
+    def _scoring_progress(self, key: str) -> OnProgress:
+        """The scoring job's progress to the caller's ``on_progress`` and, now and then, to a log line."""
+        logged = {"at": time.monotonic()}
+
+        def report(p: TaskProgress) -> None:
+            if self.on_progress is not None:
+                self.on_progress(p)
+            finished = p.tasks_done == p.tasks
+            if finished or time.monotonic() - logged["at"] >= PROGRESS_LOG_S:
+                logged["at"] = time.monotonic()
+                logs.step_progress("batch", key, "score", records=p.done, records_total=p.total,
+                                   tasks_done=p.tasks_done, tasks=p.tasks)
+
+        return report
 
     # -- step 4: MongoDB from the staged parts, then commit Parquet --
     def write(self, key: str) -> dict[str, Any]:
@@ -374,5 +400,6 @@ def _counts(step_result: Any) -> dict[str, int]:
     return out
 
 
-def run_batch(settings: Settings, request: RunRequest, progress: Progress | None = None) -> RunResult:
-    return BatchJob(settings, request, progress).run()
+def run_batch(settings: Settings, request: RunRequest, progress: Progress | None = None,
+              on_progress: OnProgress | None = None) -> RunResult:
+    return BatchJob(settings, request, progress, on_progress).run()
