@@ -411,6 +411,20 @@ class TrackedRun:
                                             **(version_tags or {})})
 
 
+    def log_pyfunc(self, python_model: Any, example: Any, output: Any, registered_name: str, *, name: str = "model",
+                   version_tags: Mapping[str, str] | None = None) -> str:
+        """Log an ``mlflow.pyfunc.PythonModel`` with its signature and register it as a new version of
+        ``registered_name`` (a model of no scikit-learn flavour: served and scored through pyfunc)."""
+        import mlflow.pyfunc
+        from mlflow.models import infer_signature
+
+        info = mlflow.pyfunc.log_model(name=name, python_model=python_model, input_example=example,
+                                       signature=infer_signature(example, output),
+                                       pip_requirements=[f"mlflow=={mlflow.__version__}"])
+        return self.registry.register(registered_name, info.model_uri, self.run_id, info.model_id,
+                                      tags=dict(version_tags or {}))
+
+
 def trusted_types(model: Any) -> list[str] | None:
     """The types skops asks us to vouch for when MLflow saves ``model`` (we built these models ourselves)."""
     try:
