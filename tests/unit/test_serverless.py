@@ -222,4 +222,5 @@ def test_no_flush_thread_starts_on_lambda(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_predict_function_serves_any_model_on_its_routes() -> None:
     predict = load_project(ROOT).function("predict")
     assert predict.handler == "functions/predict/handler.handler"
-    assert [(r.method, r.path) for r in predict.http] == [("POST", "/predict/{model}"), ("GET", "/predict/health")]
+    assert [(r.method, r.path) for r in predict.http] == [("POST", "/predict/{model}"), ("GET", "/predict/health"),
+                                                           ("GET", "/predict/metrics")]

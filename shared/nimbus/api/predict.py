@@ -127,7 +127,8 @@ def build_router(service: PredictService) -> APIRouter:
 
     @router.post(
         "/{model}", response_model=PredictionsPublic, openapi_extra=BODY_DOC,
-        responses={404: {"description": "No such model, alias or version."},
+        responses={400: {"description": "Both ?alias= and ?version= were given."},
+                   404: {"description": "No such model, alias or version."},
                    409: {"description": "The version cannot be served: no audited promotion vouches for it, it has "
                                         "no signature, or it fails on its own input example."},
                    422: {"description": f"A record lacks a column, has one the model does not take, or a value "
