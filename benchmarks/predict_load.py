@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from recommend_load import load, serve, stop  # noqa: E402 - the load generator and servers, shared
+from recommend_load import load, serve, stop, wait_http  # noqa: E402 - the load generator and servers, shared
 
 from nimbus.config import Settings  # noqa: E402
 from nimbus.local.stack import LocalStack, free_port  # noqa: E402
@@ -48,14 +48,14 @@ KEY = "nimbus-local-key"
 def register(settings: Settings) -> tuple[dict[str, str], dict]:
     """bench-lr (a logistic pipeline) and bench-hgb (an AutoML-registered HistGradientBoosting with its
     checked ONNX export), promoted; name -> version, and one record of their inputs."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     from nimbus import governance
-    from nimbus.automl.export import to_onnx
+    from nimbus.automl.export import winner_to_onnx
     from nimbus.automl.profile import Profile
+    from nimbus.automl.space import pipeline
     from nimbus.automl.tracking import register_winner
     from nimbus.batch.examples import FEATURES, make_records
     from nimbus.stores.registry import Registry
@@ -67,13 +67,16 @@ def register(settings: Settings) -> tuple[dict[str, str], dict]:
     with Registry.for_settings(settings).tracked_run("nimbus-predict-bench", "bench-lr") as run:
         versions["bench-lr"] = run.log_sklearn(lr, x.head(5), lr.predict_proba(x.head(5))[:, 1], "bench-lr",
                                                predict_fn="predict_proba")
-    hgb = Pipeline([("model", HistGradientBoostingClassifier(max_iter=100, random_state=0))]).fit(x, y)
+    # AutoML's own pipeline (its preprocessing + HistGradientBoosting), export (checked) and registration
     profile = Profile("classification", len(x), numeric=list(FEATURES), classes=2)
-    onnx = to_onnx(hgb, profile, x.iloc[:2000])
+    params = {"algorithm": "hist_gb", "learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+              "l2_regularization": 1e-3, "max_features": 1.0}
+    hgb = pipeline(params, profile).fit(x, y)
+    onnx = winner_to_onnx(hgb, "hist_gb", profile, x.iloc[:2000], seconds=300)
     if onnx.model is None:
         raise SystemExit(f"the ONNX export did not match: {onnx.error}")
     versions["bench-hgb"], _ = register_winner(
-        settings, "bench-job", "bench-hgb", {"params": {"algorithm": "hist_gradient_boosting"}}, hgb, x,
+        settings, "bench-job", "bench-hgb", {"params": params}, hgb, x,
         {"metric": "roc_auc", "value": 0.0, "ci95": [0.0, 0.0]}, {"bench": True}, onnx.model)
     for name, version in versions.items():
         governance.promote(settings, name, version, reason="benchmark")
@@ -167,13 +170,23 @@ def main() -> None:
                              predict_env, f"http://127.0.0.1:{predict_port}/openapi.json"))
         servers.append(serve([*uvicorn, "--app-dir", str(ROOT / "benchmarks"), "hello_app:app", "--port",
                               str(hello_port)], env, f"http://127.0.0.1:{hello_port}/hello"))
-        mlflow_env = {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MLFLOW_REGISTRY_URI": settings.registry_uri}
+        mlflow_env = {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MLFLOW_REGISTRY_URI": settings.registry_uri,
+                      "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}  # it runs `uvicorn` by name
         mlflow_ports = {}
         for name, version in versions.items():
             mlflow_ports[name] = free_port()
-            servers.append(serve([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}",
-                                  "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_ports[name]),
-                                  "-w", str(args.workers)], mlflow_env, f"http://127.0.0.1:{mlflow_ports[name]}/ping"))
+            log = home / f"mlflow-serve-{name}.log"
+            with log.open("w") as sink:
+                servers.append(subprocess.Popen(
+                    [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}",
+                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_ports[name]),
+                     "-w", str(args.workers)], env=mlflow_env, cwd=home, stdout=sink, stderr=sink,
+                    start_new_session=True))
+            try:
+                wait_http(f"http://127.0.0.1:{mlflow_ports[name]}/ping", timeout_s=180)
+            except SystemExit:
+                print(log.read_text()[-3000:], file=sys.stderr)
+                raise
         forms = {}
         for name in versions:  # every worker warm, and the answers shown once
             for _ in range(50):
