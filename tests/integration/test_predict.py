@@ -12,13 +12,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from nimbus import governance
 from nimbus.api.predict import create_predict_app
 from nimbus.batch.examples import FEATURES, make_records
 from nimbus.batch.job import RunRequest, run_batch
-from nimbus.config import Settings
+from nimbus.config import Settings, get_settings
 from nimbus.stores.registry import Registry
 from tests.integration.test_batch import drop, results_table
 
@@ -234,3 +235,31 @@ def test_an_alias_moved_under_concurrent_requests_swaps_without_an_error(client:
     assert {"model": "pred-swap", "at": "champion", "version": two, "kind": "classifier",
             "form": "folded-linear"} in health["models"]
     assert health["swaps"] >= 1 and health["last_error"] is None
+
+
+def test_the_fast_path_answers_as_the_fastapi_route_does(client: TestClient, stack: Settings) -> None:
+    from nimbus.apikeys import ApiKey
+
+    body = records(churn_frame(3, seed=20))
+    fast = post(client, "churn-hgb", body, "?alias=champion")
+    assert client.app.state.service.models.state  # loaded: the next answer comes from the fast path
+    fast_again = post(client, "churn-hgb", body, "?alias=champion")
+    (events_key, stored) = ApiKey.create("events-holder", ["events"])
+    keyed = stack.model_copy(update={"api_keys": [*stack.api_keys, stored]})
+
+    def app(**options: bool) -> FastAPI:  # the keys are the settings' of the route's dependency, as in test_auth
+        built = create_predict_app(keyed, **options)
+        built.dependency_overrides[get_settings] = lambda: keyed
+        return built
+
+    with TestClient(app(fast_path=False)) as plain:
+        routed = post(plain, "churn-hgb", body, "?alias=champion")
+        assert plain.post("/predict/churn-hgb", json=body, headers={"X-API-Key": events_key}).status_code == 403
+    with TestClient(app()) as other:
+        post(other, "churn-hgb", body)  # loaded
+        assert other.post("/predict/churn-hgb", json=body, headers={"X-API-Key": events_key}).status_code == 403
+        assert other.post("/predict/churn-hgb", json=body, headers={"X-API-Key": "nope"}).status_code == 401
+        assert other.post("/predict/churn-hgb?alias=champion&k=1", json=body, headers=KEY).status_code == 400
+    for answer in (fast, fast_again, routed):
+        answer.pop("request_id")
+    assert fast == fast_again == routed
