@@ -263,3 +263,23 @@ def test_the_fast_path_answers_as_the_fastapi_route_does(client: TestClient, sta
     for answer in (fast, fast_again, routed):
         answer.pop("request_id")
     assert fast == fast_again == routed
+
+
+def test_predict_answers_through_the_local_gateway(stack: Settings, churn_models: dict[str, str]) -> None:
+    """The route of serverless.yml, as `nimbus local serve` serves it (an API Gateway v2 event to the handler)."""
+    import httpx
+
+    from nimbus.local.gateway import Gateway, GatewayOptions, serving
+    from nimbus.local.serverless import load_project
+    from tests.conftest import ROOT
+
+    gateway = Gateway(load_project(ROOT), stack, GatewayOptions(schedules=False, watch=False))
+    body = records(churn_frame(2, seed=21))
+    with serving(gateway.app) as url:
+        answer = httpx.post(f"{url}/predict/churn-lr?alias=champion", json=body, headers=KEY, timeout=60)
+        bad = httpx.post(f"{url}/predict/churn-lr", json=[{**body[0], "f3": "x"}], headers=KEY, timeout=60)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert (data["model"], data["version"], data["alias"]) == ("churn-lr", churn_models["churn-lr"], "champion")
+    assert data["request_id"] == answer.headers["x-request-id"] and len(data["predictions"]) == 2
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", 0, "f3"]
