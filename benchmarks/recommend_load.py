@@ -60,12 +60,15 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
     raise SystemExit(f"{url} did not answer in {timeout_s} s")
 
 
-def load(urls: list[str], rate: int | None, seconds: float, connections: int = 20) -> dict[str, float]:
-    """Run one hey per URL at once (rate split evenly); merge their per-request latencies."""
+def load(urls: list[str], rate: int | None, seconds: float, connections: int = 20,
+         options: tuple[str, ...] = ()) -> dict[str, float]:
+    """Run one hey per URL at once (rate split evenly); merge their per-request latencies.
+
+    ``options``: more hey flags (a POST: ``-m POST -D body.json -T application/json -H ...``)."""
     per = max(1, connections // len(urls))
     procs = []
     for url in urls:
-        cmd = ["hey", "-z", f"{seconds}s", "-c", str(per), "-o", "csv", "-t", "5"]
+        cmd = ["hey", "-z", f"{seconds}s", "-c", str(per), "-o", "csv", "-t", "5", *options]
         if rate:
             cmd += ["-q", str(max(1, round(rate / len(urls) / per)))]
         procs.append(subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))

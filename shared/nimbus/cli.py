@@ -589,6 +589,7 @@ def _governance():
     """Governance with every domain hook registered (the recommender publishes what is promoted)."""
     from nimbus import governance
     from nimbus.recommend import models as _recommender  # noqa: F401 - registers its hook
+    from nimbus.serving import hooks as _serving  # noqa: F401 - registers its hook: predict processes hear moves
 
     return governance
 

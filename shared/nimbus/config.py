@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     catalogue_key: str = Field(default="logs/catalogue.parquet", description="Item catalogue in the data bucket.")
     batch_models: str = Field(default="churn-lr@champion,churn-hgb@champion",
                               description="Models a dropped file is scored with: name@alias or name@version, comma-separated.")
+    predict_max_records: int = Field(default=1000, ge=1, description="Most records one POST /predict/{model} "
+                                                                     "may carry (more: 422).")
+    predict_poll_s: float = Field(default=5.0, gt=0, description="How often a predict process re-reads the "
+                                  "registry aliases it serves (a missed announcement is seen within this).")
+    predict_preload: str = Field(default="", description="Models a predict process loads at start, before its "
+                                 "first request: name@alias or name@version, comma-separated.")
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
     batch_max_decompressed_mb: float = Field(

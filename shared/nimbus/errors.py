@@ -1,7 +1,7 @@
 """The errors Nimbus raises on purpose: each carries a one-line message meant for a person.
 
 The CLI prints them without a traceback; HTTP functions turn them into 4xx/5xx answers, by
-the one table in ``nimbus.api.common`` (:data:`HTTP_STATUS`): InvalidInput 400, NotFound 404,
+the one table in ``nimbus.api.common`` (:data:`HTTP_STATUS`): Unprocessable 422, InvalidInput 400, NotFound 404,
 Conflict 409, StoreUnavailable 503, anything else 500.
 """
 
@@ -18,6 +18,15 @@ class ConfigError(NimbusError):
 
 class InvalidInput(NimbusError, ValueError):
     """A request names something wrong (an unknown category, a bad parameter): the caller's fault."""
+
+
+class Unprocessable(InvalidInput):
+    """A well-formed request whose content does not fit what it addresses (records against a model's
+    signature): HTTP 422. ``errors`` lists each problem as FastAPI does: ``{"loc", "msg", "type"}``."""
+
+    def __init__(self, errors: list[dict]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
 
 
 class NotFound(NimbusError):

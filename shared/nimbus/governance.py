@@ -4,7 +4,7 @@ Every alias move of every model goes through :func:`move_alias`: the CLI and API
 and rollback, a training run that promotes what it trained, an experiment's models. It
 checks the version, asks the model's hooks whether the version can serve, moves the MLflow
 alias, keeps the alias's history in a registered-model tag (so a rollback knows where to
-return), tells the hooks, and writes the audit record.
+return), writes the audit record and tells the hooks.
 
 Domain packages say what must happen when an alias of *their* model moves by registering
 an :class:`AliasHook` (the recommender publishes the version to Redis, where its serving
@@ -38,17 +38,18 @@ class AliasHook(Protocol):
 
 
 _hooks: dict[str, list[AliasHook]] = {}
+EVERY_MODEL = "*"  # register_hook(EVERY_MODEL, hook): the hook hears every model's moves
 
 
 def register_hook(model: str, hook: AliasHook) -> None:
-    """Call ``hook`` whenever an alias of ``model`` moves (once per hook object)."""
+    """Call ``hook`` whenever an alias of ``model`` (of any model: ``EVERY_MODEL``) moves (once per hook object)."""
     hooks = _hooks.setdefault(model, [])
     if hook not in hooks:
         hooks.append(hook)
 
 
 def hooks_of(model: str) -> list[AliasHook]:
-    return list(_hooks.get(model, ()))
+    return [*_hooks.get(model, ()), *(_hooks.get(EVERY_MODEL, ()) if model != EVERY_MODEL else ())]
 
 
 def _history(registry: Registry, name: str, alias: str) -> list[str]:
@@ -92,10 +93,12 @@ def move_alias(settings: Settings, name: str, alias: str, version: str, *, actio
             history.append(previous)
     registry.set_alias(name, alias, version)
     registry.set_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history[-HISTORY_KEEP:]))
+    # Recorded before the hooks run: a serving process they wake checks the trail for this very move.
+    record = audit.record(settings, action, f"model:{name}", "succeeded", who=who, models={name: version},
+                          details={"alias": alias, "from": previous, "to": version, "reason": reason})
     for hook in hooks_of(name):
         hook.moved(settings, name, alias, version)
-    return audit.record(settings, action, f"model:{name}", "succeeded", who=who, models={name: version},
-                        details={"alias": alias, "from": previous, "to": version, "reason": reason})
+    return record
 
 
 def promote(settings: Settings, name: str, version: str, alias: str = "champion", reason: str | None = None,

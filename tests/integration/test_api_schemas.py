@@ -23,6 +23,7 @@ from nimbus.api.events import create_events_app
 from nimbus.api.experiments import create_experiments_app
 from nimbus.api.health import create_health_app
 from nimbus.api.models import create_models_app
+from nimbus.api.predict import create_predict_app
 from nimbus.api.recommend import create_recommend_app
 from nimbus.config import Settings
 
@@ -38,6 +39,7 @@ APPS: dict[str, tuple[Callable[[Settings], FastAPI], str]] = {
     "events": (create_events_app, "/openapi.json"),
     "experiments": (create_experiments_app, "/openapi.json"),
     "models": (create_models_app, "/openapi.json"),
+    "predict": (create_predict_app, "/openapi.json"),
     "automl": (lambda s: create_automl_app(), "/openapi.json"),
     "dashboard": (lambda s: create_dashboard_app(), "/dashboard/openapi.json"),
 }

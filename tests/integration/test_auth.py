@@ -27,6 +27,7 @@ from nimbus.api.events import create_events_app
 from nimbus.api.experiments import create_experiments_app
 from nimbus.api.health import create_health_app
 from nimbus.api.models import create_models_app
+from nimbus.api.predict import create_predict_app
 from nimbus.api.recommend import create_recommend_app
 from nimbus.apikeys import LOCAL_KEY, ApiKey
 from nimbus.config import Settings, get_settings
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 APPS: dict[str, Callable[[Settings], FastAPI]] = {
     "health": lambda s: create_health_app(), "recommend": create_recommend_app, "events": create_events_app,
-    "experiments": create_experiments_app, "models": create_models_app, "automl": lambda s: create_automl_app(),
+    "experiments": create_experiments_app, "models": create_models_app, "predict": create_predict_app,
+    "automl": lambda s: create_automl_app(),
     "dashboard": lambda s: create_dashboard_app(),
 }
 # The routes anyone may call, by app (what PUBLIC means in practice; a new public route must be added here).

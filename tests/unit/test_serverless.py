@@ -217,3 +217,10 @@ def test_no_flush_thread_starts_on_lambda(monkeypatch: pytest.MonkeyPatch) -> No
     assert thread is not None and thread.name == "traffic-rollup"
     thread.join(30)
     assert ran.is_set()
+
+
+def test_the_predict_function_serves_any_model_on_its_routes() -> None:
+    predict = load_project(ROOT).function("predict")
+    assert predict.handler == "functions/predict/handler.handler"
+    assert [(r.method, r.path) for r in predict.http] == [("POST", "/predict/{model}"), ("GET", "/predict/health"),
+                                                           ("GET", "/predict/metrics")]

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nimbus import __version__, buffers, logs, tracing
 from nimbus.config import Settings, get_settings
-from nimbus.errors import ConfigError, Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
+from nimbus.errors import ConfigError, Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable, Unprocessable
 
 log = logging.getLogger("nimbus.api")
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -49,7 +49,7 @@ class Once(Generic[T]):
 
 # The error taxonomy (nimbus.errors) as HTTP, in one place; the first match wins.
 HTTP_STATUS: tuple[tuple[type[NimbusError], int], ...] = (
-    (InvalidInput, 400), (NotFound, 404), (Conflict, 409), (StoreUnavailable, 503))
+    (Unprocessable, 422), (InvalidInput, 400), (NotFound, 404), (Conflict, 409), (StoreUnavailable, 503))
 
 
 def status_for(exc: NimbusError) -> int:
@@ -167,6 +167,8 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
 
     @app.exception_handler(NimbusError)
     async def nimbus_error(request: Request, exc: NimbusError) -> JSONResponse:
+        if isinstance(exc, Unprocessable):  # FastAPI's own 422 shape: a list naming each field
+            return JSONResponse({"detail": exc.errors}, status_code=422)
         return JSONResponse({"detail": public_message(exc)}, status_code=status_for(exc))
 
     @app.exception_handler(pymongo.errors.ConnectionFailure)

@@ -43,6 +43,7 @@ class AuditPublic(BaseModel):
 def create_models_app(settings: Settings | None = None) -> FastAPI:
     from nimbus import audit, governance
     from nimbus.recommend import models as _recommender  # noqa: F401 - registers its hook: promoted = published
+    from nimbus.serving import hooks as _serving  # noqa: F401 - registers its hook: predict processes hear moves
 
     app = create_app("Nimbus models", "The model registry: list, promote, roll back (admin, audited).",
                      function="models", settings=settings)

@@ -1,12 +1,14 @@
 """Registry models for a batch run: ``name@alias`` or ``name@version`` -> a loaded model.
 
 The driver resolves each reference once (the run records the versions, so a rerun uses
-the same ones) and ships the fitted scikit-learn model to executors as bytes in a
-Spark broadcast: workers score with the estimator itself, without pyfunc's wrapping.
+the same ones), loads each with the serving loader (:func:`nimbus.serving.models.load`, what the
+``predict`` function uses) and ships it to executors as bytes in a Spark broadcast: workers score a
+scikit-learn model with the estimator itself, without pyfunc's wrapping, and any other flavour
+through ``mlflow.pyfunc``.
 
 Loading a model unpickles it, and unpickling runs code: batch loads only versions an audited
-promotion vouches for (:func:`check_trusted`). The audit trail (MongoDB) is the root of that
-trust, not MLflow's own aliases, which anyone who can reach the MLflow server can move.
+promotion vouches for (:func:`check_trusted`, the loader's own check). The audit trail (MongoDB)
+is the root of that trust, not MLflow's own aliases, which anyone who can reach the MLflow server can move.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nimbus import governance
 from nimbus.config import Settings
-from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.errors import InvalidInput, NotFound
+from nimbus.serving import models as serving
+from nimbus.serving.models import UntrustedModel
 from nimbus.stores.registry import Registry
+
+__all__ = ["ModelRef", "ResolvedModel", "UntrustedModel", "check_trusted", "describe", "parse_refs", "payloads",
+           "resolve"]
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(@(?P<at>[A-Za-z0-9_.\-]+))?$")
 
@@ -59,31 +65,9 @@ def parse_refs(text: str | list[str]) -> list[ModelRef]:
     return refs
 
 
-class UntrustedModel(Conflict):
-    """A registry version no audited promotion vouches for: batch will not unpickle it."""
-
-
 def check_trusted(settings: Settings, ref: ModelRef, version: str) -> None:
-    """Refuse a version no audited promotion vouches for.
-
-    ``name@alias``: the alias's last audited move must have put it on ``version`` (an alias moved
-    in MLflow directly, outside ``nimbus models promote``, is refused). ``name@version``: some
-    audited move must have put an alias on that version once."""
-    moves = governance.audited_moves(settings, ref.name)
-    if ref.at.isdigit():
-        if not any(str(m["to"]) == version for m in moves):
-            raise UntrustedModel(f"model {ref.label}: version {version} was never promoted through the audited "
-                                 f"path, so batch will not load it; promote it (`nimbus models promote {ref.name} "
-                                 f"{version}`, or with --alias) to score it")
-        return
-    last = [m for m in moves if m["alias"] == ref.at]
-    if not last or str(last[-1]["to"]) != version:
-        audited = f"its last audited move was to version {last[-1]['to']}" if last else \
-            "no audited move of it is on record"
-        raise UntrustedModel(f"model {ref.label}: the alias points at version {version} in MLflow, but {audited} "
-                             "(moved outside the audited path?), so batch will not load it; move it with "
-                             f"`nimbus models promote {ref.name} <version> --alias {ref.at}`, or score a version "
-                             f"an audited promotion vouched for ({ref.name}@<version>)")
+    """Refuse a version no audited promotion vouches for (the serving loader's own check)."""
+    serving.check_trusted(settings, ref.name, ref.at, version)
 
 
 def resolve(settings: Settings, refs: list[ModelRef]) -> list[ResolvedModel]:
@@ -103,23 +87,24 @@ def resolve(settings: Settings, refs: list[ModelRef]) -> list[ResolvedModel]:
 def describe(settings: Settings, name: str, version: str, run_id: str = "") -> ResolvedModel:
     """What scoring needs to know of a version: its input columns and whether it gives probabilities.
 
-    Read from the MLmodel file and the version's tags; only a model logged without saying its
-    kind (someone's plain ``mlflow.sklearn.log_model``) is loaded to ask it (and kept: it is scored next)."""
+    Read from the MLmodel file and the version's tags; only a scikit-learn model logged without saying
+    its kind (someone's plain ``mlflow.sklearn.log_model``) is loaded to ask it (and kept: it is scored
+    next). A model of any other flavour is scored through ``mlflow.pyfunc``: one number per row."""
     registry = Registry.for_settings(settings)
     info = registry.model_info(name, version)
     if info.inputs is None:
         raise InvalidInput(f"model {name} v{version} has no named input signature")
     if "sklearn" not in info.flavors:
-        raise InvalidInput(f"model {name} v{version} is not a scikit-learn model (flavours: "
-                           f"{', '.join(info.flavors) or 'none'})")
-    kind = info.kind or ("classifier" if hasattr(registry.load_sklearn(name, version), "predict_proba")
-                         else "regressor")
+        kind = "classifier" if info.kind == "classifier" else "regressor"
+    else:
+        kind = info.kind or ("classifier" if hasattr(registry.load_sklearn(name, version), "predict_proba")
+                             else "regressor")
     return ResolvedModel(name, version, run_id, info.inputs, kind)
 
 
 def payloads(settings: Settings, models: list[ResolvedModel]) -> dict[str, bytes]:
-    """name -> the pickled estimator, for a Spark broadcast."""
+    """name -> the model as the serving loader loads it (the estimator itself for scikit-learn, else
+    pyfunc), pickled for a Spark broadcast."""
     import cloudpickle
 
-    registry = Registry.for_settings(settings)
-    return {m.name: cloudpickle.dumps(registry.load_sklearn(m.name, m.version)) for m in models}
+    return {m.name: cloudpickle.dumps(serving.load(settings, m.name, m.version, light=False)) for m in models}

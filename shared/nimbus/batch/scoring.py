@@ -21,7 +21,7 @@ BINS = 20  # histogram bins of each model's scores
 def score_splits(splits: Iterable[Split], payloads: dict[str, bytes], fs_config: FsConfig, schema: RecordSchema,
                  models: list[ResolvedModel], folders: RunFolders, run_key: str,
                  duplicates: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
-    """One Spark partition: unpickle the broadcast estimators once, then score each split."""
+    """One Spark partition: unpickle the broadcast models once, then score each split."""
     import cloudpickle
 
     estimators = {name: cloudpickle.loads(blob) for name, blob in payloads.items()}
@@ -63,8 +63,7 @@ def score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models:
         for model in models:
             x = np.column_stack([verdict.typed[c].to_numpy(zero_copy_only=False)[idx] for c in model.inputs])
             frame = pd.DataFrame(x, columns=list(model.inputs))
-            est = estimators[model.name]
-            s = est.predict_proba(frame)[:, -1] if model.kind == "classifier" else est.predict(frame)
+            s = estimators[model.name].score(frame)  # a ServedModel (nimbus.serving.models)
             scores[model.name] = np.asarray(s, dtype=np.float64)
             columns[f"score__{model.name}"] = pa.array(scores[model.name])
             columns[f"version__{model.name}"] = pa.DictionaryArray.from_arrays(

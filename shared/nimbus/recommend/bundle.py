@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nimbus.recommend.ranking import FEATURES
+from nimbus.serving.forms import fold_linear
 
 MODEL_NAME = "nimbus-recommender"
 
@@ -33,11 +34,11 @@ class ModelBundle:
     @classmethod
     def from_pipeline(cls, pipeline: Any, popular: list[str], meta: dict[str, Any]) -> ModelBundle:
         """Fold a fitted StandardScaler + LogisticRegression pipeline into weights and a bias."""
-        scaler, model = pipeline[0], pipeline[-1]
-        coef = model.coef_.ravel().astype(np.float64)
-        weights = coef / scaler.scale_
-        bias = float(model.intercept_[0] - np.sum(coef * scaler.mean_ / scaler.scale_))
-        return cls(weights.astype(np.float32), bias, FEATURES, popular, meta)
+        folded = fold_linear(pipeline)  # the fold the predict function serves linear models by, too
+        if folded is None or folded[0].shape[0] != 1:
+            raise ValueError(f"not a binary scaler + linear pipeline: {pipeline}")
+        coef, intercept = folded
+        return cls(coef[0].astype(np.float32), float(intercept[0]), FEATURES, popular, meta)
 
     def decision(self, x: np.ndarray) -> np.ndarray:
         return x @ self.weights + np.float32(self.bias)

@@ -6,7 +6,8 @@ load, validate, warm by scoring a request — and then swaps one reference. Requ
 flight keep the state they started with. A load that fails keeps the old state serving
 and is reported (``last_error``, logs, /health).
 
-The watcher polls Redis every ``poll_s`` and also listens on the pub/sub channels that
+The swap itself is the shared :class:`nimbus.swap.LiveView` (the ``predict`` function's registry
+models use it too); it polls Redis every ``poll_s`` and also listens on the pub/sub channels that
 ``promote`` and the feature refresh announce on, so a swap usually happens within
 milliseconds and at worst within one poll.
 """
@@ -14,7 +15,6 @@ milliseconds and at worst within one poll.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +24,7 @@ from nimbus.recommend.ranking import ItemTable, UserContext, score_inputs
 from nimbus.stores.redis.features import FeatureStore
 from nimbus.stores.redis.keys import FEATURES_TOPIC, MODEL_TOPIC
 from nimbus.stores.redis.live import LiveModelStore
-from nimbus.stores.redis.watcher import Watcher
+from nimbus.swap import LiveView
 
 log = logging.getLogger("nimbus.recommend.live")
 
@@ -55,76 +55,50 @@ def warm(items: ItemTable, bundle: ModelBundle | None) -> None:
             raise ValueError(f"model {bundle.version} gives non-finite scores")
 
 
-class LiveModels:
+class LiveModels(LiveView[LiveState]):
     """Keeps ``state`` in step with Redis: the current feature version and live model aliases."""
 
     def __init__(self, features: FeatureStore, models: LiveModelStore, model_name: str = MODEL_NAME,
                  with_models: bool = True, poll_s: float = 2.0) -> None:
+        super().__init__(LiveState(), features, (MODEL_TOPIC, FEATURES_TOPIC), poll_s, name="live", logger=log)
         self.features = features
         self.models = models
         self.model_name = model_name
         self.with_models = with_models
         self.poll_s = poll_s
-        self.state = LiveState()
-        self.last_error: str | None = None
-        self.swaps = 0
-        self._lock = threading.Lock()  # one refresh at a time; readers never take it
-        self._watcher = Watcher(features, (MODEL_TOPIC, FEATURES_TOPIC), self.refresh, poll_s, name="live")
 
-    # -- loading -----------------------------------------------------------------------
-    def refresh(self) -> bool:
-        """Load whatever changed in Redis; True when the state was swapped."""
-        with self._lock:
-            old = self.state
+    def build(self, old: LiveState) -> LiveState | None:
+        """What changed in Redis, loaded and warmed; None when this process already serves it."""
+        version = self.features.current_feature_version()
+        live = self.models.live(self.model_name) if self.with_models else {}
+        items = old.items
+        if version and (items is None or items.version != version):
+            blob = self.features.items_blob(version)
+            if blob is None:
+                raise ValueError(f"feature version {version} has no item table")
+            items = ItemTable.from_bytes(blob)
+        models = dict(old.models)
+        for alias, model_version in live.items():
+            if alias in models and models[alias].version == model_version:
+                continue
+            blob = self.models.get_model(self.model_name, model_version)
+            if blob is None:
+                raise ValueError(f"{self.model_name} version {model_version} is live but has no bundle")
             try:
-                version = self.features.current_feature_version()
-                live = self.models.live(self.model_name) if self.with_models else {}
-                items = old.items
-                if version and (items is None or items.version != version):
-                    blob = self.features.items_blob(version)
-                    if blob is None:
-                        raise ValueError(f"feature version {version} has no item table")
-                    items = ItemTable.from_bytes(blob)
-                models = dict(old.models)
-                for alias, model_version in live.items():
-                    if alias in models and models[alias].version == model_version:
-                        continue
-                    blob = self.models.get_model(self.model_name, model_version)
-                    if blob is None:
-                        raise ValueError(f"{self.model_name} version {model_version} is live but has no bundle")
-                    try:
-                        bundle = ModelBundle.from_bytes(blob)
-                    except Exception as exc:
-                        raise ValueError(f"{self.model_name} version {model_version}: unreadable bundle: {exc}") from exc
-                    bundle.version = model_version
-                    models[alias] = bundle
-                for alias in set(models) - set(live):
-                    del models[alias]
-                if items is old.items and models == old.models:
-                    self.last_error = None  # Redis and this process agree again
-                    return False
-                if items is not None:
-                    for bundle in models.values() or [None]:
-                        warm(items, bundle)
-            except Exception as exc:  # noqa: BLE001 - report and keep serving the old state
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("live refresh failed, still serving %s: %s", self.describe(old), self.last_error)
-                return False
-            self.state = LiveState(items, models)  # the swap: one reference
-            self.swaps += 1
-            self.last_error = None
-            log.info("now serving %s", self.describe(self.state))
-            return True
+                bundle = ModelBundle.from_bytes(blob)
+            except Exception as exc:
+                raise ValueError(f"{self.model_name} version {model_version}: unreadable bundle: {exc}") from exc
+            bundle.version = model_version
+            models[alias] = bundle
+        for alias in set(models) - set(live):
+            del models[alias]
+        if items is old.items and models == old.models:
+            return None  # Redis and this process agree
+        if items is not None:
+            for bundle in models.values() or [None]:
+                warm(items, bundle)
+        return LiveState(items, models)
 
-    @staticmethod
-    def describe(state: LiveState) -> str:
+    def describe(self, state: LiveState) -> str:
         models = ", ".join(f"{a}=v{b.version}" for a, b in sorted(state.models.items())) or "no model"
         return f"features {state.items.version if state.items else 'none'}, {models}"
-
-    # -- watching ----------------------------------------------------------------------
-    def start(self) -> None:
-        """Load now (synchronously, once) and watch in the background from then on."""
-        self._watcher.start()
-
-    def stop(self) -> None:
-        self._watcher.stop()

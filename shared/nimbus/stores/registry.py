@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -67,6 +68,8 @@ class ModelInfo:
     flavors: tuple[str, ...]
     predict_fn: str | None  # the pyfunc flavour's predict method (``predict_proba`` for classifiers so logged)
     kind: str | None  # classifier | regressor when the version says so (tag or predict_fn), else None
+    # The signature's input columns as (name, MLflow type, required): what a request must carry.
+    columns: tuple[tuple[str, str, bool], ...] = ()
 
 
 def check_name(name: str) -> str:
@@ -89,7 +92,7 @@ class Registry(PerProcess):
         self.registry_uri = registry_uri or tracking_uri
         self.timeout_s = timeout_s
         self._client: MlflowClient | None = None
-        self._loaded: dict[tuple[str, str], Any] = {}
+        self._loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._experiments: dict[str, str] = {}
 
     @classmethod
@@ -260,26 +263,53 @@ class Registry(PerProcess):
         tags = self.version(name, version).tags
         with self._model_files(name, version, "MLmodel") as path:
             meta = yaml.safe_load(path.read_text())
-        inputs = None
+        inputs, specs = None, ()
         signature = (meta.get("signature") or {}).get("inputs")
         if signature:
             columns = json.loads(signature) if isinstance(signature, str) else signature
-            names = tuple(str(c.get("name") or "") for c in columns if isinstance(c, dict))
+            named = [c for c in columns if isinstance(c, dict)]
+            names = tuple(str(c.get("name") or "") for c in named)
             inputs = names if names and all(names) else None
+            if inputs is not None:
+                specs = tuple((str(c["name"]), str(c.get("type") or "any"), bool(c.get("required", True)))
+                              for c in named)
         flavors = meta.get("flavors") or {}
         predict_fn = (flavors.get("python_function") or {}).get("predict_fn")
         kind = tags.get(KIND_TAG) or ("classifier" if predict_fn == "predict_proba" else None)
-        return ModelInfo(name, str(version), inputs, tuple(flavors), predict_fn, kind)
+        return ModelInfo(name, str(version), inputs, tuple(flavors), predict_fn, kind, specs)
 
     def load_sklearn(self, name: str, version: str) -> Any:
         """The fitted scikit-learn estimator of a version (cached: a version never changes)."""
-        key = (name, str(version))
-        if key not in self._loaded:
-            import mlflow.sklearn
+        return self.load_model(name, version, "sklearn")[0]
 
-            with self._model_files(name, version) as folder, self._calling(f"{name} v{version} has no scikit-learn "
-                                                                           "flavour"):
-                self._loaded[key] = mlflow.sklearn.load_model(str(folder))
+    def load_model(self, name: str, version: str, flavor: str = "sklearn") -> tuple[Any, Any]:
+        """A version loaded through ``flavor`` (``sklearn``: the estimator; ``pyfunc``: MLflow's generic
+        model) and the input example it was logged with (a DataFrame, or None). Cached per flavour.
+
+        A pyfunc model may read its files after loading, so its download is kept for the process's life."""
+        key = (name, str(version), flavor)
+        if key not in self._loaded:
+            from mlflow.models import Model
+
+            missing = f"{name} v{version} has no {'scikit-learn' if flavor == 'sklearn' else flavor} flavour"
+            if flavor == "pyfunc":
+                import mlflow.pyfunc
+
+                keep = Path(tempfile.mkdtemp(prefix="nimbus-pyfunc-"))
+                with self._model_files(name, version) as folder, self._calling(missing):
+                    local = keep / "model"
+                    shutil.copytree(folder, local)
+                    model = mlflow.pyfunc.load_model(str(local))
+                    example = _example(Model, local)
+            elif flavor == "sklearn":
+                import mlflow.sklearn
+
+                with self._model_files(name, version) as folder, self._calling(missing):
+                    model = mlflow.sklearn.load_model(str(folder))
+                    example = _example(Model, folder)
+            else:
+                raise InvalidInput(f"flavour {flavor!r}: sklearn or pyfunc")
+            self._loaded[key] = (model, example)
         return self._loaded[key]
 
     # ---- tracking -------------------------------------------------------------------------
@@ -381,6 +411,20 @@ class TrackedRun:
                                             **(version_tags or {})})
 
 
+    def log_pyfunc(self, python_model: Any, example: Any, output: Any, registered_name: str, *, name: str = "model",
+                   version_tags: Mapping[str, str] | None = None) -> str:
+        """Log an ``mlflow.pyfunc.PythonModel`` with its signature and register it as a new version of
+        ``registered_name`` (a model of no scikit-learn flavour: served and scored through pyfunc)."""
+        import mlflow.pyfunc
+        from mlflow.models import infer_signature
+
+        info = mlflow.pyfunc.log_model(name=name, python_model=python_model, input_example=example,
+                                       signature=infer_signature(example, output),
+                                       pip_requirements=[f"mlflow=={mlflow.__version__}"])
+        return self.registry.register(registered_name, info.model_uri, self.run_id, info.model_id,
+                                      tags=dict(version_tags or {}))
+
+
 def trusted_types(model: Any) -> list[str] | None:
     """The types skops asks us to vouch for when MLflow saves ``model`` (we built these models ourselves)."""
     try:
@@ -391,6 +435,14 @@ def trusted_types(model: Any) -> list[str] | None:
             sio.dump(model, path)
             return sio.get_untrusted_types(file=path) or None
     except Exception:  # noqa: BLE001 - no skops, or a model it cannot dump: MLflow then says why
+        return None
+
+
+def _example(model_class: Any, folder: Path) -> Any:
+    """The input example saved beside a model, or None (none logged, or unreadable)."""
+    try:
+        return model_class.load(str(folder)).load_input_example(str(folder))
+    except Exception:  # noqa: BLE001 - an example is a convenience (warming); its absence is no error
         return None
 
 

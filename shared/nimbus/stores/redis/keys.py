@@ -197,6 +197,7 @@ class Keys:
 
 # pub/sub topics (channel ``events:{topic}``): what changed, for every process that watches it
 FEATURES_TOPIC, MODEL_TOPIC, EXPERIMENTS_TOPIC = "features", "model", "experiments"
+REGISTRY_TOPIC = "registry"  # an alias of any registry model moved (the predict function's processes follow it)
 
 
 # ---- field formats -------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from nimbus.stores.redis.base import RedisStore
-from nimbus.stores.redis.keys import MODEL_TOPIC, Keys
+from nimbus.stores.redis.keys import MODEL_TOPIC, REGISTRY_TOPIC, Keys
 
 
 class LiveModelStore(RedisStore):
@@ -36,6 +36,10 @@ class LiveModelStore(RedisStore):
             pipe.ltrim(Keys.model_live_log(name), 0, keep_log - 1)
             pipe.execute()
         self.publish(MODEL_TOPIC, json.dumps({"model": name, "alias": alias, "version": version}))
+
+    def announce_alias(self, name: str, alias: str, version: str) -> None:
+        """Tell every process serving registry models (``predict``) that ``name@alias`` is now ``version``."""
+        self.publish(REGISTRY_TOPIC, json.dumps({"model": name, "alias": alias, "version": str(version)}))
 
     def live(self, name: str) -> dict[str, str]:
         with self.redis as r:
