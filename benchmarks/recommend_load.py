@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -83,6 +84,39 @@ def load(urls: list[str], rate: int | None, seconds: float, connections: int = 2
         return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
 
     return {"rps": n / seconds, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "errors": errors, "n": n}
+
+
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy (``pip install -e '.[dev]'``) on a server and its workers for ``seconds``: collapsed stacks to ``out``."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if spy is None:
+        return
+    subprocess.run([spy, "record", "--subprocesses", "--nonblocking", "-p", str(pid), "-d", str(int(seconds)),
+                    "-r", "250", "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
+
+
+def profile_summary(collapsed: Path, top: int = 15) -> str:
+    """The top functions of a py-spy collapsed profile: by own samples and by samples under them."""
+    own, under, total = Counter(), Counter(), 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")[1:]]
+        n = int(count)
+        total += n
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            under[frame] += n
+    if not total:
+        return "  (no samples: py-spy missing or not permitted)"
+    rows = [f"  {total:,} samples over the workers; own time:"]
+    rows += [f"  {100 * n / total:6.1f}%  {name}" for name, n in own.most_common(top)]
+    rows.append("  total time (the function and what it calls):")
+    rows += [f"  {100 * n / total:6.1f}%  {name}" for name, n in under.most_common(top)]
+    return "\n".join(rows)
 
 
 def serve(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
@@ -147,6 +181,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="after the levels, py-spy the recommend workers under maximum load and print the top")
     parser.add_argument("--cluster", action="store_true", help="also serve from a 3-master Redis Cluster, side by side")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -232,6 +268,17 @@ def main() -> None:
             print(f"at max: the Redis Cluster served {got['rec-cluster']['rps']:,.0f} requests/s, the single Redis "
                   f"{got['recommend']['rps']:,.0f}: {got['rec-cluster']['rps'] / got['recommend']['rps']:.2f}x "
                   "(goal >= 0.8x)")
+
+        if args.profile:
+            collapsed = home / "recommend.collapsed"
+            picks = [f"http://127.0.0.1:{rec_ports['recommend']}/recommendations/{u}?k=10"
+                     for u in users[:HEY_PROCESSES]]
+            spy = threading.Thread(target=profile, args=(servers[0].pid, args.seconds, collapsed))
+            spy.start()
+            load(picks, None, args.seconds, connections=32)
+            spy.join()
+            print(f"\nprofile of the recommend workers at maximum load ({args.seconds:g} s, py-spy):")
+            print(profile_summary(collapsed) if collapsed.exists() else "  (no profile: py-spy missing?)")
 
         runs = cold_start(env, args.cold_runs)
         print(f"\ncold start of the recommend handler over {len(runs)} new processes "
