@@ -86,6 +86,7 @@ def main() -> None:
         publish_features(FeatureStore.for_settings(settings), compute_features(dataset))
         register(train(dataset), settings, promote=True)
         app = create_recommend_app(settings)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the request lines are formatted, not kept
         paths = [f"/recommendations/u{n}" for n in range(1, args.users + 1)]
         loop = asyncio.new_event_loop()
         loop.run_until_complete(drive(app, paths, 500))  # warm: model, features, caches
@@ -104,6 +105,7 @@ def main() -> None:
             body = out.getvalue()
             print(f"\ntop by {key}:\n" + body[body.index("ncalls"):].rstrip())
     finally:
+        sys.stderr = sys.__stderr__
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
 

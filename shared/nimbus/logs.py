@@ -25,8 +25,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
+from types import MappingProxyType
 from typing import IO, Any
 
 import orjson
@@ -38,7 +39,8 @@ REQUESTS = logging.getLogger("nimbus.requests")
 JOBS = logging.getLogger("nimbus.jobs")
 _SECRET = re.compile(r"(?i)(api[_-]?key|authorization|password|secret|token|cookie|credential)")
 _handler: logging.Handler | None = None
-_bound: ContextVar[dict[str, Any]] = ContextVar("nimbus_log_fields", default={})  # never mutated: replaced
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+_bound: ContextVar[Mapping[str, Any]] = ContextVar("nimbus_log_fields", default=_NOTHING)  # replaced, never mutated
 # What a plain LogRecord carries (structlog's ExtraAdder copies every other attribute: the extras)
 _RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__)
 _UTC = datetime.UTC
@@ -138,12 +140,12 @@ def configure(settings: Settings, stream: IO[str] | None = None, force: bool = F
     _handler = handler
 
 
-def bind(**fields: Any) -> Token[dict[str, Any]]:
+def bind(**fields: Any) -> Token[Mapping[str, Any]]:
     """Fields on every line logged in this context (undo with :func:`unbind`)."""
     return _bound.set({**_bound.get(), **fields})
 
 
-def unbind(token: Token[dict[str, Any]]) -> None:
+def unbind(token: Token[Mapping[str, Any]]) -> None:
     _bound.reset(token)
 
 

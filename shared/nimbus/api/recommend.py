@@ -227,7 +227,8 @@ def create_recommend_app(settings: Settings | None = None, fast_path: bool = Tru
         service.close()
 
     app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024,
-                     lifespan=lifespan, function="recommend", settings=service.settings)
+                     lifespan=lifespan, function="recommend", settings=service.settings,
+                     mongo=False)  # Redis only: no pymongo at cold start
     app.state.service = service
     service.traffic = app.state.traffic
     app.include_router(build_router(app.state.service))

@@ -167,8 +167,8 @@ class Recommender:
             top, served_scores, x = cand[best], 1.0 / (1.0 + np.exp(-z[best])), x[best]
             strategy = "personalized"
         served = Served(
-            request_id, user_id, [str(i) for i in items.item_ids[top]], served_scores.tolist(),
-            [str(c) for c in items.categories[items.item_category[top]]], alias if bundle else "none",
+            request_id, user_id, items.item_ids[top].tolist(), served_scores.tolist(),  # object arrays of str
+            items.categories[items.item_category[top]].tolist(), alias if bundle else "none",
             bundle.version if bundle else None, items.version, strategy, False, x, *arm,
         )
         self._notify(served)
