@@ -56,3 +56,31 @@ def test_every_user_gets_the_reference_ranking(live_recommender: dict, served: R
             np.testing.assert_allclose(answer.scores, probs, rtol=1e-4, atol=1e-6)
             compared += 1
     assert compared == 3 * len(users) and len(users) >= 500
+
+
+def test_reads_batched_in_one_loop_turn_answer_as_one_by_one(live_recommender: dict, served: RecommendService) -> None:
+    import asyncio
+
+    from nimbus.stores.redis.keys import Keys
+
+    settings = live_recommender["settings"]
+    users = [str(u) for u in live_recommender["features"].user_ids[:120]]
+    bad = users[7]
+    FeatureStore.for_settings(settings).client.set(Keys.rt_user(bad), "not a hash")  # WRONGTYPE for this user only
+    recommender = served.recommender
+    one_by_one = {user: recommender.recommend(user, 10) for user in users}
+
+    async def together() -> list:
+        return await asyncio.gather(*(recommender.recommend_batched(user, 10) for user in users))
+
+    before = (recommender.batcher.batches, recommender.batcher.reads)
+    batched = asyncio.run(together())
+    assert recommender.batcher.reads - before[1] == len(users)
+    assert recommender.batcher.batches - before[0] == 1  # every read of that turn in one round trip
+    for user, answer in zip(users, batched):
+        alone = one_by_one[user]
+        assert (answer.items, answer.strategy, answer.degraded) == (alone.items, alone.strategy, alone.degraded)
+        np.testing.assert_allclose(answer.scores, alone.scores, rtol=1e-6)
+    assert one_by_one[bad].strategy == "fallback" and batched[7].strategy == "fallback"
+    assert {a.strategy for i, a in enumerate(batched) if i != 7} == {"personalized"}
+    assert recommender.breaker.allow()  # bad data under one user's keys is not an outage

@@ -154,7 +154,8 @@ class FastPath:
             if params is not None and not any(n in (b"content-length", b"transfer-encoding")
                                               for n, _ in scope["headers"]):
                 try:
-                    body = self.service.recommender.recommend(scope["path"][len(PREFIX):], *params).to_json()
+                    served = await self.service.recommender.recommend_batched(scope["path"][len(PREFIX):], *params)
+                    body = served.to_json()
                 except InvalidInput:
                     pass  # e.g. an unknown category: FastAPI words the 400
                 except BaseException:

@@ -160,6 +160,44 @@ class RedisStore(PerProcess):
                 return pipe.execute()
         return self._packed(client.connection_pool, commands)
 
+    def command_groups(self, groups: list[tuple[list[tuple], str]]) -> list[list | StoreDataError]:
+        """:meth:`same_slot_commands` for many groups at once: on one Redis one write and one read
+        for all of them (the request path's batched reads); on a cluster, group by group (each
+        group's keys share a slot; the groups do not). A group with an error reply about its data
+        gets a StoreDataError in its place, the others their replies; an outage raises (call it
+        inside ``with self.redis``)."""
+        if self.cluster:
+            out: list[list | StoreDataError] = []
+            for commands, slot_key in groups:
+                try:
+                    with self.redis:
+                        out.append(self.same_slot_commands(commands, slot_key))
+                except StoreDataError as exc:
+                    out.append(exc)
+            return out
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            flat = [command for commands, _ in groups for command in commands]
+            conn.send_packed_command([resp(flat)] if _plain(flat) else conn.pack_commands(flat))
+            out = []
+            for commands, _ in groups:
+                replies, error = [], None
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # read whole: the next reply follows it
+                        if isinstance(exc, _OUTAGES):
+                            raise
+                        error = error or exc
+                out.append(replies if error is None else StoreDataError(self.name, redact(self.url), str(error)))
+            return out
+        except BaseException:
+            conn.disconnect()  # a half-read connection must not go back to the pool
+            raise
+        finally:
+            pool.release(conn)
+
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """GET of each key: one MGET on one Redis; on a cluster, one MGET per slot (keys of many
         users spread over the slots), redis-py's ``mget_nonatomic``."""
