@@ -37,6 +37,9 @@ def scope(path: str, query: bytes) -> dict:
             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
 
 
+DEGRADED = [0]  # answers served degraded (Redis slow or down: the breaker's fallback), over every drive
+
+
 async def drive(app, paths: list[str], n: int, query: bytes = b"k=10") -> float:
     sent: list[dict] = []
 
@@ -51,6 +54,7 @@ async def drive(app, paths: list[str], n: int, query: bytes = b"k=10") -> float:
         await app(scope(paths[i % len(paths)], query), receive, send)
         if sent[0]["status"] != 200:
             raise SystemExit(f"{paths[i % len(paths)]}: HTTP {sent[0]['status']}")
+        DEGRADED[0] += b'"degraded":true' in sent[-1].get("body", b"")
         sent.clear()
     return (time.perf_counter() - start) / n * 1e6
 
@@ -94,7 +98,7 @@ def main() -> None:
         rec_us = loop.run_until_complete(drive(app, paths, args.n))
         hello_us = loop.run_until_complete(drive(hello, ["/hello"], args.n))
         print(f"in-process, {args.n:,} requests over {len(paths):,} users: recommend {rec_us:.0f} us/request, "
-              f"hello-world {hello_us:.0f} us/request ({rec_us / hello_us:.1f}x)")
+              f"hello-world {hello_us:.0f} us/request ({rec_us / hello_us:.1f}x); degraded answers: {DEGRADED[0]}")
         profiler = cProfile.Profile()
         profiler.enable()
         loop.run_until_complete(drive(app, paths, args.n))
