@@ -6,14 +6,20 @@ Starts its own Redis and MongoDB (loopback, free ports) and a SQLite MLflow in a
 generates a synthetic log (5,000 users, 2,000 items), computes and publishes features,
 trains, registers and promotes a ranker, then serves it with `nimbus recommend serve`
 (uvicorn, 2 workers) next to a FastAPI hello-world served the same way. `hey` (Debian
-package `hey`) drives a steady request rate at each level — four hey processes, each on
-another user, their per-request latencies merged — and the figures are printed side by
+package `hey`) drives a steady request rate at each level — eight hey processes, each on
+another user (other users at each level), their per-request latencies merged — and the figures are printed side by
 side so the ratio to the hello-world is visible. Then it measures cold start (a new
 process: import the `recommend` handler, load the model and features, answer one
 request) and prints the offline quality figures.
 
-Goals (issue 3): at 1,000 requests/s p99 <= 10 ms with no errors; the highest level
-sustained with p99 <= 50 ms >= 4,000 requests/s; cold start <= 1.0 s.
+``--profile`` then runs py-spy (``pip install -e '.[dev]'``) on the recommend workers under maximum
+load and prints the top functions; the cold start is printed next to a bare
+``python -c "import fastapi, redis, numpy"`` measured in the same run, with the ratio.
+
+Goals (issue 16): at max, recommend >= 0.5x the hello-world's rate; at 1,000/s its p99 <= 2x the
+hello-world's, no errors; cold start <= 1.5x the bare process. Goals (issue 3): at 1,000 requests/s
+p99 <= 10 ms with no errors; the highest level sustained with p99 <= 50 ms >= 4,000 requests/s;
+cold start <= 1.0 s.
 
 ``--cluster`` also starts a 3-master Redis Cluster on loopback (nimbus.local.redis_cluster),
 publishes the same features and model there, serves a second `nimbus recommend serve` pointed at
@@ -34,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -45,7 +52,7 @@ sys.path.insert(0, str(ROOT / "shared"))
 from nimbus.config import Settings  # noqa: E402
 from nimbus.local.stack import LocalStack, free_port  # noqa: E402
 
-HEY_PROCESSES = 4
+HEY_PROCESSES = 8  # each on another user (hey takes one URL): 8 users per level, others at the next
 
 
 def wait_http(url: str, timeout_s: float = 60) -> None:
@@ -88,6 +95,39 @@ def load(urls: list[str], rate: int | None, seconds: float, connections: int = 2
     return {"rps": n / seconds, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "errors": errors, "n": n}
 
 
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy (``pip install -e '.[dev]'``) on a server and its workers for ``seconds``: collapsed stacks to ``out``."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if spy is None:
+        return
+    subprocess.run([spy, "record", "--subprocesses", "--nonblocking", "-p", str(pid), "-d", str(int(seconds)),
+                    "-r", "250", "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
+
+
+def profile_summary(collapsed: Path, top: int = 15) -> str:
+    """The top functions of a py-spy collapsed profile: by own samples and by samples under them."""
+    own, under, total = Counter(), Counter(), 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")[1:]]
+        n = int(count)
+        total += n
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            under[frame] += n
+    if not total:
+        return "  (no samples: py-spy missing or not permitted)"
+    rows = [f"  {total:,} samples over the workers; own time:"]
+    rows += [f"  {100 * n / total:6.1f}%  {name}" for name, n in own.most_common(top)]
+    rows.append("  total time (the function and what it calls):")
+    rows += [f"  {100 * n / total:6.1f}%  {name}" for name, n in under.most_common(top)]
+    return "\n".join(rows)
+
+
 def serve(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -103,6 +143,7 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, 9)
 
 
+BARE_IMPORTS = "import fastapi, redis, numpy"
 COLD_START_PROBE = r"""
 import json, time
 t0 = time.perf_counter()
@@ -133,13 +174,16 @@ def cold_start(env: dict[str, str], runs: int) -> list[dict]:
     probe = f"EVENT = {json.dumps(json.dumps(event))}\n{COLD_START_PROBE}"
     results = []
     for _ in range(runs):
+        start = time.perf_counter()  # the baseline, interleaved: a bare process importing the three big libraries
+        subprocess.run([sys.executable, "-c", BARE_IMPORTS], env=env, cwd=ROOT, check=True, timeout=120)
+        bare = time.perf_counter() - start
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"cold start probe failed: {done.stderr[-2000:]}")
-        results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": wall})
+        results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": wall, "bare_s": bare})
     return results
 
 
@@ -150,6 +194,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="after the levels, py-spy the recommend workers under maximum load and print the top")
     parser.add_argument("--cluster", action="store_true", help="also serve from a 3-master Redis Cluster, side by side")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -231,19 +277,35 @@ def main() -> None:
             if rec["p99"] <= 50 and rec["errors"] == 0:
                 best = max(best, int(rec["rps"]))
         print(f"\nhighest rate sustained by recommend with p99 <= 50 ms and no errors: {best:,} requests/s")
+        print(f"at max: recommend {got['recommend']['rps']:,.0f} requests/s, hello-world {hello['rps']:,.0f}: "
+              f"{got['recommend']['rps'] / hello['rps']:.2f}x (goal, issue 16: >= 0.5x)")
         if "rec-cluster" in got:
             print(f"at max: the Redis Cluster served {got['rec-cluster']['rps']:,.0f} requests/s, the single Redis "
                   f"{got['recommend']['rps']:,.0f}: {got['rec-cluster']['rps'] / got['recommend']['rps']:.2f}x "
                   "(goal >= 0.8x)")
+
+        if args.profile:
+            collapsed = home / "recommend.collapsed"
+            picks = [f"http://127.0.0.1:{rec_ports['recommend']}/recommendations/{u}?k=10"
+                     for u in users[:HEY_PROCESSES]]
+            spy = threading.Thread(target=profile, args=(servers[0].pid, args.seconds, collapsed))
+            spy.start()
+            load(picks, None, args.seconds, connections=32)
+            spy.join()
+            print(f"\nprofile of the recommend workers at maximum load ({args.seconds:g} s, py-spy):")
+            print(profile_summary(collapsed) if collapsed.exists() else "  (no profile: py-spy missing?)")
 
         runs = cold_start(env, args.cold_runs)
         print(f"\ncold start of the recommend handler over {len(runs)} new processes "
               "(interpreter + import + model/feature load + first answer):")
         for n, r in enumerate(runs, 1):
             print(f"  run {n}: process {r['process_s']:.3f} s = import {r['import_s']:.3f} s + first answer "
-                  f"{r['first_answer_s']:.3f} s (+ interpreter); HTTP {r['status']}; heavy modules: {r['heavy'] or 'none'}")
-        walls = [r["process_s"] for r in runs]
+                  f"{r['first_answer_s']:.3f} s (+ interpreter); HTTP {r['status']}; heavy modules: {r['heavy'] or 'none'}"
+                  f"; bare `python -c \"{BARE_IMPORTS}\"` {r['bare_s']:.3f} s")
+        walls, bares = [r["process_s"] for r in runs], [r["bare_s"] for r in runs]
         print(f"  median {statistics.median(walls):.3f} s, best {min(walls):.3f} s, worst {max(walls):.3f} s")
+        print(f"  bare `python -c \"{BARE_IMPORTS}\"` median {statistics.median(bares):.3f} s: cold start "
+              f"{statistics.median(walls) / statistics.median(bares):.2f}x the bare process (goal, issue 16: <= 1.5x)")
 
         m = result.metrics
         print(f"\noffline quality on the time-split holdout ({int(m['test_users'])} users):")

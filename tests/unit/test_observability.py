@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import sys
 from typing import Annotated
 
 import orjson
@@ -212,3 +214,45 @@ def test_on_lambda_api_gateways_request_id_is_the_request_id(logged: io.StringIO
     (line,) = request_lines(logged)
     assert line["request_id"] == "JbQ3-gHGoAMEMxw" and line["route"] == "/probe/{user_id}"
     assert SECRET_KEY not in logged.getvalue()
+
+
+def _records() -> list[logging.LogRecord]:
+    made = []
+    for msg, args, extra, level in [
+        ("request", (), {"function": "recommend", "route": "/recommendations/{user_id}", "method": "GET",
+                         "status": 200, "latency_ms": 0.412, "trace_id": None, "model_version": "3",
+                         "degraded": False, "experiment": None}, logging.INFO),
+        ("served %d of %s", (3, "u42"), {"rows": [1, 2], "when": object(), "api_key": SECRET_KEY}, logging.WARNING),
+        ("plain", (), {}, logging.ERROR),
+        ("job step", (), {"request_id": "shadowed-by-the-record", "password": "p", "nested": {"a": 1.5}},
+         logging.DEBUG),
+    ]:
+        record = logging.getLogger("nimbus.probe").makeRecord("nimbus.probe", level, __file__, 1, msg, args, None,
+                                                              extra=extra)
+        made.append(record)
+    return made
+
+
+def test_the_fast_json_lines_are_what_structlogs_chain_writes() -> None:
+    fast, chain = logs.formatter("json"), logs.structlog_formatter("json")
+    assert isinstance(fast, logs.JSONFormatter)
+    for bound in ({}, {"request_id": "abcdef12"}):
+        token = logs.bind(**bound) if bound else None
+        try:
+            for record in _records():
+                mine, theirs = orjson.loads(fast.format(record)), orjson.loads(chain.format(record))
+                assert mine.pop("ts").endswith("Z") and theirs.pop("ts").endswith("Z")
+                assert list(mine.items()) == list(theirs.items())  # same fields, same values, same order
+        finally:
+            if token is not None:
+                logs.unbind(token)
+
+
+def test_a_line_with_a_traceback_goes_through_structlogs_chain() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("nimbus.probe").makeRecord("nimbus.probe", logging.ERROR, __file__, 1, "failed",
+                                                              (), sys.exc_info())
+    line = orjson.loads(logs.formatter("json").format(record))
+    assert line["event"] == "failed" and line["exception"][0]["exc_type"] == "ValueError"

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
-import pymongo.errors
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -141,9 +140,13 @@ class _TooLarge(Exception):
 
 
 def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, function: str | None = None,
-               settings: Settings | None = None, **kwargs: Any) -> FastAPI:
+               settings: Settings | None = None, mongo: bool = True, **kwargs: Any) -> FastAPI:
     """A FastAPI app whose Nimbus errors become JSON answers, whose bodies are bounded and
-    whose requests are counted and timed (``/metrics``; ``function`` names it there)."""
+    whose requests are counted and timed (``/metrics``; ``function`` names it there).
+
+    ``mongo``: the app's code reads MongoDB, so a pymongo connection failure is answered as the
+    store's 503. An app that never touches MongoDB (recommend) passes False and its cold start
+    does not import pymongo."""
     from nimbus.api import observe
     from nimbus.api.metrics import instrument
     from nimbus.security import check_deployable
@@ -171,9 +174,12 @@ def create_app(title: str, description: str, max_body_bytes: int = 1 << 20, *, f
             return JSONResponse({"detail": exc.errors}, status_code=422)
         return JSONResponse({"detail": public_message(exc)}, status_code=status_for(exc))
 
-    @app.exception_handler(pymongo.errors.ConnectionFailure)
-    async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> JSONResponse:
-        # Domain code reads MongoDB collections directly; an outage met there is still the store's 503.
-        return await nimbus_error(request, StoreUnavailable("mongodb", "mongodb", str(exc)[:300]))
+    if mongo:
+        import pymongo.errors
+
+        @app.exception_handler(pymongo.errors.ConnectionFailure)
+        async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> JSONResponse:
+            # Domain code reads MongoDB collections directly; an outage met there is still the store's 503.
+            return await nimbus_error(request, StoreUnavailable("mongodb", "mongodb", str(exc)[:300]))
 
     return app

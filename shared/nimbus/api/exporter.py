@@ -17,6 +17,9 @@ Label values are model names, their aliases and features, and the fixed job stat
 a user or request id. A scrape costs a few bounded reads (one SMEMBERS + one pipelined
 read per model, one indexed query per model and per status, one projection over the batch
 runs), reused for ``metrics_cache_s`` so that several scrapers cost no more.
+
+pymongo is imported at the first scrape, not with the module: the recommend function's cold
+start (which registers this collector) does not pay for it.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import pymongo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from nimbus.config import Settings
 from nimbus.errors import NimbusError
 from nimbus.recommend.bundle import MODEL_NAME
-from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.live import LiveModelStore
+
+if TYPE_CHECKING:
+    from nimbus.stores.documents import DocumentStore
 
 log = logging.getLogger("nimbus.api.exporter")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")  # as nimbus.automl.jobs.STATUSES
-STORE_ERRORS = (NimbusError, pymongo.errors.PyMongoError, OSError)
+STORE_ERRORS: tuple[type[BaseException], ...] = (NimbusError, OSError)  # and pymongo's, once it is imported
 
 # Every metric name this module exports (a unit test checks the Grafana dashboard and alert rules against it).
 EXPORTED = ("nimbus_model_live_version", "nimbus_drift_psi", "nimbus_drift_score_psi",
@@ -66,6 +71,11 @@ class StoreCollector(Collector):
         yield from metrics
 
     def _read(self) -> list[Metric]:
+        import pymongo.errors
+
+        from nimbus.stores.documents import DocumentStore
+
+        errors = (*STORE_ERRORS, pymongo.errors.PyMongoError)
         up = GaugeMetricFamily("nimbus_metrics_store_up", "1 when /metrics could read this store.", labels=["store"])
         metrics: list[Metric] = []
         live: dict[str, dict[str, str]] = {}
@@ -73,7 +83,7 @@ class StoreCollector(Collector):
             live = LiveModelStore.for_settings(self.settings).live_models(also=(MODEL_NAME,))
             metrics.append(_live_versions(live))
             up.add_metric(["redis"], 1)
-        except STORE_ERRORS as exc:
+        except errors as exc:
             log.warning("metrics: redis unreadable: %s", exc)
             up.add_metric(["redis"], 0)
         try:
@@ -82,7 +92,7 @@ class StoreCollector(Collector):
             metrics.append(_jobs(db))
             metrics.extend(_batch(db))
             up.add_metric(["mongodb"], 1)
-        except STORE_ERRORS as exc:
+        except errors as exc:
             log.warning("metrics: mongodb unreadable: %s", exc)
             up.add_metric(["mongodb"], 0)
         return [*metrics, up]
@@ -99,6 +109,10 @@ def _live_versions(live: dict[str, dict[str, str]]) -> Metric:
 
 
 def _drift(db: DocumentStore, live: dict[str, dict[str, str]]) -> list[Metric]:
+    import pymongo
+
+    from nimbus.stores.documents import Collections
+
     checks = db.collection(Collections.DRIFT_CHECKS)
     features = GaugeMetricFamily("nimbus_drift_psi", "PSI of a model feature in its latest drift check.",
                                  labels=["model", "feature"])
@@ -124,6 +138,8 @@ def _drift(db: DocumentStore, live: dict[str, dict[str, str]]) -> list[Metric]:
 def _jobs(db: DocumentStore) -> Metric:
     gauge = GaugeMetricFamily("nimbus_automl_jobs", "AutoML jobs by status (queued: the queue depth).",
                               labels=["status"])
+    from nimbus.stores.documents import Collections
+
     jobs = db.collection(Collections.AUTOML_JOBS)
     for status in JOB_STATUSES:  # the (status, created_at) index answers each count
         gauge.add_metric([status], jobs.count_documents({"status": status}))
@@ -131,6 +147,8 @@ def _jobs(db: DocumentStore) -> Metric:
 
 
 def _batch(db: DocumentStore) -> list[Metric]:
+    from nimbus.stores.documents import Collections
+
     totals: dict[str, list[int]] = {}
     for run in db.collection(Collections.BATCH_RUNS).find({"counts": {"$exists": True}},
                                                           projection={"counts": 1, "models": 1}):

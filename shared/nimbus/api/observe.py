@@ -35,7 +35,8 @@ def note(**fields: Any) -> None:
     noted = _noted.get()
     if noted is not None:
         noted.update(fields)
-        tracing.set_attributes({f"nimbus.{k}": v for k, v in fields.items()})
+        if tracing.enabled():  # off: not even the attribute dict (this runs on every answer)
+            tracing.set_attributes({f"nimbus.{k}": v for k, v in fields.items()})
 
 
 def note_served(served: Any) -> None:
@@ -65,7 +66,8 @@ class RequestLog:
         noted: dict[str, Any] = {}
         rid_token, noted_token = current_request_id.set(rid), _noted.set(noted)
         bound = logs.bind(request_id=rid)
-        tracing.set_attributes({"nimbus.request_id": rid, "faas.name": self.function})
+        if tracing.enabled():
+            tracing.set_attributes({"nimbus.request_id": rid, "faas.name": self.function})
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -154,7 +154,8 @@ class FastPath:
             if params is not None and not any(n in (b"content-length", b"transfer-encoding")
                                               for n, _ in scope["headers"]):
                 try:
-                    body = self.service.recommender.recommend(scope["path"][len(PREFIX):], *params).to_json()
+                    served = await self.service.recommender.recommend_batched(scope["path"][len(PREFIX):], *params)
+                    body = served.to_json()
                 except InvalidInput:
                     pass  # e.g. an unknown category: FastAPI words the 400
                 except BaseException:
@@ -227,7 +228,8 @@ def create_recommend_app(settings: Settings | None = None, fast_path: bool = Tru
         service.close()
 
     app = create_app("Nimbus recommendations", "Real-time product recommendations.", max_body_bytes=16 * 1024,
-                     lifespan=lifespan, function="recommend", settings=service.settings)
+                     lifespan=lifespan, function="recommend", settings=service.settings,
+                     mongo=False)  # Redis only: no pymongo at cold start
     app.state.service = service
     service.traffic = app.state.traffic
     app.include_router(build_router(app.state.service))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nimbus.errors import StoreDataError
 from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.redis.keys import FEATURES_TOPIC, Keys
 
@@ -127,14 +128,22 @@ class FeatureStore(RedisStore):
         (measured at a third of its cost) and writes the three commands on one pooled
         connection, reading the three replies back.
         """
-        hash_key = Keys.rt_user(user_id)
         with self.redis:
-            blob, counts, recent = self.same_slot_commands([
-                ("GET", Keys.fs_user(version, user_id)),
-                ("HGETALL", hash_key),
-                ("LRANGE", Keys.rt_recent(user_id), 0, recent_n - 1),
-            ], hash_key)
+            blob, counts, recent = self.same_slot_commands(*self._user_reads(version, user_id, recent_n))
         return blob, counts, recent
+
+    def read_users(self, reads: Sequence[tuple[str, str]], recent_n: int) -> list[tuple | StoreDataError]:
+        """:meth:`read_user` for each ``(version, user)`` in one round trip on one Redis (one per
+        user on a cluster); a user whose keys hold bad data gets a StoreDataError in its place."""
+        with self.redis:
+            return [tuple(replies) if isinstance(replies, list) else replies for replies in
+                    self.command_groups([self._user_reads(version, user, recent_n) for version, user in reads])]
+
+    @staticmethod
+    def _user_reads(version: str, user_id: str, recent_n: int) -> tuple[list[tuple], str]:
+        hash_key = Keys.rt_user(user_id)
+        return [("GET", Keys.fs_user(version, user_id)), ("HGETALL", hash_key),
+                ("LRANGE", Keys.rt_recent(user_id), 0, recent_n - 1)], hash_key
 
     # ---- real-time features ----------------------------------------------------------
     def apply_events(self, events: Sequence[RealtimeEvent], recent_n: int) -> int:
