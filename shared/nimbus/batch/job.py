@@ -238,12 +238,14 @@ class BatchJob:
         folders = RunFolders.of(self.settings, key)
         self.parquet.clear_staging(folders)
         # While Spark starts here (its JVM, in this thread: it installs the Ctrl-C handler that cancels jobs),
-        # a thread reads the ids (pyarrow, without the GIL): ids two records share are quarantined, every one
-        # of them (which one is right is not ours to guess), and the tasks need them before they start.
-        with ThreadPoolExecutor(1, thread_name_prefix="nimbus-ids") as pool:
+        # threads read the ids (pyarrow, without the GIL) and load the models: ids two records share are
+        # quarantined, every one of them (which one is right is not ours to guess), and the tasks need them,
+        # and the models, before they start.
+        with ThreadPoolExecutor(2, thread_name_prefix="nimbus-prepare") as pool:
             ids = pool.submit(duplicate_ids, self.fs, splits, self.schema.id)
+            loaded = pool.submit(payloads, self.settings, models)  # in the tasks' closure: Connect has no broadcast
             spark = spark_session(self.settings)
-            estimators = payloads(self.settings, models)  # in the task's closure: Spark Connect has no broadcast
+            estimators = loaded.result()
             try:
                 duplicates = ids.result()
             except InvalidInput as exc:  # a .csv.gz past the decompressed-size limit
