@@ -13,9 +13,10 @@ registers a logistic regression and a 100-iteration HistGradientBoosting; then m
      its own with NIMBUS_SPARK_REMOTE (the same file under another name: a run is keyed by its input);
   3. the same scoring on a 2M-row sample three ways: our Arrow-native tasks, JVM-read
      mapInPandas, and mlflow.pyfunc.spark_udf (to show why the first is kept);
-  4. the MongoDB sink on `--mongo-rows` records (bound by the local wire server's own
-     write speed, not by Spark).
-Goals (issue 4): 10M records in <= 60 s, at >= 0.8x the plain process.
+  4. the MongoDB sink on `--mongo-rows` records (one document per block of 1,000 records, bound by the
+     local wire server's own write speed, not by Spark), next to the same records Parquet-only.
+Goals (issue 16): the batch run (and through Spark Connect) >= 1.0x the plain process; the MongoDB sink
+>= 10 M records/hour (2,800 records/s).
 """
 
 from __future__ import annotations
@@ -185,16 +186,18 @@ def main() -> None:
             print(f"    {stage:<9} {sec:7.1f} task-s  {args.rows / (sec / cores) / 1e6:7.2f} M records/s")
         commit = run["outputs"]["seconds"]["commit"]
         print(f"    commit    {commit:7.1f} s      (staged parts -> results/ in S3)")
-        print(f"  scored {result.scored:,}, quarantined {result.quarantined:,}; goal: <= 60 s and >= 0.8x -> "
-              f"{'met' if wall <= 60 and ratio >= 0.8 else 'NOT met'}\n")
+        print(f"  scored {result.scored:,}, quarantined {result.quarantined:,}; goal: >= 1.0x the plain process -> "
+              f"{'met' if ratio >= 1.0 else 'NOT met'}\n")
 
         twin = home / "input-connect.parquet"  # the same bytes under another name: a run of its own
         os.link(data, twin)
         wall, run = connect_run(twin, settings, home)
         inside = run["timings"]["total_s"]
+        connect_ratio = (args.rows / wall) / base_rate
         print(f"Spark Connect : {wall:6.1f} s  {args.rows / wall / 1e6:5.2f} M records/s   = "
-              f"{(args.rows / wall) / base_rate:.2f}x the plain process  (`nimbus batch run` as a Connect client, "
-              f"its Python start included; the server was up)")
+              f"{connect_ratio:.2f}x the plain process  (`nimbus batch run` as a Connect client, "
+              f"its Python start included; the server was up); goal >= 1.0x -> "
+              f"{'met' if connect_ratio >= 1.0 else 'NOT met'}")
         print(f"  the run itself {inside:.1f} s = {(args.rows / inside) / base_rate:.2f}x the plain process; scored "
               f"{run['counts']['scored']:,}, quarantined {run['counts']['quarantined']:,}; per stage, task time "
               f"summed over {cores} cores -> records/s per stage:")
@@ -214,12 +217,26 @@ def main() -> None:
 
         mongo_data = home / "mongo.parquet"
         pq.write_table(pq.read_table(data).slice(0, args.mongo_rows), mongo_data, row_group_size=250_000)
-        result = run_batch(settings, RunRequest(str(mongo_data), "churn-lr,churn-hgb", sinks=("parquet", "mongodb")))
-        run = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS).find_one({"_id": result.run_key})
+        parquet_only = home / "mongo-parquet-only.parquet"  # the same bytes under another name: a run of its own
+        os.link(mongo_data, parquet_only)
+        runs = DocumentStore.for_settings(settings).collection(Collections.BATCH_RUNS)
+        walls = {}
+        for name, path, sinks in (("Parquet only", parquet_only, ("parquet",)),
+                                  ("Parquet + MongoDB", mongo_data, ("parquet", "mongodb"))):
+            t = time.perf_counter()
+            result = run_batch(settings, RunRequest(str(path), "churn-lr,churn-hgb", sinks=sinks))
+            walls[name] = time.perf_counter() - t
+        run = runs.find_one({"_id": result.run_key})
         sec = run["outputs"]["seconds"]["mongodb"]
-        print(f"\nMongoDB sink  : {args.mongo_rows:,} predictions in {sec:.1f} s = {args.mongo_rows / sec:,.0f} records/s "
-              f"(bulk unordered inserts from 2 executors into the local secantusdb wire server, whose own write "
-              f"speed is the limit; a mongod or Atlas cluster takes far more)")
+        rate = run["outputs"]["mongodb"]["inserted"] / sec
+        print(f"\nMongoDB sink  : {run['outputs']['mongodb']['inserted']:,} predictions in {sec:.1f} s = {rate:,.0f} "
+              f"records/s into MongoDB = {rate * 3600 / 1e6:.1f} M records/hour; goal >= 2,800 records/s -> "
+              f"{'met' if rate >= 2800 else 'NOT met'}")
+        print(f"  (one document per block of 1,000 records, unordered bulk inserts acknowledged by the server (w=1) "
+              f"from {cores} executors into the local secantusdb wire server)")
+        for name, sec in walls.items():
+            print(f"  {name:<18} whole run of {args.mongo_rows:,} records: {sec:6.1f} s  "
+                  f"{args.mongo_rows / sec:,.0f} records/s")
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)

@@ -417,6 +417,25 @@ def batch_labels(
     emit(score_labels(get_settings(), labels_uri, run), as_json, lambda rows: rows_table(rows, f"run {run} vs labels"))
 
 
+@batch_app.command("prediction")
+def batch_prediction(
+    run: Annotated[str, typer.Argument(help="The run key (`nimbus batch run` prints it).")],
+    record_id: Annotated[str, typer.Argument(help="The record's id.")],
+    as_json: AsJson = False,
+) -> None:
+    """One record's predictions in a run, from MongoDB: each model's score and version."""
+    from nimbus.batch.sinks import prediction
+    from nimbus.errors import NotFound
+
+    found = prediction(get_settings(), run, record_id)
+    if found is None:
+        raise NotFound(f"no prediction for record {record_id!r} in batch run {run!r} (is the run key right, and "
+                       f"did the run have the mongodb sink?)")
+    emit(found, as_json, lambda doc: rows_table([{"model": m, "version": doc["versions"].get(m), "score": v}
+                                                 for m, v in doc["scores"].items()],
+                                                f"run {run}, record {record_id}"))
+
+
 @batch_app.command("performance")
 def batch_performance(model: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """A model's measured performance over runs and versions."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nimbus.batch.examples import write_records
+from nimbus.batch.sinks import predicted_ids
 from nimbus.config import Settings, get_settings
 from nimbus.events import ObjectsCreated, parse
 from nimbus.stores.documents import Collections, DocumentStore
@@ -80,8 +81,7 @@ def test_the_batch_dag_scores_every_pending_file_once(batch_stack: Settings, air
     assert runs[uris[0]]["counts"] == {"records": 1500, "scored": 1494, "quarantined": 6, "duplicates": 0}
     assert runs[uris[1]]["counts"] == {"records": 900, "scored": 900, "quarantined": 0, "duplicates": 0}
     assert all(r["status"] == "succeeded" and r["actor"] == "airflow" and r["attempts"] == 1 for r in runs.values())
-    predictions = documents.collection(Collections.BATCH_PREDICTIONS)
-    assert predictions.count_documents({}) == 1494 + 900
+    assert len(predicted_ids(batch_stack)) == 1494 + 900
 
     dags_test(env, "2026-11-27")  # nothing pending now: no chain runs, nothing is scored again
     states = task_states(env, "score_file.write")
@@ -89,7 +89,7 @@ def test_the_batch_dag_scores_every_pending_file_once(batch_stack: Settings, air
     assert all(state == "skipped" for _, state in second), second
     again = {r["input"]["uri"]: r for r in documents.collection(Collections.BATCH_RUNS).find({})}
     assert [r["attempts"] for r in again.values()] == [1, 1]
-    assert predictions.count_documents({}) == 1494 + 900
+    assert len(predicted_ids(batch_stack)) == 1494 + 900
 
 
 def load_dag_module(path: Path):

@@ -11,9 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from nimbus.batch.examples import write_records
+from nimbus.batch.io import FsConfig
 from nimbus.batch.job import RunRequest, run_batch
 from nimbus.batch.performance import score_labels
 from nimbus.batch.spark import log_path
@@ -23,6 +25,7 @@ from nimbus.local.serverless import load_project
 from nimbus.local.stack import free_port
 from nimbus.stores.documents import Collections, DocumentStore
 from tests.conftest import ROOT
+from tests.e2e.test_cli import assert_one_line_error
 from tests.e2e.test_cli import run as nimbus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -78,6 +81,17 @@ def test_labels_that_arrive_later_measure_each_model_version(batch_stack: Settin
 
     [entry] = performance_history(batch_stack, "churn-hgb")
     assert entry["run_key"] == result.run_key and entry["version"] == churn_models["churn-hgb"]
+
+    # one record's predictions by its id, as a user asks for them: those of the committed Parquet results
+    folder = f"{batch_stack.artifacts_bucket}/batch/results/{result.run_key}"
+    scored = pq.read_table(folder, filesystem=FsConfig.from_settings(batch_stack).filesystem("s3://x")[0])
+    k = scored.column("record_id").to_pylist().index("r1234")
+    found = nimbus(["batch", "prediction", result.run_key, "r1234", "--json"], timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == {"run_key": result.run_key, "record_id": "r1234", "versions": churn_models,
+                                        "scores": {m: scored.column(f"score__{m}")[k].as_py() for m in churn_models}}
+    assert_one_line_error(nimbus(["batch", "prediction", result.run_key, "nope"], timeout=120),
+                          "no prediction for record 'nope'", result.run_key)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from nimbus import audit
 from nimbus.batch.examples import make_records, write_records
 from nimbus.batch.io import FsConfig
 from nimbus.batch.job import BatchFailed, BatchJob, RunRequest, run_batch
+from nimbus.batch.sinks import BLOCK, predicted_ids, prediction
 from nimbus.config import Settings
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.objects import ObjectStore
@@ -34,7 +35,8 @@ def results_table(settings: Settings, prefix: str) -> pa.Table:
 
 
 def predictions(settings: Settings) -> int:
-    return DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS).count_documents({})
+    """Predictions MongoDB holds (records, not documents: a document holds a block of them)."""
+    return len(predicted_ids(settings))
 
 
 def test_a_dropped_file_is_scored_once_with_two_models(batch_stack: Settings, churn_models: dict) -> None:
@@ -47,10 +49,17 @@ def test_a_dropped_file_is_scored_once_with_two_models(batch_stack: Settings, ch
     assert table.num_rows == 3000 and len(set(table.column("record_id").to_pylist())) == 3000
     assert pc.min(table.column("score__churn-lr")).as_py() >= 0 and pc.max(table.column("score__churn-hgb")).as_py() <= 1
     assert set(table.column("version__churn-hgb").to_pylist()) == {churn_models["churn-hgb"]}
-    doc = DocumentStore.for_settings(batch_stack).collection(Collections.BATCH_PREDICTIONS).find_one(
-        {"_id": f"{result.run_key}:r7"})
-    assert set(doc["scores"]) == {"churn-lr", "churn-hgb"} and doc["versions"] == churn_models
+    by_id = {rid: k for k, rid in enumerate(table.column("record_id").to_pylist())}
+    for rid in ("r7", "r2999", "r1500"):  # one record's predictions by its id: those of the Parquet results
+        doc = prediction(batch_stack, result.run_key, rid)
+        assert doc["record_id"] == rid and doc["versions"] == churn_models
+        assert doc["scores"] == {m: table.column(f"score__{m}")[by_id[rid]].as_py() for m in churn_models}
+    assert prediction(batch_stack, result.run_key, "r3000") is None
     assert predictions(batch_stack) == 3000
+    documents = DocumentStore.for_settings(batch_stack)
+    parts = documents.collection(Collections.BATCH_RUNS).find_one({"_id": result.run_key})["parts"]["scored"]
+    blocks = documents.collection(Collections.BATCH_PREDICTIONS).count_documents({"run_key": result.run_key})
+    assert blocks <= 3000 // BLOCK + len(parts)  # one document per block of records, not one per record
 
     again = run_batch(batch_stack, RunRequest(uri, "churn-lr@champion,churn-hgb@champion"))
     assert again.status == "skipped" and again.run_key == result.run_key

@@ -20,6 +20,7 @@ from nimbus import governance
 from nimbus.batch.examples import write_records
 from nimbus.batch.io import FsConfig
 from nimbus.batch.job import BatchJob, RunRequest, run_batch
+from nimbus.batch.sinks import predicted_ids
 from nimbus.config import Settings
 from nimbus.local.stack import LocalStack, free_port
 from nimbus.stores.documents import Collections, DocumentStore
@@ -49,7 +50,8 @@ def staged(settings: Settings) -> int:
 
 
 def predictions(settings: Settings) -> int:
-    return DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS).count_documents({})
+    """Predictions MongoDB holds (records: a document holds a block of them)."""
+    return len(predicted_ids(settings))
 
 
 # what "has started writing" means, seen from outside the run
@@ -78,11 +80,12 @@ def result_rows(settings: Settings, folder: str) -> pa.Table:
 def check_exactly_once(settings: Settings, key: str, rows: int = ROWS) -> None:
     """MongoDB and the committed Parquet hold each of the input's records once, and nothing is left staged."""
     want = {f"r{i}" for i in range(rows)}
-    docs = list(DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS).find(
-        {}, {"_id": 1, "record_id": 1, "run_key": 1}))
-    assert len(docs) == rows
-    assert len({d["_id"] for d in docs}) == rows and {d["record_id"] for d in docs} == want
-    assert {d["_id"] for d in docs} == {f"{key}:{rid}" for rid in want}
+    ids = predicted_ids(settings)
+    assert len(ids) == rows and set(ids) == want
+    blocks = list(DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS).find(
+        {}, {"_id": 1, "run_key": 1, "n": 1}))
+    assert all(b["run_key"] == key and b["_id"].startswith(f"{key}:part-") for b in blocks)
+    assert sum(b["n"] for b in blocks) == rows
     table = result_rows(settings, f"batch/results/{key}/")
     ids = table.column("record_id").to_pylist()
     assert len(ids) == rows and set(ids) == want

@@ -160,7 +160,7 @@ def test_duplicate_record_ids_are_quarantined_with_their_reason(batch_stack: Set
     scored = results_table(settings, f"batch/results/{result.run_key}").column("record_id").to_pylist()
     assert len(scored) == len(set(scored)) == 994 and not shared & set(scored)
     mongo = DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS)
-    assert mongo.count_documents({}) == 994 and mongo.count_documents({"record_id": {"$in": sorted(shared)}}) == 0
+    assert predictions(settings) == 994 and mongo.count_documents({"record_ids": {"$in": sorted(shared)}}) == 0
     report = json.loads(ObjectStore.for_settings(settings).get_bytes(
         settings.artifacts_bucket, f"batch/reports/{result.run_key}/report.json"))
     assert report["counts"]["duplicates"] == 6 and report["validation_failures"]["record_id.unique"] == 6

@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -236,12 +237,19 @@ class BatchJob:
         splits = plan_splits(self.fs, files)
         folders = RunFolders.of(self.settings, key)
         self.parquet.clear_staging(folders)
-        try:  # ids two records share are quarantined, every one of them: which one is right is not ours to guess
-            duplicates = duplicate_ids(self.fs, splits, self.schema.id)
-        except InvalidInput as exc:  # a .csv.gz past the decompressed-size limit
-            self._refuse(key, exc)
-        spark = spark_session(self.settings)
-        estimators = payloads(self.settings, models)  # in the task's closure: Spark Connect has no broadcast
+        # While Spark starts here (its JVM, in this thread: it installs the Ctrl-C handler that cancels jobs),
+        # threads read the ids (pyarrow, without the GIL) and load the models: ids two records share are
+        # quarantined, every one of them (which one is right is not ours to guess), and the tasks need them,
+        # and the models, before they start.
+        with ThreadPoolExecutor(2, thread_name_prefix="nimbus-prepare") as pool:
+            ids = pool.submit(duplicate_ids, self.fs, splits, self.schema.id)
+            loaded = pool.submit(payloads, self.settings, models)  # in the tasks' closure: Connect has no broadcast
+            spark = spark_session(self.settings)
+            estimators = loaded.result()
+            try:
+                duplicates = ids.result()
+            except InvalidInput as exc:  # a .csv.gz past the decompressed-size limit
+                self._refuse(key, exc)
         fs, schema = self.fs, self.schema
 
         self.say(f"scoring {len(splits)} splits with {', '.join(f'{m.name} v{m.version}' for m in models)}")

@@ -21,12 +21,16 @@ BINS = 20  # histogram bins of each model's scores
 def score_splits(splits: Iterable[Split], payloads: dict[str, bytes], fs_config: FsConfig, schema: RecordSchema,
                  models: list[ResolvedModel], folders: RunFolders, run_key: str,
                  duplicates: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
-    """One Spark partition: unpickle the broadcast models once, then score each split."""
+    """One Spark partition: unpickle the estimators once, then score each split, single-threaded."""
     import cloudpickle
+    from threadpoolctl import threadpool_limits
 
     estimators = {name: cloudpickle.loads(blob) for name, blob in payloads.items()}
-    for split in splits:
-        yield score_split(split, fs_config, schema, models, estimators, folders, run_key, duplicates)
+    # One thread per task, whatever the executor's environment: Spark runs a task per core, and OpenMP's or
+    # BLAS's own threads on top would only oversubscribe them (HistGradientBoosting's OpenMP spins).
+    with threadpool_limits(1):
+        for split in splits:
+            yield score_split(split, fs_config, schema, models, estimators, folders, run_key, duplicates)
 
 
 def score_split(split: Split, fs_config: FsConfig, schema: RecordSchema, models: list[ResolvedModel],

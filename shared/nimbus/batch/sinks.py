@@ -2,8 +2,10 @@
 
 Parquet: each scoring task writes its parts under the run's staging folder, and the run records which
 parts it staged (its manifest). MongoDB is written first, from the staged parts: one Spark task per part
-inserts its records with a deterministic ``_id`` (run key and record id), so a retried task or a rerun skips
-what it already wrote. Then ``ParquetSink.commit`` copies the staged parts into ``results/`` and
+inserts its records in blocks of ``BLOCK`` (the bucket pattern: one document per block, with its record ids,
+one list of scores per model, and a multikey index on the record ids for the lookup of one record,
+``prediction``); a block's ``_id`` is deterministic (run key, part, block), so a retried task or a rerun
+skips what it already wrote. Then ``ParquetSink.commit`` copies the staged parts into ``results/`` and
 ``quarantine/``, drops what the manifest does not name, and clears staging: a run that fails or is killed
 before the commit leaves nothing under ``results/``, and a commit interrupted anywhere is finished by
 running it again (a retried Airflow ``write`` task), never half-done nor emptied.
@@ -22,7 +24,8 @@ from nimbus.stores.objects import ObjectStore, S3Uri
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-MONGO_CHUNK = 5000  # documents per insert
+MONGO_CHUNK = 20_000  # records per bulk insert (of blocks)
+BLOCK = 1000  # records per predictions document (the bucket pattern: ~10x fewer documents to write and index)
 RERUN = "the run is not marked done; run it again once MongoDB is back (every record is then written once)"
 
 
@@ -96,7 +99,7 @@ class ParquetSink:
 
 def write_mongodb(spark: SparkSession, settings: Settings, parts: list[S3Uri], id_column: str,
                   models: dict[str, str]) -> dict[str, int]:
-    """One Spark task per scored part inserts its records into ``batch_predictions``.
+    """One Spark task per scored part inserts its records into ``batch_predictions``, in blocks.
 
     A task that loses MongoDB reports why instead of failing (Spark would wrap the reason in a traceback, and
     retry a task whose store is down); the driver raises it once, as a one-line StoreUnavailable."""
@@ -114,28 +117,60 @@ def write_mongodb(spark: SparkSession, settings: Settings, parts: list[S3Uri], i
 
 
 def insert_part(uri: str, settings: Settings, fs_config: FsConfig, id_column: str, models: dict[str, str],
-                chunk: int = MONGO_CHUNK) -> tuple[int, int, str]:
-    """Runs in a Spark task: insert one scored part; returns (inserted, duplicates skipped, why MongoDB was lost
-    or "")."""
+                chunk: int = MONGO_CHUNK, block: int = BLOCK) -> tuple[int, int, str]:
+    """Runs in a Spark task: insert one scored part as documents of ``block`` records each; returns (records
+    inserted, records skipped because their block was already there, why MongoDB was lost or "").
+
+    A block's ``_id`` is the run key, the part and the block's place in it: the same input gives the same parts
+    in the same order, so a retried task or a rerun skips the blocks it wrote (each is inserted whole or not at
+    all) and every record is in MongoDB once."""
     from pymongo.errors import BulkWriteError, PyMongoError
 
     table = read_parquet(fs_config, uri)
     ids = table.column(id_column).to_pylist()
     run_key = table.column("run_key")[0].as_py() if table.num_rows else ""
-    scores = {name: table.column(f"score__{name}").to_numpy() for name in models}
+    part = uri.rsplit("/", 1)[-1].split(".")[0]
+    scores = {name: table.column(f"score__{name}").to_numpy().tolist() for name in models}
+    blocks: list[dict[str, Any]] = [
+        {"_id": f"{run_key}:{part}:{b // block:05d}", "run_key": run_key, "n": len(ids[b:b + block]),
+         "record_ids": ids[b:b + block], "scores": {name: s[b:b + block] for name, s in scores.items()},
+         "versions": models}
+        for b in range(0, len(ids), block)]
     documents = DocumentStore.for_settings(settings)
     inserted = duplicates = 0
-    for start in range(0, len(ids), chunk):
-        docs: list[dict[str, Any]] = [
-            {"_id": f"{run_key}:{rid}", "run_key": run_key, "record_id": rid,
-             "scores": {name: float(scores[name][k]) for name in models}, "versions": models}
-            for k, rid in enumerate(ids[start:start + chunk], start)]
+    per_insert = max(chunk // block, 1)
+    for start in range(0, len(blocks), per_insert):
+        docs = blocks[start:start + per_insert]
         try:
-            new, dup = documents.insert_new(Collections.BATCH_PREDICTIONS, docs)
+            skipped = documents.insert_skipping(Collections.BATCH_PREDICTIONS, docs)
         except BulkWriteError:
-            raise  # MongoDB answered and refused a record: a bug, not an outage
+            raise  # MongoDB answered and refused a block: a bug, not an outage
         except PyMongoError as exc:
             return inserted, duplicates, mongo_reason(exc)
-        inserted += new
+        dup = sum(docs[i]["n"] for i in skipped)
+        inserted += sum(d["n"] for d in docs) - dup
         duplicates += dup
     return inserted, duplicates, ""
+
+
+def prediction(settings: Settings, run_key: str, record_id: str) -> dict[str, Any] | None:
+    """One record's predictions in a run: ``{"run_key", "record_id", "scores": {model: score}, "versions"}``,
+    or None. Found through the multikey index on the blocks' record ids; a run written before blocks (one
+    document per record, ``_id`` = ``run:record``) is read too."""
+    predictions = DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS)
+    doc = predictions.find_one({"run_key": run_key, "record_ids": record_id})
+    if doc is None:
+        old = predictions.find_one({"_id": f"{run_key}:{record_id}"})
+        return None if old is None else {k: old[k] for k in ("run_key", "record_id", "scores", "versions")}
+    k = doc["record_ids"].index(record_id)
+    return {"run_key": run_key, "record_id": record_id, "scores": {m: s[k] for m, s in doc["scores"].items()},
+            "versions": doc["versions"]}
+
+
+def predicted_ids(settings: Settings, run_key: str | None = None) -> list[str]:
+    """The record ids MongoDB holds predictions for, in a run (or in all runs), once per prediction stored."""
+    predictions = DocumentStore.for_settings(settings).collection(Collections.BATCH_PREDICTIONS)
+    ids: list[str] = []
+    for doc in predictions.find({} if run_key is None else {"run_key": run_key}, {"record_ids": 1, "record_id": 1}):
+        ids.extend(doc["record_ids"] if "record_ids" in doc else [doc["record_id"]])
+    return ids

@@ -64,6 +64,7 @@ def spark_session(settings: Settings) -> SparkSession:
             # One Python worker per core: scikit-learn's own threads would only oversubscribe it.
             ("spark.executorEnv.OMP_NUM_THREADS", "1"),
             ("spark.executorEnv.OPENBLAS_NUM_THREADS", "1"),
+            ("spark.executorEnv.MKL_NUM_THREADS", "1"),
             ("spark.python.worker.reuse", "true"),
             ("spark.sql.execution.arrow.maxRecordsPerBatch", "100000"),
             ("spark.driver.memory", settings.spark_driver_memory),

@@ -42,7 +42,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     Collections.AUDIT: [([("at", pymongo.DESCENDING)], {}),
                         ([("subject", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
     Collections.BATCH_RUNS: [([("status", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {})],
-    Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_id", pymongo.ASCENDING)], {})],
+    # one document per block of a run's records (the bucket pattern): multikey on the block's record ids
+    Collections.BATCH_PREDICTIONS: [([("run_key", pymongo.ASCENDING), ("record_ids", pymongo.ASCENDING)], {})],
     Collections.MODEL_PERFORMANCE: [([("model", pymongo.ASCENDING), ("version", pymongo.ASCENDING)], {})],
     Collections.EXPERIMENTS: [([("surface", pymongo.ASCENDING), ("status", pymongo.ASCENDING)], {}),
                               ([("name", pymongo.ASCENDING)], {})],
@@ -96,16 +97,22 @@ class DocumentStore(PerProcess):
     def insert_new(self, name: str, docs: list[dict[str, Any]]) -> tuple[int, int]:
         """Insert ``docs`` into collection ``name``, skipping those whose ``_id`` is already there
         (a retried write); returns (inserted, skipped as duplicates). Any other write error raises."""
+        skipped = self.insert_skipping(name, docs)
+        return len(docs) - len(skipped), len(skipped)
+
+    def insert_skipping(self, name: str, docs: list[dict[str, Any]]) -> list[int]:
+        """One unordered bulk insert of ``docs`` (acknowledged by the server, ``w=1``); returns the indexes of
+        the documents skipped because their ``_id`` is already there. Any other write error raises."""
         if not docs:
-            return 0, 0
+            return []
         try:
-            return len(self.db[name].insert_many(docs, ordered=False).inserted_ids), 0
+            self.db[name].insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            duplicates = sum(1 for e in errors if e.get("code") == 11000)
-            if duplicates != len(errors):
+            if any(e.get("code") != 11000 for e in errors):
                 raise
-            return exc.details.get("nInserted", len(docs) - duplicates), duplicates
+            return sorted(e["index"] for e in errors)
+        return []
 
     def ping(self) -> None:
         try:
