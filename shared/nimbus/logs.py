@@ -89,9 +89,7 @@ class JSONFormatter(logging.Formatter):
             if self._full is None:
                 self._full = structlog_formatter("json")
             return self._full.format(record)
-        event: dict[str, Any] = {"event": record.getMessage()}
-        for key, value in _bound.get().items():
-            event.setdefault(key, value)
+        event = _merge_bound(None, "", {"event": record.getMessage()})
         event["level"] = record.levelname.lower()
         event["logger"] = record.name
         for key, value in record.__dict__.items():

@@ -35,7 +35,9 @@ from nimbus.security import keyring
 from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: an alias move is announced
 from nimbus.serving.live import RegistryModels
 
+MODEL = r"^[A-Za-z0-9_.\-]{1,128}$"  # the route's patterns, which the fast path checks too
 AT = r"^[A-Za-z0-9_.\-]{1,64}$"
+VERSION = r"^\d{1,9}$"
 EXAMPLE_RECORD = {f"f{j}": round(0.1 * (j - 10), 1) for j in range(20)}
 
 
@@ -150,7 +152,7 @@ def records_of(body: bytes) -> list[Any]:
 
 PREFIX = "/predict/"
 ROUTE = PREFIX + "{model}"
-_MODEL, _AT, _VERSION = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$"), re.compile(AT), re.compile(r"^\d{1,9}$")
+_MODEL, _AT, _VERSION = re.compile(MODEL), re.compile(AT), re.compile(VERSION)
 
 
 def fast_query(query: bytes) -> tuple[str | None, str | None] | None:
@@ -248,9 +250,9 @@ def build_router(service: PredictService) -> APIRouter:
     )
     async def predict(
         request: Request, _: ReadKey,
-        model: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.\-]{1,128}$", examples=["churn-lr"])],
+        model: Annotated[str, Path(pattern=MODEL, examples=["churn-lr"])],
         alias: Annotated[str | None, Query(pattern=AT, description="Default champion.")] = None,
-        version: Annotated[str | None, Query(pattern=r"^\d{1,9}$")] = None,
+        version: Annotated[str | None, Query(pattern=VERSION)] = None,
     ) -> Response:
         """Predictions of a registry model for one record or a list of them."""
         unknown = request.query_params.keys() - {"alias", "version"}

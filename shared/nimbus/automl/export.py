@@ -22,6 +22,7 @@ import pandas as pd
 
 from nimbus.automl import algorithms
 from nimbus.automl.profile import Profile
+from nimbus.serving.forms import onnx_strings
 
 LABEL_AGREEMENT = 1.0  # every held-out label must match
 PROBA_ATOL = 1e-3  # float32 inputs: probabilities may differ in the last digits
@@ -125,9 +126,7 @@ def onnx_inputs(frame: pd.DataFrame, profile: Profile, precision: Any = np.float
         if column in profile.numeric:
             values = pd.to_numeric(frame[column], errors="coerce").to_numpy(precision)
         else:
-            # NaN is what scikit-learn's imputer fills; None (Parquet nulls) it keeps as a category "None"
-            values = np.array(["" if isinstance(v, float) and np.isnan(v) else str(v) for v in frame[column]],
-                              dtype=object)
+            values = onnx_strings(frame[column])
         feed[column] = values.reshape(-1, 1)
     return feed
 

@@ -45,6 +45,13 @@ def fold_linear(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return coef, intercept
 
 
+def onnx_strings(values: Any) -> np.ndarray:
+    """A categorical column as an ONNX export's string input (the one convention of the export and of
+    serving it): NaN, what scikit-learn's imputer fills, is ""; anything else its ``str()`` — None (JSON and
+    Parquet nulls) included, which scikit-learn keeps as a category of its own, "None"."""
+    return np.array(["" if isinstance(v, float) and np.isnan(v) else str(v) for v in values], dtype=object)
+
+
 def _matrix(columns: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
     return np.column_stack([columns[n].astype(np.float64, copy=False) for n in names])
 
@@ -131,10 +138,7 @@ class Onnx:
         session = self.session()
         feed = {}
         for name, dtype in self._inputs:  # the export's feed (see nimbus.automl.export.onnx_inputs)
-            values = columns[name]
-            if dtype is object:
-                values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                                   for v in values], dtype=object)
+            values = onnx_strings(columns[name]) if dtype is object else columns[name]
             feed[name] = values.astype(dtype, copy=False).reshape(-1, 1)
         outputs = session.run(None, feed)
         return np.asarray(outputs[1], dtype=np.float64) if self.classifier else np.asarray(outputs[0]).ravel()

@@ -175,28 +175,8 @@ class RedisStore(PerProcess):
                 except StoreDataError as exc:
                     out.append(exc)
             return out
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            flat = [command for commands, _ in groups for command in commands]
-            conn.send_packed_command([resp(flat)] if _plain(flat) else conn.pack_commands(flat))
-            out = []
-            for commands, _ in groups:
-                replies, error = [], None
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:  # read whole: the next reply follows it
-                        if isinstance(exc, _OUTAGES):
-                            raise
-                        error = error or exc
-                out.append(replies if error is None else StoreDataError(self.name, redact(self.url), str(error)))
-            return out
-        except BaseException:
-            conn.disconnect()  # a half-read connection must not go back to the pool
-            raise
-        finally:
-            pool.release(conn)
+        return [StoreDataError(self.name, redact(self.url), str(replies)) if isinstance(replies, Exception)
+                else replies for replies in self._exchange(self.client.connection_pool, [c for c, _ in groups])]
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """GET of each key: one MGET on one Redis; on a cluster, one MGET per slot (keys of many
@@ -240,12 +220,34 @@ class RedisStore(PerProcess):
             pipe.evalsha(sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)
 
+    @classmethod
+    def _packed(cls, pool: redis.ConnectionPool, commands: list[tuple]) -> list:
+        [replies] = cls._exchange(pool, [commands])
+        if isinstance(replies, Exception):
+            raise replies
+        return replies
+
     @staticmethod
-    def _packed(pool: redis.ConnectionPool, commands: list[tuple]) -> list:
+    def _exchange(pool: redis.ConnectionPool, groups: list[list[tuple]]) -> list[list | redis.ResponseError]:
+        """Every group's commands in one write on one pooled connection, then every reply: per group its
+        replies, or the first error reply about its data (the rest read all the same, so the connection
+        stays in step). An outage reply or a socket error raises, and the half-read connection is dropped."""
         conn = pool.get_connection()
         try:
-            conn.send_packed_command([resp(commands)] if _plain(commands) else conn.pack_commands(commands))
-            return [conn.read_response() for _ in commands]
+            flat = [command for commands in groups for command in commands]
+            conn.send_packed_command([resp(flat)] if _plain(flat) else conn.pack_commands(flat))
+            out: list[list | redis.ResponseError] = []
+            for commands in groups:
+                replies, error = [], None
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # read whole: the next reply follows it
+                        if isinstance(exc, _OUTAGES):
+                            raise
+                        error = error or exc
+                out.append(replies if error is None else error)
+            return out
         except BaseException:
             conn.disconnect()  # a half-read connection must not go back to the pool
             raise
