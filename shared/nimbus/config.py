@@ -111,6 +111,23 @@ class Settings(BaseSettings):
                                   "registry aliases it serves (a missed announcement is seen within this).")
     predict_preload: str = Field(default="", description="Models a predict process loads at start, before its "
                                  "first request: name@alias or name@version, comma-separated.")
+    rollout_steps: str = Field(default="10,50,100", pattern=r"^\d{1,3}(,\d{1,3})*$",
+                               description="Traffic shares (%) a canary rollout steps through; the last is 100.")
+    rollout_min_requests: int = Field(default=200, ge=1, description="A rollout step is judged once the candidate "
+                                      "answered (or, in shadow, scored) this many requests in it.")
+    rollout_min_step_s: float = Field(default=60.0, ge=0, description="And once the step has lasted this long.")
+    rollout_max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Rolled back when the candidate's "
+                                          "error rate in a step passes the champion's by more than this.")
+    rollout_fail_fast_errors: int = Field(default=10, ge=1, description="Errors of the candidate that are judged at "
+                                          "once, before the step has its requests.")
+    rollout_max_p99_ratio: float = Field(default=2.0, ge=1, description="Rolled back when the candidate's p99 "
+                                         "latency passes the champion's times this (plus rollout_p99_slack_ms).")
+    rollout_p99_slack_ms: float = Field(default=5.0, ge=0, description="Latency the p99 guardrail forgives "
+                                        "(sub-millisecond models differ by noise).")
+    rollout_max_psi: float = Field(default=0.25, ge=0, description="Rolled back when the PSI of the candidate's "
+                                   "outputs, or of any input, against its training reference passes this.")
+    rollout_sample_rate: float = Field(default=1.0, ge=0, le=1, description="Share of the candidate's requests "
+                                       "whose inputs and outputs are sampled for the PSI guardrail.")
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
     batch_max_decompressed_mb: float = Field(

@@ -11,6 +11,8 @@ below documents it in OpenAPI.
 
 from __future__ import annotations
 
+import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +36,10 @@ from nimbus.ids import current_request_id
 from nimbus.security import keyring
 from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: an alias move is announced
 from nimbus.serving.live import RegistryModels
+from nimbus.serving.models import ServedModel
+from nimbus.serving.rollout import CANARY, CANARY_ALIAS, CHAMPION, RolloutCounts, RolloutRoutes, Route
+
+log = logging.getLogger("nimbus.api.predict")
 
 MODEL = r"^[A-Za-z0-9_.\-]{1,128}$"  # the route's patterns, which the fast path checks too
 AT = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -49,6 +55,13 @@ class Prediction(BaseModel):
                                                                   "(a pyfunc model's own output row).")
 
 
+class RolloutAnswer(BaseModel):
+    id: str = Field(examples=["ro-20261207T201500-a1b2c3"], description="The canary rollout routing this model.")
+    role: Literal["canary", "champion"] = Field(description="Who answered: the candidate (canary) or the champion "
+                                                            "(also when the candidate failed and the champion stood in).")
+    shadow: bool = Field(description="Shadow mode: the candidate scored the request too, its answer unused.")
+
+
 class PredictionsPublic(BaseModel):
     model: str = Field(examples=["churn-lr"])
     version: str = Field(examples=["3"], description="The registry version that answered.")
@@ -61,6 +74,8 @@ class PredictionsPublic(BaseModel):
                     "MLflow flavour through mlflow.pyfunc.")
     classes: list[Any] | None = Field(default=None, examples=[[0, 1]], description="Classifiers: the labels.")
     predictions: list[Prediction] = Field(description="One per record, in the order sent.")
+    rollout: RolloutAnswer | None = Field(default=None, description="Set while a canary rollout of the model "
+                                                                    "routes the champion's requests.")
 
 
 class HeldModel(BaseModel):
@@ -92,18 +107,31 @@ class PredictService:
         self.settings = settings
         self.traffic: Any = None  # set by the app: the fast path counts its own answers
         self._models: Once[RegistryModels] = Once(self._build)
+        self._routes: Once[RolloutRoutes] = Once(self._build_routes)
+        self.counts = RolloutCounts(settings)  # each rollout step's counts per role, flushed to Redis
+        self.sampler: Any = None  # set by the app: the candidate's answers sampled for drift
 
     def _build(self) -> RegistryModels:
         models = RegistryModels(self.settings)
         models.start()
         return models
 
+    def _build_routes(self) -> RolloutRoutes:
+        routes = RolloutRoutes(self.settings)
+        routes.start()
+        return routes
+
     @property
     def models(self) -> RegistryModels:
         return self._models.get()
 
+    @property
+    def routes(self) -> RolloutRoutes:
+        return self._routes.get()
+
     def preload(self) -> None:
         """Load ``predict_preload``'s models now (the app's startup; a failure is logged, never fatal)."""
+        self.routes  # noqa: B018 - the running rollouts read now, off the event loop
         for ref in filter(None, (r.strip() for r in self.settings.predict_preload.split(","))):
             name, _, at = ref.partition("@")
             try:
@@ -114,25 +142,110 @@ class PredictService:
     def close(self) -> None:
         if (models := self._models.built) is not None:
             models.stop()
+        if (routes := self._routes.built) is not None:
+            routes.stop()
+        self.counts.flush()
+        self.counts.stop()
 
-    def answer(self, model: str, alias: str | None, version: str | None, body: bytes) -> bytes:
-        """The JSON answer for ``body`` (raises NotFound, Conflict, Unprocessable). CPU-bound and short
-        for scikit-learn forms: called on the event loop (a pyfunc model is called off it, see the route)."""
+    def answer(self, model: str, alias: str | None, version: str | None, body: bytes, key: str | None = None,
+               inline: bool = False) -> bytes:
+        """The JSON answer for ``body`` (raises NotFound, Conflict, Unprocessable). ``inline`` (the fast
+        path, on the event loop): only models already loaded in a scikit-learn form, else LookupError."""
         at = version or alias or "champion"
         records = records_of(body)
-        served = self.models.get(model, at)
-        return self.shape(model, None if version else at, served, served.predict(records, self.limit))
+        get = self.models.loaded if inline else self.models.get
+        served = get(model, at)
+        route = None
+        if version is None and at == CHAMPION:  # only the champion's traffic is shared with a candidate
+            routes = self._routes.built if inline else self.routes
+            if routes is None:
+                raise LookupError("rollouts not read yet")
+            route = routes.state.get(model)
+        if route is None:
+            return self.shape(model, None if version else at, served, served.predict(records, self.limit))
+        return self.routed(route, model, served, records, key or current_request_id.get() or "", get)
+
+    def routed(self, route: Route, model: str, champion: ServedModel, records: list[Any], key: str,
+               get: Any) -> bytes:
+        """An answer during a rollout: the candidate's for its share of keys (the champion's when the
+        candidate fails: counted against it, never a failed request), or in shadow the champion's with the
+        candidate scored beside it."""
+        if not route.takes(key):
+            return self.shape(model, CHAMPION, champion, self._timed(route, champion, records), route, CHAMPION)
+        failure: Exception | None = None
+        candidate: ServedModel | None = None
+        try:
+            candidate = get(model, CANARY_ALIAS)
+        except LookupError:
+            raise  # not loaded here yet: the slow path loads it
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot load is the candidate's failure
+            failure = exc
+        if route.shadow:
+            predictions = self._timed(route, champion, records)
+            if candidate is not None:
+                self._try_candidate(route, model, candidate, records)
+            else:
+                self.counts.count(route, CANARY, 0.0, True)
+            return self.shape(model, CHAMPION, champion, predictions, route, CHAMPION)
+        if candidate is not None:
+            start = time.perf_counter()
+            try:
+                predictions = candidate.predict(records, self.limit)
+            except Exception as exc:  # noqa: BLE001 - judged below: the champion answers instead
+                failure = exc
+            else:
+                self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, False)
+                self._sample(model, candidate, records, predictions)
+                return self.shape(model, CHAMPION, candidate, predictions, route, CANARY)
+        predictions = champion.predict(records, self.limit)  # a request at fault fails here, uncounted
+        self.counts.count(route, CANARY, 0.0, True)
+        log.warning("candidate %s v%s failed, the champion answered: %s: %s", model, route.candidate,
+                    type(failure).__name__, str(failure)[:200])
+        return self.shape(model, CHAMPION, champion, predictions, route, CHAMPION)
+
+    def _timed(self, route: Route, served: ServedModel, records: list[Any]) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        try:
+            predictions = served.predict(records, self.limit)
+        except NimbusError:
+            raise  # the request's fault (a 422), not the model's
+        except Exception:
+            self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, True)
+            raise
+        self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, False)
+        return predictions
+
+    def _try_candidate(self, route: Route, model: str, candidate: ServedModel, records: list[Any]) -> None:
+        start = time.perf_counter()
+        try:
+            predictions = candidate.predict(records, self.limit)
+        except Exception as exc:  # noqa: BLE001 - shadow: counted, never seen by the caller
+            self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, True)
+            log.warning("shadow candidate %s v%s failed: %s: %s", model, route.candidate, type(exc).__name__,
+                        str(exc)[:200])
+            return
+        self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, False)
+        self._sample(model, candidate, records, predictions)
+
+    def _sample(self, model: str, served: ServedModel, records: list[Any], predictions: list[dict[str, Any]]) -> None:
+        """The candidate's inputs and outputs, for the rollout's PSI guardrails."""
+        if self.sampler is not None and random.random() < self.settings.rollout_sample_rate:
+            self.sampler.add(model, served.version, records, predictions)
 
     @property
     def limit(self) -> int:
         return self.settings.predict_max_records
 
     @staticmethod
-    def shape(model: str, alias: str | None, served: Any, predictions: list[dict[str, Any]]) -> bytes:
+    def shape(model: str, alias: str | None, served: Any, predictions: list[dict[str, Any]],
+              route: Route | None = None, role: str = CHAMPION) -> bytes:
         return orjson.dumps({"model": model, "version": served.version, "alias": alias,
                              "request_id": current_request_id.get(), "kind": served.kind, "form": served.form,
                              "classes": list(served.classes) if served.classes else None,
-                             "predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+                             "predictions": predictions,
+                             "rollout": None if route is None else {"id": route.id, "role": role,
+                                                                   "shadow": route.shadow}},
+                            option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def records_of(body: bytes) -> list[Any]:
@@ -197,11 +310,8 @@ class FastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        try:
-            served = self.service.models.state.get((model, query[1] or query[0] or "champion"))
-            if served is None or served.kind == "pyfunc":
-                raise LookupError  # a first load or someone else's code: the route runs it off the event loop
-            answer = self.service.answer(model, *query, body)
+        try:  # a first load or someone else's code (LookupError): the route runs it off the event loop
+            answer = self.service.answer(model, *query, body, key=_routing_key(headers), inline=True)
         except (NimbusError, LookupError):
             await self.app(scope, _replay(body, receive), send)
             return
@@ -220,6 +330,11 @@ class FastPath:
         settings = self.fastapi.dependency_overrides.get(get_settings, get_settings)()
         found = keyring(settings).identify(key)
         return found is not None and grants(found.scopes, "read")
+
+
+def _routing_key(headers: dict[bytes, bytes]) -> str | None:
+    key = headers.get(b"x-routing-key")
+    return key.decode("latin-1")[:256] if key else None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -253,6 +368,9 @@ def build_router(service: PredictService) -> APIRouter:
         model: Annotated[str, Path(pattern=MODEL, examples=["churn-lr"])],
         alias: Annotated[str | None, Query(pattern=AT, description="Default champion.")] = None,
         version: Annotated[str | None, Query(pattern=VERSION)] = None,
+        x_routing_key: Annotated[str | None, Header(max_length=256, description=(
+            "During a canary rollout, who the request is for (a user or account id): one key always gets the "
+            "same version. Default: the request id (each request routed on its own)."))] = None,
     ) -> Response:
         """Predictions of a registry model for one record or a list of them."""
         unknown = request.query_params.keys() - {"alias", "version"}
@@ -260,14 +378,10 @@ def build_router(service: PredictService) -> APIRouter:
             raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}; allowed: alias, version")
         if alias is not None and version is not None:
             raise InvalidInput("alias, version: give one of them, not both")
-        at = version or alias or "champion"
         body = await request.body()
-        served = await run_in_threadpool(service.models.get, model, at)  # a first load blocks no other request
-        if served.kind == "pyfunc":  # someone else's code: off the event loop
-            predictions = await run_in_threadpool(served.predict, records_of(body), limit)
-            return Response(service.shape(model, None if version else at, served, predictions),
-                            media_type="application/json")
-        return Response(service.answer(model, alias, version, body), media_type="application/json")
+        # off the event loop: a first load, a pyfunc model's own code, a candidate being loaded
+        answer = await run_in_threadpool(service.answer, model, alias, version, body, x_routing_key)
+        return Response(answer, media_type="application/json")
 
     @router.get("/health", response_model=PredictHealth)
     def health(_: ReadKey) -> PredictHealth:

@@ -70,22 +70,19 @@ DEGRADED_TOTAL = Counter("nimbus_degraded_answers", "Answers served from a fallb
                          ["function"])
 
 
-class Rollup:
-    """This process's not-yet-flushed traffic counts, added to Redis by a background thread."""
+class HistogramRows:
+    """Pending counts per key — requests, errors, degraded, one latency histogram — taken whole by a flush.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.bucket_s = settings.traffic_bucket_s
+    The request path adds under an uncontended lock; :meth:`take` swaps the dict out and gives the
+    non-zero fields by name (``REQUESTS``, ``ERRORS``, ``DEGRADED``, ``HIST_FIELDS``), what the stores
+    HINCRBY. Shared by the traffic rollup (per function and time bucket) and the rollouts' counts
+    (per rollout step and role, :mod:`nimbus.serving.rollout`)."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flushing = threading.Lock()  # one flush at a time: a flush returns once its counts are in
-        self._pending: dict[tuple[str, int], list[int]] = {}
-        self._thread: threading.Thread | None = None
-        self._started = False
-        self._stop = threading.Event()
-        buffers.register(self)
+        self._pending: dict[Any, list[int]] = {}
 
-    def add(self, function: str, latency_ms: float, error: bool) -> None:
-        key = (function, int(time.time()) // self.bucket_s * self.bucket_s)
+    def add(self, key: Any, latency_ms: float, error: bool) -> None:
         slot = _H0 + bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
         with self._lock:
             row = self._pending.get(key)
@@ -94,22 +91,49 @@ class Rollup:
             row[0] += 1
             row[1] += error
             row[slot] += 1
-        if not self._started:
-            self._start()
 
-    def add_degraded(self, function: str) -> None:
-        key = (function, int(time.time()) // self.bucket_s * self.bucket_s)
+    def add_degraded(self, key: Any) -> None:
         with self._lock:
             row = self._pending.get(key)
             if row is None:
                 row = self._pending[key] = [0] * len(_FIELDS)
             row[2] += 1
 
+    def take(self) -> dict[Any, dict[str, int]]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return {key: {name: value for name, value in zip(_FIELDS, row) if value} for key, row in pending.items()}
+
+
+class Rollup:
+    """This process's not-yet-flushed traffic counts, added to Redis by a background thread."""
+
+    thread_name = "traffic-rollup"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket_s = settings.traffic_bucket_s
+        self._rows = HistogramRows()
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time: a flush returns once its counts are in
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._stop = threading.Event()
+        buffers.register(self)
+
+    def add(self, function: str, latency_ms: float, error: bool) -> None:
+        self._rows.add((function, int(time.time()) // self.bucket_s * self.bucket_s), latency_ms, error)
+        if not self._started:
+            self._start()
+
+    def add_degraded(self, function: str) -> None:
+        self._rows.add_degraded((function, int(time.time()) // self.bucket_s * self.bucket_s))
+
     def _start(self) -> None:
         with self._lock:
             if not self._started:
                 self._started = True
-                self._thread = buffers.start_flusher(self._loop, "traffic-rollup")  # None on Lambda
+                self._thread = buffers.start_flusher(self._loop, self.thread_name)  # None on Lambda
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.traffic_flush_s):
@@ -118,18 +142,18 @@ class Rollup:
     def flush(self) -> int:
         """Add the pending counts to Redis now; returns how many (function, bucket) rows went."""
         with self._flushing:
-            with self._lock:
-                pending, self._pending = self._pending, {}
-            if not pending:
+            counts = self._rows.take()
+            if not counts:
                 return 0
-            counts = {key: {name: value for name, value in zip(_FIELDS, row) if value}
-                      for key, row in pending.items()}
             try:
-                TelemetryStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
+                self.write(counts)
             except StoreUnavailable as exc:  # monitoring never fails a request; the counts are lost
-                log.warning("traffic rollup dropped %d rows: %s", len(counts), exc)
+                log.warning("%s dropped %d rows: %s", self.thread_name, len(counts), exc)
                 return 0
             return len(counts)
+
+    def write(self, counts: dict[Any, dict[str, int]]) -> None:
+        TelemetryStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -203,7 +227,8 @@ def percentile(hist: list[int], q: float) -> float | None:
     return float(LATENCY_BUCKETS_MS[-1])
 
 
-def _stats(rows: list[dict[str, int]]) -> dict[str, Any]:
+def stats(rows: list[dict[str, int]]) -> dict[str, Any]:
+    """Requests, errors, degraded answers and latency percentiles (ms) of stored count rows, summed."""
     hist = [sum(r.get(f, 0) for r in rows) for f in HIST_FIELDS]
     return {
         "requests": sum(r.get(REQUESTS, 0) for r in rows), "errors": sum(r.get(ERRORS, 0) for r in rows),
@@ -233,8 +258,8 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
     for function in functions:
         mine = [row for (f, _), row in rows.items() if f == function]
         for t in range(first, last + 1, bucket_s):
-            series.append({"t": t, "function": function, **_stats(grouped.get((function, t), []))})
-        totals[function] = {**_stats(mine), "rps": 0.0}
+            series.append({"t": t, "function": function, **stats(grouped.get((function, t), []))})
+        totals[function] = {**stats(mine), "rps": 0.0}
         totals[function]["rps"] = totals[function]["requests"] / window_s
     return {"window_s": window_s, "bucket_s": bucket_s, "generated_at": now, "functions": totals,
             "series": sorted(series, key=lambda s: (s["t"], s["function"]))}

@@ -47,6 +47,14 @@ class RegistryModels(LiveView[State]):
             served = self._add(name, at)
         return served
 
+    def loaded(self, name: str, at: str) -> ServedModel:
+        """``name@at`` if this process holds it in a form safe to call on the event loop (a scikit-learn
+        form, not someone else's pyfunc code); LookupError otherwise (the caller takes the slow path)."""
+        served = self.state.get((name, at))
+        if served is None or served.kind == "pyfunc":
+            raise LookupError(f"{name}@{at}")
+        return served
+
     def _add(self, name: str, at: str) -> ServedModel:
         with self._lock:  # concurrent first requests for one model load it once
             if (served := self.state.get((name, at))) is not None:

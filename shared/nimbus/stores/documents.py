@@ -35,6 +35,7 @@ class Collections:
     AUTOML_JOBS = "automl_jobs"  # one document per AutoML job: request, status, progress, results
     AB_QUARANTINE = "ab_quarantine"  # A/B log rows the rollup could not store: the row as logged and why
     ALERTS = "alerts"  # one document per alert (kind + subject): state, first/last seen, count, deliveries
+    ROLLOUTS = "rollouts"  # one document per canary rollout: candidate, steps, state, judgements
 
 
 # name -> list of (keys, options) passed to create_index
@@ -57,6 +58,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     # one of its owner's quota slots (unique: two submits cannot take the same one; freed when it ends)
     Collections.ALERTS: [([("key", pymongo.ASCENDING)], {"unique": True, "name": "alert_key"}),
                          ([("state", pymongo.ASCENDING), ("last_seen", pymongo.DESCENDING)], {})],
+    # a model's rollouts newest first; "active" holds the model's name while one runs (unique: one at a time)
+    Collections.ROLLOUTS: [([("model", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)], {}),
+                           ([("active", pymongo.ASCENDING)], {"unique": True, "name": "rollout_active"}),
+                           ([("state", pymongo.ASCENDING)], {})],
     Collections.AB_QUARANTINE: [([("kind", pymongo.ASCENDING), ("at", pymongo.DESCENDING)], {})],
     Collections.AUTOML_JOBS: [([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)], {}),
                               ([("owner", pymongo.ASCENDING), ("slot", pymongo.ASCENDING)],

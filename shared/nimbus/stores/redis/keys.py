@@ -25,7 +25,8 @@ pick the key's slot, so every key a script or transaction touches together share
 * monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
   ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
   histogram counts for one function in one time bucket, epoch seconds) and
-  ``mon:traffic:functions`` (set of the functions that reported);
+  ``mon:traffic:functions`` (set of the functions that reported); ``mon:rollout:<rollout>:<step>:<role>``
+  (the same counts and histogram for the candidate or the champion during one step of a canary rollout);
 * A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
   HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
   ``ab:{x:<experiment>}:n`` (hash ``<variant>:exposures|clicks|purchases`` -> count,
@@ -155,6 +156,10 @@ class Keys:
     @classmethod
     def traffic_functions(cls) -> str:
         return cls.key("mon", "traffic", "functions")
+
+    @classmethod
+    def rollout_counts(cls, rollout: str, step: int, role: str) -> str:
+        return cls.key("mon", "rollout", _id(rollout), step, role)
 
     # A/B experiments
     @classmethod

@@ -38,3 +38,23 @@ class TelemetryStore(RedisStore):
         with self.redis as r:
             members = r.smembers(Keys.traffic_functions())
         return sorted(m.decode() for m in members)
+
+    def add_rollout_counts(self, counts: dict[tuple[str, int, str], dict[str, int]], ttl_s: int) -> None:
+        """Add per-(rollout, step, role) field counts (the traffic fields), one round trip."""
+        with self.redis as r:
+            pipe = r.pipeline(transaction=False)
+            for (rollout, step, role), fields in counts.items():
+                key = Keys.rollout_counts(rollout, step, role)
+                for name, value in fields.items():
+                    pipe.hincrby(key, name, value)
+                pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    def rollout_counts(self, rollout: str, step: int, roles: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The counts of each role in one step of a rollout (a role with none: an empty dict)."""
+        with self.redis as r:
+            pipe = r.pipeline(transaction=False)
+            for role in roles:
+                pipe.hgetall(Keys.rollout_counts(rollout, step, role))
+            answers = pipe.execute()
+        return {role: {k.decode(): int(v) for k, v in raw.items()} for role, raw in zip(roles, answers)}
