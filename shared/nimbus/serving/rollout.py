@@ -69,6 +69,7 @@ CANARY_ALIAS = "canary"  # the candidate's alias while it is rolled out
 CANARY, CHAMPION = "canary", "champion"  # the roles a request's answer is counted under
 ROLES = (CANARY, CHAMPION)
 RUNNING, COMPLETED, ROLLED_BACK, CANCELLED = "running", "completed", "rolled_back", "cancelled"
+STARTING = "starting"  # written, its canary alias not yet moved: not routed
 PASS, FAIL, PENDING, SKIPPED = "pass", "fail", "pending", "skipped"
 COUNTS_TTL_S = 14 * 86400
 Clock = Callable[[], datetime]
@@ -183,7 +184,7 @@ def start(settings: Settings, name: str, version: str, share: str | float = 10, 
                        f"(`nimbus models promote {name} <version>`)") from None
     if champion == version:
         raise Conflict(f"{name} version {version} is already the champion")
-    running = _collection(settings).find_one({"model": name, "state": RUNNING})
+    running = _collection(settings).find_one({"model": name, "active": name})
     if running is not None:
         raise Conflict(f"{name} already has a rollout running ({running['_id']}: version {running['candidate']} at "
                        f"{running['steps'][running['step']]:g}%); cancel it first (`nimbus models rollout-cancel {name}`)")
@@ -192,7 +193,7 @@ def start(settings: Settings, name: str, version: str, share: str | float = 10, 
     mode = "shadow" if shadow else "canary"
     why = reason or f"{mode} rollout {rollout_id} of v{version} against champion v{champion}: {plan[0]:g}%"
     doc = {"_id": rollout_id, "model": name, "candidate": version, "champion": champion, "mode": mode,
-           "steps": plan, "step": 0, "state": RUNNING, "active": name, "started_at": at, "updated_at": at,
+           "steps": plan, "step": 0, "state": STARTING, "active": name, "started_at": at, "updated_at": at,
            "step_started_at": at, "ended_at": None, "by": who or audit.actor(settings), "reason": why,
            "guardrails": [], "history": [{"at": at, "action": "start", "share": plan[0], "reason": why}]}
     try:
@@ -206,8 +207,11 @@ def start(settings: Settings, name: str, version: str, share: str | float = 10, 
     try:
         _move_canary(settings, name, version, "rollout_start", why, who)
     except Exception:
-        _collection(settings).delete_one({"_id": rollout_id})  # nothing routed to a candidate not aliased
+        _collection(settings).delete_one({"_id": rollout_id})  # nothing was routed to it
         raise
+    # Routed only now: the candidate's alias and its audited move are in place for the predict processes.
+    _collection(settings).update_one({"_id": rollout_id}, {"$set": {"state": RUNNING}})
+    doc["state"] = RUNNING
     _announce(settings, doc)
     return public(doc)
 
@@ -223,7 +227,7 @@ def _move_canary(settings: Settings, name: str, version: str, action: str, reaso
 def cancel(settings: Settings, name: str, reason: str | None = None, who: str | None = None,
            clock: Clock = _now) -> dict[str, Any]:
     """Stop ``name``'s running rollout: all traffic back to the champion (audited)."""
-    doc = _collection(settings).find_one({"model": name, "state": RUNNING})
+    doc = _collection(settings).find_one({"model": name, "active": name})  # running, or stuck starting
     if doc is None:
         raise NotFound(f"{name} has no rollout running")
     why = reason or f"rollout {doc['_id']} cancelled at {doc['steps'][doc['step']]:g}%"
@@ -426,7 +430,7 @@ def _end(settings: Settings, doc: dict[str, Any], state: str, action: str, reaso
          now: datetime, guards: list[dict[str, Any]]) -> dict[str, Any]:
     """Claim the step, move the aliases through governance, then record the end (and announce it)."""
     claimed = _collection(settings).find_one_and_update(
-        {"_id": doc["_id"], "state": RUNNING, "step": doc["step"]},
+        {"_id": doc["_id"], "state": {"$in": [RUNNING, STARTING]}, "step": doc["step"]},
         {"$set": {"state": f"{state}:pending", "updated_at": now}}, return_document=True)
     if claimed is None:
         raise Conflict(f"rollout {doc['_id']} was judged by another process meanwhile")
