@@ -1,4 +1,5 @@
-"""monitor: on a schedule, check the live models for drift, then evaluate and deliver every alert."""
+"""monitor: on a schedule, check the live models for drift, judge the running canary rollouts, then evaluate
+and deliver every alert."""
 
 from nimbus import alerts
 from nimbus.buffers import flushed
@@ -7,6 +8,8 @@ from nimbus.errors import InvalidInput
 from nimbus.events import ScheduledTrigger, parse
 from nimbus.monitoring.drift import run_check
 from nimbus.recommend.bundle import MODEL_NAME
+from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: predict processes hear moves
+from nimbus.serving.rollout import judge
 
 
 @flushed  # anything buffered (traffic, samples) is written before the handler returns
@@ -16,7 +19,10 @@ def handler(event, context):
         raise InvalidInput(f"monitor runs on a schedule; got {type(trigger).__name__}")
     settings = get_settings()
     checks = run_check(settings, MODEL_NAME)  # the live recommender's versions
-    return {"rule": trigger.rule, "alerts": alerts.evaluate(settings, drift_checks=checks), "checks": [
+    rollouts = [{k: d[k] for k in ("model", "rollout", "action", "share", "reason")}
+                for d in judge(settings, who="monitor")]  # each running rollout stepped up, held or rolled back
+    return {"rule": trigger.rule, "rollouts": rollouts, "alerts": alerts.evaluate(settings, drift_checks=checks),
+            "checks": [
         {"model": c["model"], "model_version": c["model_version"], "status": c["status"], "samples": c["samples"],
          "drifted": c["drifted"], "drifted_features": [f["name"] for f in c["features"] if f["drifted"]]}
         for c in checks]}

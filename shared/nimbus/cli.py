@@ -22,7 +22,7 @@ from rich.console import RenderableType
 from nimbus import logs, tracing
 from nimbus.config import get_settings
 from nimbus.console import err, fields_table, fmt, health_table, out, progress, rows_table, status_table
-from nimbus.errors import NimbusError
+from nimbus.errors import InvalidInput, NimbusError, NotFound
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout (and nothing else "
                                                      "there), instead of a table or a summary.")]
@@ -643,6 +643,85 @@ def models_rollback(
     """Return an alias to the version before its last promotion (audited)."""
     record = _governance().rollback(get_settings(), name, alias)
     emit(record, as_json, f"{name}@{alias}: {record['details']['from']} -> {record['details']['to']} (rolled back)")
+
+
+def _rollout_line(doc: dict[str, Any]) -> str:
+    return (f"{doc['model']}: rollout {doc['id']} of v{doc['candidate']} against champion v{doc['champion']} "
+            f"({doc['mode']}) {doc['state']} at {doc['share']:g}% (steps {', '.join(f'{s:g}' for s in doc['steps'])})")
+
+
+def _guardrails_table(doc: dict[str, Any]) -> RenderableType:
+    from rich.console import Group
+
+    parts: list[Any] = [_rollout_line(doc)]
+    if doc.get("guardrails"):
+        parts.append(rows_table(doc["guardrails"], "guardrails (last judgement)",
+                                ["name", "status", "value", "limit", "detail"]))
+    if isinstance(doc.get("counts"), dict) and "error" not in doc["counts"]:
+        parts.append(rows_table([{"role": r, **c} for r, c in doc["counts"].items()], "this step",
+                                ["role", "requests", "errors", "p50_ms", "p95_ms", "p99_ms"]))
+    parts.append(rows_table(doc.get("history", []), "steps", ["at", "action", "share", "reason"]))
+    return Group(*parts)
+
+
+@models_app.command("rollout")
+def models_rollout(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    canary: Annotated[str, typer.Option(help="The candidate's first share of the champion's traffic, e.g. 10%.")] = "10%",
+    shadow: Annotated[bool, typer.Option(help="Shadow: the candidate scores its share too, the champion answers.")] = False,
+    steps: Annotated[str | None, typer.Option(help="Shares to step through, e.g. 10,50,100 (default NIMBUS_ROLLOUT_STEPS).")] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Roll a version out against the champion as a canary, judged by guardrails (audited)."""
+    from nimbus.serving import rollout
+
+    _governance()
+    try:
+        plan = [float(s) for s in steps.split(",")] if steps else None
+    except ValueError:
+        raise InvalidInput(f"steps: comma-separated percentages, e.g. 10,50,100; got {steps!r}") from None
+    doc = rollout.start(get_settings(), name, version, canary, shadow=shadow, steps=plan, reason=reason)
+    emit(doc, as_json, _rollout_line(doc) + f"\njudged by the monitor schedule, or now: nimbus models judge {name}")
+
+
+@models_app.command("rollout-status")
+def models_rollout_status(name: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
+    """A model's running (else latest) rollout: share, guardrails, this step's counts, its steps."""
+    from nimbus.serving import rollout
+
+    doc = rollout.status(get_settings(), name)
+    if doc is None:
+        raise NotFound(f"{name} has had no rollout")
+    emit(doc, as_json, _guardrails_table)
+
+
+@models_app.command("rollout-cancel")
+def models_rollout_cancel(
+    name: Annotated[str, typer.Argument()],
+    reason: Annotated[str | None, typer.Option()] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Stop a running rollout: all traffic back to the champion (audited)."""
+    from nimbus.serving import rollout
+
+    _governance()
+    doc = rollout.cancel(get_settings(), name, reason)
+    emit(doc, as_json, _rollout_line(doc))
+
+
+@models_app.command("judge")
+def models_judge(
+    name: Annotated[str | None, typer.Argument(help="One model's rollout (default: every running one).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Judge running rollouts now: hold, step up, promote at 100%, or roll back (what the monitor does)."""
+    from nimbus.serving import rollout
+
+    _governance()
+    emit(rollout.judge(get_settings(), name), as_json, lambda rows: rows_table(
+        rows, "rollout judgements", ["model", "rollout", "action", "share", "state", "reason"]))
 
 
 @models_app.command("history")

@@ -224,3 +224,29 @@ def test_rollout_requests_that_cannot_run_are_refused_clearly(stack: Settings, r
     assert audit.history(stack, f"model:{MODEL}", limit=1)[0]["action"] == "rollout_cancel"
     with pytest.raises(NotFound, match="no rollout running"):
         rollout.cancel(stack, MODEL)
+
+
+def test_the_models_api_starts_reads_judges_and_cancels_a_rollout(stack: Settings,
+                                                                  rollout_models: dict[str, str]) -> None:
+    from nimbus.api.models import create_models_app
+
+    with TestClient(create_models_app(stack)) as api:
+        bad = api.post(f"/models/{MODEL}/rollouts", json={"version": rollout_models["good"], "canary": "150%"},
+                       headers=KEY)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "canary"
+        started = api.post(f"/models/{MODEL}/rollouts", json={"version": rollout_models["good"], "canary": "25%",
+                                                              "reason": "api test"}, headers=KEY)
+        assert started.status_code == 201, started.text
+        doc = started.json()
+        assert (doc["state"], doc["steps"], doc["reason"]) == ("running", [25, 50, 100], "api test")
+        again = api.post(f"/models/{MODEL}/rollouts", json={"version": rollout_models["bad"]}, headers=KEY)
+        assert again.status_code == 409 and "already has a rollout running" in again.json()["detail"]
+        status = api.get(f"/models/{MODEL}/rollout", headers=KEY).json()
+        assert status["id"] == doc["id"] and status["counts"]["canary"]["requests"] == 0
+        judged = api.post("/models/rollouts/judge", params={"model": MODEL}, headers=KEY).json()
+        assert [(d["action"], d["rollout"]) for d in judged] == [("hold", doc["id"])]
+        assert {g["name"]: g["status"] for g in judged[0]["guardrails"]}["error_rate"] == "pending"
+        cancelled = api.post(f"/models/{MODEL}/rollout/cancel", json={"reason": "api test done"}, headers=KEY)
+        assert cancelled.json()["state"] == "cancelled"
+        assert [r["id"] for r in api.get("/models/rollouts", params={"model": MODEL}, headers=KEY).json()] == [doc["id"]]
+        assert api.get("/models/nope/rollout", headers=KEY).status_code == 404

@@ -53,7 +53,7 @@ from typing import Any
 
 from nimbus import audit, governance
 from nimbus.config import Settings
-from nimbus.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 from nimbus.experiments.assignment import hash_v2
 from nimbus.monitoring import traffic
 from nimbus.stores.documents import Collections, DocumentStore
@@ -351,24 +351,31 @@ def candidate_rows(settings: Settings, doc: Mapping[str, Any]) -> list[dict[str,
 def judge(settings: Settings, name: str | None = None, who: str | None = None,
           clock: Clock = _now) -> list[dict[str, Any]]:
     """Judge every running rollout (of ``name``): a decision each — hold, step, complete, roll back."""
-    from nimbus.monitoring.drift import load_reference
-
     query: dict[str, Any] = {"state": RUNNING, **({"model": name} if name else {})}
     decisions = []
     for doc in list(_collection(settings).find(query)):
-        now = clock()
-        champion = _champion(settings, doc["model"])
-        if champion != doc["champion"]:
-            why = (f"the champion moved outside the rollout (v{doc['champion']} -> v{champion}); "
-                   "the comparison no longer holds")
-            decisions.append(_decision(_end(settings, doc, CANCELLED, "cancel", why, who, now, []), "cancel", why))
-            continue
-        counts = step_counts(settings, doc)
-        reference = load_reference(settings, doc["model"], doc["candidate"])
-        rows = candidate_rows(settings, doc) if reference is not None else []
-        guards = guardrails(settings, doc, counts, rows, reference)
-        decisions.append(_decide(settings, doc, counts, guards, who, now))
+        try:
+            decisions.append(_judge_one(settings, doc, who, clock()))
+        except (NimbusError, StoreUnavailable) as exc:  # one rollout's trouble never stops the others' judgement
+            log.warning("rollout %s not judged: %s", doc["_id"], exc)
+            decisions.append({"model": doc["model"], "rollout": doc["_id"], "action": "error", "reason": str(exc),
+                              "state": doc["state"], "share": doc["steps"][doc["step"]], "guardrails": []})
     return decisions
+
+
+def _judge_one(settings: Settings, doc: dict[str, Any], who: str | None, now: datetime) -> dict[str, Any]:
+    from nimbus.monitoring.drift import load_reference
+
+    champion = _champion(settings, doc["model"])
+    if champion != doc["champion"]:
+        why = (f"the champion moved outside the rollout (v{doc['champion']} -> v{champion}); "
+               "the comparison no longer holds")
+        return _decision(_end(settings, doc, CANCELLED, "cancel", why, who, now, []), "cancel", why)
+    counts = step_counts(settings, doc)
+    reference = load_reference(settings, doc["model"], doc["candidate"])
+    rows = candidate_rows(settings, doc) if reference is not None else []
+    guards = guardrails(settings, doc, counts, rows, reference)
+    return _decide(settings, doc, counts, guards, who, now)
 
 
 def _champion(settings: Settings, name: str) -> str | None:
