@@ -5,7 +5,9 @@ function invoked with an EventBridge event; a ranker trained, registered in MLfl
 promoted; recommendations and interactions through the local gateway, exactly as API
 Gateway would route them; an A/B test of a challenger against the champion with simulated
 users, and its results; a drift check of what was served; a file dropped in S3 and scored
-by the batch function on Spark; a short AutoML job and its leaderboard; health; the
+by the batch function on Spark; a short AutoML job and its leaderboard; its winner served by
+the `predict` function, then two more AutoML winners rolled out as canaries — one trained on a
+stale table, rolled back by its guardrails, one good, stepped up to 100 %; health; the
 dashboard's URL; stack down (only what the demo started), unless ``--keep``: then the
 stack stays up and the gateway keeps serving the dashboard until Ctrl-C.
 """
@@ -111,27 +113,40 @@ def _experiment(settings: Settings, out: Console, http: httpx.Client, challenger
     out.print(f"experiment {exp_id} stopped: results frozen in MongoDB, audited")
 
 
-def _automl(settings: Settings, out: Console, budget_s: float) -> None:
-    """A short AutoML job on a churn table: searched on Ray, tracked in MLflow, registered."""
-    from rich.table import Table
+CHURN_CSV = "churn.csv"  # every AutoML job of the demo trains on a file of this name: one model, automl-churn
 
+
+def _churn_csv(folder: Path, seed: int, shift: float = 0.0) -> Path:
+    """A churn table as a user would upload it; ``shift`` moves the first five features (a stale table)."""
+    from nimbus.batch.examples import make_records
+
+    table, y = make_records(3000, seed=seed)
+    frame = table.drop_columns(["record_id"]).to_pandas()
+    for column in ("f0", "f1", "f2", "f3", "f4"):
+        frame[column] += shift
+    frame["churned"] = y
+    path = folder / f"{seed}" / CHURN_CSV
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _automl_job(settings: Settings, out: Console, path: Path, budget_s: float, what: str) -> dict[str, Any]:
     from nimbus.audit import actor
     from nimbus.automl.jobs import JobRequest, submit
     from nimbus.automl.runner import run_once
-    from nimbus.batch.examples import make_records
 
-    with tempfile.TemporaryDirectory() as tmp:
-        table, y = make_records(3000, seed=17)
-        frame = table.drop_columns(["record_id"]).to_pandas()
-        frame["churned"] = y
-        path = Path(tmp) / "churn.csv"
-        frame.to_csv(path, index=False)
-        job = submit(settings, JobRequest(dataset=str(path), target="churned", budget_s=budget_s),
-                     owner=actor(settings), trusted_paths=True)
-        out.print(f"job {job['_id']}: {job['profile']['task']} on {job['profile']['rows']:,} rows, "
-                  f"metric {job['metric']}, budget {budget_s:.0f} s")
-        with out.status("Ray Tune searching scikit-learn algorithms, every trial an MLflow run..."):
-            doc = run_once(settings, job["_id"])  # starts this process's Ray and shuts it down with the job
+    job = submit(settings, JobRequest(dataset=str(path), target="churned", budget_s=budget_s, name="churn"),
+                 owner=actor(settings), trusted_paths=True)
+    out.print(f"job {job['_id']} ({what}): {job['profile']['task']} on {job['profile']['rows']:,} rows, "
+              f"metric {job['metric']}, budget {budget_s:.0f} s")
+    with out.status("Ray Tune searching scikit-learn algorithms, every trial an MLflow run..."):
+        return run_once(settings, job["_id"])  # starts this process's Ray and shuts it down with the job
+
+
+def _automl(settings: Settings, out: Console, folder: Path, budget_s: float) -> dict[str, Any]:
+    """A short AutoML job on a churn table: searched on Ray, tracked in MLflow, registered."""
+    doc = _automl_job(settings, out, _churn_csv(folder, seed=17), budget_s, "the first model")
     leaderboard = Table(title=f"leaderboard ({doc['trials']} configurations in {doc['elapsed_s']:.0f} s)")
     for column in ("#", "algorithm", doc["metric"], "complete"):
         leaderboard.add_column(column)
@@ -143,10 +158,83 @@ def _automl(settings: Settings, out: Console, budget_s: float) -> None:
     out.print(f"winner {doc['winner']['algorithm']}: held-out {test['metric']} {test['value']:.4f} "
               f"(95% CI {test['ci95'][0]:.4f}-{test['ci95'][1]:.4f}); registered {doc['model']['name']} "
               f"v{doc['model']['version']}; report {doc['exports']['report_html']}")
+    return doc
+
+
+def _live_records(folder: Path, n: int) -> list[dict[str, Any]]:
+    """Today's traffic: records like the first table's (as read back from a CSV, the types training saw)."""
+    import pandas as pd
+
+    frame = pd.read_csv(_churn_csv(folder, seed=99)).drop(columns=["churned"]).head(n)
+    return frame.to_dict("records")
+
+
+def _serve_and_roll_out(settings: Settings, out: Console, http: httpx.Client, folder: Path, first: dict[str, Any],
+                        budget_s: float) -> None:
+    """The loop: the AutoML winner served by predict; two more winners rolled out as canaries, judged."""
+    from nimbus import governance
+
+    name, version = first["model"]["name"], first["model"]["version"]
+    governance.promote(settings, name, version, reason="demo: the first AutoML winner")
+    key = {"X-API-Key": demo_key()}
+    records = _live_records(folder, 400)
+    answer = http.post(f"/predict/{name}", json=records[:3], headers=key)
+    if answer.status_code != 200:
+        raise NimbusError(f"predict answered {answer.status_code}: {answer.text[:300]}")
+    body = answer.json()
+    table = Table(title=f"POST /predict/{name} (3 records) -> v{body['version']} @{body['alias']}, {body['form']}")
+    for column in ("record", "label", "probabilities"):
+        table.add_column(column)
+    for n, p in enumerate(body["predictions"]):
+        table.add_row(str(n), str(p["label"]), ", ".join(f"{k}: {v:.3f}" for k, v in p["probabilities"].items()))
+    out.print(table)
+    stale = _automl_job(settings, out, _churn_csv(folder, seed=23, shift=1.5), budget_s, "a candidate trained on "
+                        "a stale table: its first five features moved")
+    _roll_out(settings, out, http, name, stale["model"]["version"], records)
+    good = _automl_job(settings, out, _churn_csv(folder, seed=29), budget_s, "a candidate trained on fresh data")
+    _roll_out(settings, out, http, name, good["model"]["version"], records)
+
+
+def _roll_out(settings: Settings, out: Console, http: httpx.Client, name: str, version: str,
+              records: list[dict[str, Any]]) -> None:
+    """A canary rollout under steady traffic, judged after each burst until it completes or rolls back."""
+    from nimbus.serving import rollout
+
+    # The demo's patience: a step is judged on 60 candidate answers (and 100 samples), not on minutes.
+    quick = settings.model_copy(update={"rollout_min_requests": 60, "rollout_min_step_s": 0,
+                                        "drift_min_samples": 100})
+    started = rollout.start(quick, name, version, "10%", reason="demo: canary of the new AutoML winner")
+    out.print(f"nimbus models rollout {name} {version} --canary 10%: {started['id']} against champion "
+              f"v{started['champion']}, steps {' -> '.join(f'{s:g}%' for s in started['steps'])}")
+    key = {"X-API-Key": demo_key()}
+    sent = failed = 0
+    rng = random.Random(version)
+    for _ in range(400):
+        for _ in range(100):
+            record = records[rng.randrange(len(records))]
+            answer = http.post(f"/predict/{name}", json=record,
+                               headers={**key, "X-Routing-Key": f"customer-{rng.randrange(5000)}"})
+            sent += 1
+            failed += answer.status_code != 200
+        time.sleep(settings.traffic_flush_s * 1.5)  # the gateway's counts and samples reach Redis each flush
+        decision = rollout.judge(quick, name, who="demo")[0]
+        if decision["action"] != "hold":
+            guards = ", ".join(f"{g['name']} {g['status']}" + (f" ({g['value']:.3g} / {g['limit']:.3g})"
+                                                               if g["value"] is not None and g["limit"] else "")
+                               for g in decision["guardrails"])
+            out.print(f"  judged: {decision['action']} -> {decision['state']} at {decision['share']:g}% [{guards}]")
+        if decision["state"] != "running":
+            break
+    else:
+        raise NimbusError(f"rollout {started['id']} was still running after {sent} requests")
+    out.print(f"  {decision['reason']}")
+    out.print(f"  {sent:,} requests during the rollout, {failed} failed")
+    if failed:
+        raise NimbusError(f"{failed} of {sent} predict requests failed during the rollout")
 
 
 def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 2000, items: int = 1000,
-             automl_budget_s: float = 45) -> None:
+             automl_budget_s: float = 45, candidate_budget_s: float = 15) -> None:
     from nimbus.console import drift_tables
     from nimbus.monitoring.drift import run_check
     from nimbus.recommend.bundle import MODEL_NAME
@@ -224,11 +312,15 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
             out.rule("8. batch predictions: a file dropped in S3, scored on Spark by the batch function")
             _batch(settings, out)
 
-            out.rule("9. AutoML: a dataset in, a searched, tracked, registered model out")
-            _automl(settings, out, automl_budget_s)
+            with tempfile.TemporaryDirectory() as tmp:
+                out.rule("9. AutoML: a dataset in, a searched, tracked, registered model out")
+                first = _automl(settings, out, Path(tmp), automl_budget_s)
+
+                out.rule("10. the winner served by predict; new winners rolled out as canaries, judged")
+                _serve_and_roll_out(settings, out, http, Path(tmp), first, candidate_budget_s)
 
             health = http.get("/health", headers={"X-API-Key": demo_key()})  # the operator sees addresses
-            out.rule("10. the health function and the dashboard")
+            out.rule("11. the health function and the dashboard")
             print_health(health.json())
             if health.status_code != 200:
                 raise NimbusError(f"health answered {health.status_code}: some store is down")
@@ -239,7 +331,7 @@ def run_demo(settings: Settings, out: Console, keep: bool = False, users: int = 
                 _wait_for_interrupt()
     finally:
         if not keep:
-            out.rule("11. local stack down")
+            out.rule("12. local stack down")
             stopped = stack.down(started) if started else []
             out.print(f"stopped: {', '.join(stopped) or 'nothing (it was already running before the demo)'}")
 
