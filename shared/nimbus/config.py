@@ -111,6 +111,8 @@ class Settings(BaseSettings):
                                   "registry aliases it serves (a missed announcement is seen within this).")
     predict_preload: str = Field(default="", description="Models a predict process loads at start, before its "
                                  "first request: name@alias or name@version, comma-separated.")
+    predict_sample_rate: float = Field(default=0.01, ge=0, le=1, description="Share of the records POST "
+                                       "/predict/{model} answers that are sampled for drift (with their score).")
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
     batch_max_decompressed_mb: float = Field(

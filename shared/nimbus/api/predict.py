@@ -34,6 +34,8 @@ from nimbus.ids import current_request_id
 from nimbus.security import keyring
 from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: an alias move is announced
 from nimbus.serving.live import RegistryModels
+from nimbus.serving.samples import PredictionSampler
+from nimbus.stores.redis.live import LiveModelStore
 
 MODEL = r"^[A-Za-z0-9_.\-]{1,128}$"  # the route's patterns, which the fast path checks too
 AT = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -92,6 +94,8 @@ class PredictService:
         self.settings = settings
         self.traffic: Any = None  # set by the app: the fast path counts its own answers
         self._models: Once[RegistryModels] = Once(self._build)
+        # served records kept for drift (buffered; the canary's shadow-scored candidate goes through it too)
+        self.sampler = PredictionSampler(LiveModelStore.for_settings(settings), settings.predict_sample_rate)
 
     def _build(self) -> RegistryModels:
         models = RegistryModels(self.settings)
@@ -114,6 +118,8 @@ class PredictService:
     def close(self) -> None:
         if (models := self._models.built) is not None:
             models.stop()
+        self.sampler.stop()
+        self.sampler.flush()
 
     def answer(self, model: str, alias: str | None, version: str | None, body: bytes) -> bytes:
         """The JSON answer for ``body`` (raises NotFound, Conflict, Unprocessable). CPU-bound and short
@@ -121,7 +127,9 @@ class PredictService:
         at = version or alias or "champion"
         records = records_of(body)
         served = self.models.get(model, at)
-        return self.shape(model, None if version else at, served, served.predict(records, self.limit))
+        predictions = served.predict(records, self.limit)
+        self.sampler.add(model, served.version, records, predictions)
+        return self.shape(model, None if version else at, served, predictions)
 
     @property
     def limit(self) -> int:
@@ -264,7 +272,9 @@ def build_router(service: PredictService) -> APIRouter:
         body = await request.body()
         served = await run_in_threadpool(service.models.get, model, at)  # a first load blocks no other request
         if served.kind == "pyfunc":  # someone else's code: off the event loop
-            predictions = await run_in_threadpool(served.predict, records_of(body), limit)
+            records = records_of(body)
+            predictions = await run_in_threadpool(served.predict, records, limit)
+            service.sampler.add(model, served.version, records, predictions)
             return Response(service.shape(model, None if version else at, served, predictions),
                             media_type="application/json")
         return Response(service.answer(model, alias, version, body), media_type="application/json")
