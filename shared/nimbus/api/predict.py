@@ -118,8 +118,7 @@ class PredictService:
     def close(self) -> None:
         if (models := self._models.built) is not None:
             models.stop()
-        self.sampler.stop()
-        self.sampler.flush()
+        self.sampler.close()
 
     def answer(self, model: str, alias: str | None, version: str | None, body: bytes) -> bytes:
         """The JSON answer for ``body`` (raises NotFound, Conflict, Unprocessable). CPU-bound and short

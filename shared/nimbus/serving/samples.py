@@ -150,3 +150,9 @@ class PredictionSampler:
 
     def stop(self) -> None:
         self.buffer.stop()
+
+    def close(self) -> None:
+        """Stop the flush thread and write everything still kept (a process shutting down)."""
+        self.stop()
+        while self.flush() > 0:
+            pass
