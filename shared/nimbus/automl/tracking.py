@@ -4,6 +4,7 @@ the refit model with its held-out metric, its report, its ONNX export and its dr
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -15,6 +16,7 @@ from nimbus.automl.metrics import sign
 from nimbus.config import Settings
 from nimbus.stores.registry import Registry
 
+log = logging.getLogger("nimbus.automl.tracking")
 JOB_TAG = "nimbus.job"  # on the job's runs and on the version it registered: the AutoML job's id
 
 
@@ -136,7 +138,10 @@ def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str
                          f"test_{metric}_ci_high": test["ci95"][1]})
         version = run.log_sklearn(model, example, output, name, version_tags={JOB_TAG: job_id})
         run.log_json(report, "report/report.json")
-        run.log_json(training_reference(model, x_train), REFERENCE_PATH)  # the monitor's drift check reads it
+        try:  # the monitor's drift check reads it; a frame it cannot summarise never fails the job
+            run.log_json(training_reference(model, x_train), REFERENCE_PATH)
+        except Exception as exc:  # noqa: BLE001 - the version is then checked as no_reference
+            log.warning("job %s: no drift reference logged for %s v%s: %s", job_id, name, version, exc)
         if onnx is not None:
             run.log_bytes(onnx, "onnx/model.onnx")
     return version, run.run_id

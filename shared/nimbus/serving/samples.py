@@ -62,8 +62,9 @@ def training_scores(model: Any, frame: Any) -> np.ndarray:
     return np.asarray(model.predict(frame), dtype=np.float64).reshape(len(frame))
 
 
-def split_columns(frame: Any) -> tuple[list[str], list[str]]:
-    """(numeric, categorical) columns of a training DataFrame: numbers; strings, booleans and categories."""
+def split_columns(frame: Any) -> tuple[list[Any], list[Any]]:
+    """(numeric, categorical) columns of a training DataFrame: numbers; strings, booleans and categories
+    (dates and anything else are left out, as the samples leave them out)."""
     import pandas as pd
     from pandas.api import types
 
@@ -72,9 +73,9 @@ def split_columns(frame: Any) -> tuple[list[str], list[str]]:
         dtype = frame[name].dtype
         if types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or types.is_object_dtype(dtype) \
                 or types.is_string_dtype(dtype):
-            categorical.append(str(name))
-        elif types.is_numeric_dtype(dtype):
-            numeric.append(str(name))
+            categorical.append(name)
+        elif types.is_numeric_dtype(dtype) and not types.is_complex_dtype(dtype):
+            numeric.append(name)
     return numeric, categorical
 
 
@@ -85,8 +86,8 @@ def training_reference(model: Any, frame: Any, seed: int = 0) -> dict[str, Any]:
         frame = frame.sample(TRAINING_ROWS, random_state=seed)
     numeric, categorical = split_columns(frame)
     return build_reference(
-        {n: frame[n].to_numpy(dtype=np.float64, na_value=np.nan) for n in numeric},
-        {n: [_category(v) for v in frame[n].tolist() if _category(v) is not None] for n in categorical},
+        {str(n): frame[n].to_numpy(dtype=np.float64, na_value=np.nan) for n in numeric},
+        {str(n): [c for c in map(_category, frame[n].tolist()) if c is not None] for n in categorical},
         training_scores(model, frame))
 
 
