@@ -3,7 +3,7 @@
 A serving process keeps a few counts in memory and writes them to Redis in one round trip
 now and then: the A/B exposures (:class:`nimbus.experiments.exposures.ExposureTracker`),
 the traffic rollup (:class:`nimbus.monitoring.traffic.Rollup`) and the drift samples
-(:class:`nimbus.recommend.serving.FeatureSampler`). Each registers here.
+(:class:`nimbus.monitoring.samples.SampleBuffer`: the recommender's and predict's samplers). Each registers here.
 
 * **On a server** (uvicorn, a container) each starts its own daemon thread
   (:func:`start_flusher`) that flushes every second or so: the request path only appends.
@@ -32,7 +32,7 @@ log = logging.getLogger("nimbus.buffers")
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The names of the flush threads, one per kind of buffer (a test looks for them).
-FLUSH_THREADS = ("exposure-tracker", "traffic-rollup", "feature-sampler", "rollout-counts")
+FLUSH_THREADS = ("exposure-tracker", "traffic-rollup", "feature-sampler", "prediction-sampler", "rollout-counts")
 
 
 class Buffer(Protocol):

@@ -825,16 +825,17 @@ def experiments_results(experiment_id: Annotated[str, typer.Argument()], as_json
 # ---- monitor ---------------------------------------------------------------------------
 @monitor_app.command("drift")
 def monitor_drift(
-    model: Annotated[str | None, typer.Option(help="Registered model whose live versions are checked; "
-                                                   "default: the recommender.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model whose served versions are checked; "
+                                                   "default: the recommender and every model predict served.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Check the live versions for drift now (as the scheduled monitor does): store and print the result."""
+    """Check the served versions for drift now (as the scheduled monitor does): store and print the result."""
     from nimbus.console import drift_tables
-    from nimbus.monitoring.drift import run_check
+    from nimbus.monitoring.drift import run_check, run_checks
     from nimbus.recommend.bundle import MODEL_NAME  # here, not at the top: numpy is no cost of every command
 
-    emit(run_check(get_settings(), model or MODEL_NAME), as_json, drift_tables)
+    settings = get_settings()
+    emit(run_check(settings, model) if model else run_checks(settings, [MODEL_NAME]), as_json, drift_tables)
 
 
 @monitor_app.command("traffic")

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
                                    "outputs, or of any input, against its training reference passes this.")
     rollout_sample_rate: float = Field(default=1.0, ge=0, le=1, description="Share of the candidate's requests "
                                        "whose inputs and outputs are sampled for the PSI guardrail.")
+    predict_sample_rate: float = Field(default=0.01, ge=0, le=1, description="Share of the records POST "
+                                       "/predict/{model} answers that are sampled for drift (with their score).")
     batch_schema: str = Field(default="churn", description="Record schema of dropped files (bundled name or YAML path).")
     batch_sinks: str = Field(default="parquet,mongodb", description="Where batch results go: parquet (S3), mongodb.")
     batch_max_decompressed_mb: float = Field(

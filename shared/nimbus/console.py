@@ -159,9 +159,9 @@ def experiment_results(r: dict[str, Any]) -> None:
 def drift_tables(checks: list[dict[str, Any]]) -> None:
     """One table per checked model version: PSI and test p-values per feature and for the score."""
     if not checks:
-        out.print("no live version to check")
+        out.print("no served version to check")
     for check in checks:
-        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases'])}): "
+        table = Table(title=f"{check['model']} v{check['model_version']} ({', '.join(check['aliases']) or 'no alias'}): "
                             f"{check['status']}, {check['samples']} samples, "
                             f"{'DRIFT' if check['drifted'] else 'no drift'}")
         for column in ("feature", "kind", "PSI", "KS p", "chi2 p", "drifted"):

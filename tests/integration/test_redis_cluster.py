@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
+from redis.crc import key_slot
 
 from nimbus.api.events import create_events_app
 from nimbus.api.experiments import create_experiments_app
@@ -231,3 +232,16 @@ def test_a_slot_moved_to_another_master_is_followed_by_the_one_round_trip_read(c
     assert store.read_user(version, user, 5) == before
     assert client.get_node_from_key(key).name == target.name
     assert store.read_user(version, user, 5) == before  # and straight from the new owner
+
+
+def test_drift_samples_of_many_models_are_written_in_one_pipeline_across_slots(redis_cluster: str) -> None:
+    """predict's sampler writes every model's rows and the set of sampled models in one flush."""
+    store = LiveModelStore(redis_cluster)
+    store.client.flushdb()
+    rows = {f"served-{i}": [b'{"n": %d}' % j for j in range(i + 1)] for i in range(12)}
+    assert len({key_slot(Keys.served_samples(m).encode()) for m in rows}) > 1  # the keys span slots
+    store.push_samples_of(rows)
+    store.push_samples_of({"served-0": [b'{"n": 1}']})
+    assert store.sampled_models() == sorted(rows)
+    assert store.samples("served-0") == [b'{"n": 1}', b'{"n": 0}']  # newest first
+    assert [len(store.samples(m)) for m in sorted(rows, key=lambda m: int(m.split("-")[1]))][1:] == list(range(2, 13))

@@ -12,7 +12,6 @@ below documents it in OpenAPI.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +37,8 @@ from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: a
 from nimbus.serving.live import RegistryModels
 from nimbus.serving.models import ServedModel
 from nimbus.serving.rollout import CANARY, CANARY_ALIAS, CHAMPION, RolloutCounts, RolloutRoutes, Route
+from nimbus.serving.samples import PredictionSampler
+from nimbus.stores.redis.live import LiveModelStore
 
 log = logging.getLogger("nimbus.api.predict")
 
@@ -109,7 +110,11 @@ class PredictService:
         self._models: Once[RegistryModels] = Once(self._build)
         self._routes: Once[RolloutRoutes] = Once(self._build_routes)
         self.counts = RolloutCounts(settings)  # each rollout step's counts per role, flushed to Redis
-        self.sampler: Any = None  # set by the app: the candidate's answers sampled for drift
+        # served records kept for drift (buffered); a rollout's candidate is sampled at its own rate, for
+        # the PSI guardrails
+        store = LiveModelStore.for_settings(settings)
+        self.sampler = PredictionSampler(store, settings.predict_sample_rate)
+        self.candidate_sampler = PredictionSampler(store, settings.rollout_sample_rate)
 
     def _build(self) -> RegistryModels:
         models = RegistryModels(self.settings)
@@ -146,6 +151,8 @@ class PredictService:
             routes.stop()
         self.counts.flush()
         self.counts.stop()
+        self.sampler.close()
+        self.candidate_sampler.close()
 
     def answer(self, model: str, alias: str | None, version: str | None, body: bytes, key: str | None = None,
                inline: bool = False) -> bytes:
@@ -162,7 +169,9 @@ class PredictService:
                 raise LookupError("rollouts not read yet")
             route = routes.state.get(model)
         if route is None:
-            return self.shape(model, None if version else at, served, served.predict(records, self.limit))
+            predictions = served.predict(records, self.limit)
+            self.sampler.add(model, served.version, records, predictions)
+            return self.shape(model, None if version else at, served, predictions)
         return self.routed(route, model, served, records, key or current_request_id.get() or "", get)
 
     def routed(self, route: Route, model: str, champion: ServedModel, records: list[Any], key: str,
@@ -199,6 +208,7 @@ class PredictService:
                 return self.shape(model, CHAMPION, candidate, predictions, route, CANARY)
         predictions = champion.predict(records, self.limit)  # a request at fault fails here, uncounted
         self.counts.count(route, CANARY, 0.0, True)
+        self.sampler.add(model, champion.version, records, predictions)
         log.warning("candidate %s v%s failed, the champion answered: %s: %s", model, route.candidate,
                     type(failure).__name__, str(failure)[:200])
         return self.shape(model, CHAMPION, champion, predictions, route, CHAMPION)
@@ -213,6 +223,7 @@ class PredictService:
             self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, True)
             raise
         self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, False)
+        self.sampler.add(route.model, served.version, records, predictions)
         return predictions
 
     def _try_candidate(self, route: Route, model: str, candidate: ServedModel, records: list[Any]) -> None:
@@ -228,9 +239,8 @@ class PredictService:
         self._sample(model, candidate, records, predictions)
 
     def _sample(self, model: str, served: ServedModel, records: list[Any], predictions: list[dict[str, Any]]) -> None:
-        """The candidate's inputs and outputs, for the rollout's PSI guardrails."""
-        if self.sampler is not None and random.random() < self.settings.rollout_sample_rate:
-            self.sampler.add(model, served.version, records, predictions)
+        """The candidate's inputs and outputs, for the rollout's PSI guardrails (and its drift check)."""
+        self.candidate_sampler.add(model, served.version, records, predictions)
 
     @property
     def limit(self) -> int:

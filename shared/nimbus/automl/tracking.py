@@ -1,9 +1,10 @@
 """An AutoML job in MLflow, through :class:`nimbus.stores.registry.Registry`: every trial a run of
 the job's experiment (logged while the search goes on), and the winner's run, which registers
-the refit model with its held-out metric, its report and its ONNX export."""
+the refit model with its held-out metric, its report, its ONNX export and its drift reference."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -15,6 +16,7 @@ from nimbus.automl.metrics import sign
 from nimbus.config import Settings
 from nimbus.stores.registry import Registry
 
+log = logging.getLogger("nimbus.automl.tracking")
 JOB_TAG = "nimbus.job"  # on the job's runs and on the version it registered: the AutoML job's id
 
 
@@ -115,10 +117,14 @@ def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str
                     x_train: pd.DataFrame, test: dict[str, Any], report: dict[str, Any],
                     onnx: bytes | None = None) -> tuple[str, str]:
     """The winner's run in the job's experiment: its parameters, held-out metric, the model
-    (registered as a new version of ``name``), a report and the ONNX export; (version, run id).
+    (registered as a new version of ``name``), a report, the ONNX export and the drift reference of its
+    training inputs and scores (:func:`nimbus.serving.samples.training_reference`); (version, run id).
 
     Once per job: a version tagged with this job (registered by an earlier attempt whose runner died
     before it could record it) is returned instead of registering another."""
+    from nimbus.monitoring.drift import REFERENCE_PATH
+    from nimbus.serving.samples import training_reference
+
     earlier = registered_by(settings, job_id, name)
     if earlier is not None:
         return earlier
@@ -132,6 +138,10 @@ def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str
                          f"test_{metric}_ci_high": test["ci95"][1]})
         version = run.log_sklearn(model, example, output, name, version_tags={JOB_TAG: job_id})
         run.log_json(report, "report/report.json")
+        try:  # the monitor's drift check reads it; a frame it cannot summarise never fails the job
+            run.log_json(training_reference(model, x_train), REFERENCE_PATH)
+        except Exception as exc:  # noqa: BLE001 - the version is then checked as no_reference
+            log.warning("job %s: no drift reference logged for %s v%s: %s", job_id, name, version, exc)
         if onnx is not None:
             run.log_bytes(onnx, "onnx/model.onnx")
     return version, run.run_id

@@ -3,8 +3,9 @@
 Twenty numeric features drive a hidden churn probability (linear part plus an
 interaction the boosted model can learn); a logistic regression and a
 HistGradientBoosting classifier are registered as ``churn-lr`` and ``churn-hgb`` with a
-signature, an input example and the histogram of their training scores (the drift
-reference of every batch report).
+signature, an input example, the histogram of their training scores (the drift
+reference of every batch report) and the drift reference of their served inputs and scores
+(``reference/drift.json``, read by the monitor's check of what ``predict`` serves).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
 
     from nimbus import governance
     from nimbus.batch.report import REFERENCE_PATH
+    from nimbus.monitoring.drift import REFERENCE_PATH as DRIFT_REFERENCE_PATH
+    from nimbus.serving.samples import training_reference
     from nimbus.stores.registry import Registry
 
     registry = Registry.for_settings(settings)
@@ -80,6 +83,7 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
             run.log_metrics({"train_accuracy": float(((scores >= 0.5) == y).mean())})
             versions[name] = run.log_sklearn(model, x.head(5), scores[:5], name, predict_fn="predict_proba")
             run.log_json({"hist": np.histogram(scores, 20, range=(0, 1))[0].tolist()}, REFERENCE_PATH)
+            run.log_json(training_reference(model, x), DRIFT_REFERENCE_PATH)
         if promote:
             governance.promote(settings, name, versions[name], reason="example model")
     return versions

@@ -5,9 +5,11 @@
 score, quantile bin edges (deciles, ties merged), the share of rows in each bin and a
 bounded raw sample (for the KS test); per categorical feature, the count of each value.
 
-**Live** values are the rows the serving path samples into Redis (``FeatureSampler``:
-``mon:samples:{model}``; each row carries the model version, the numeric features, the
-categorical ones and the score).
+**Live** values are the rows the serving paths sample into Redis (the recommender's
+``FeatureSampler`` and ``predict``'s ``PredictionSampler``, through
+:class:`nimbus.monitoring.samples.SampleBuffer`: ``mon:samples:{model}``, and the model named in
+the set ``mon:sampled``; each row carries the model version, the numeric features, the
+categorical ones and the score — for a registry model, :func:`nimbus.serving.samples.score_of`).
 
 **Statistics** per feature: PSI over the reference bins, and a two-sample test —
 Kolmogorov-Smirnov for numeric features and the score (``scipy.stats.ks_2samp``),
@@ -18,9 +20,10 @@ chi-square homogeneity of the reference and live counts for categorical ones
 noise. Either alone misleads — PSI is noisy on a few hundred samples, and a test on
 thousands flags shifts too small to matter. No verdict under ``drift_min_samples``.
 
-**The check** (:func:`run_check`; the ``monitor`` function on a schedule, and
-``nimbus monitor drift``) writes one document per live model version to MongoDB
-(``drift_checks``) and an alert (``drift_alerts``) when anything drifted.
+**The check** (:func:`run_check` of one model, :func:`run_checks` of the recommender and every
+sampled model: the ``monitor`` function on a schedule, and ``nimbus monitor drift``) writes one
+document per served model version to MongoDB (``drift_checks``) and an alert (``drift_alerts``)
+when anything drifted.
 
 Contract (the dashboard reads it)::
 
@@ -190,26 +193,56 @@ def check_version(settings: Settings, model: str, version: str, rows: Sequence[M
 
 
 def run_check(settings: Settings, model: str) -> list[dict[str, Any]]:
-    """Check every live version of ``model``; store the results and raise an alert for each
-    that drifted. Returns the stored documents (JSON-able)."""
+    """Check the versions of ``model`` now served; store the results and raise an alert for each
+    that drifted. Returns the stored documents (JSON-able).
+
+    Which versions: those with a live pointer in Redis (the recommender's live projection, each
+    checked, with its aliases, even before it has samples); for a model without one (any registry
+    model ``predict`` serves), each version with sampled rows, its aliases named from the registry."""
     from nimbus.stores.documents import Collections, DocumentStore
     from nimbus.stores.redis.live import LiveModelStore
 
-    aliases: dict[str, list[str]] = {}
-    for alias, version in LiveModelStore.for_settings(settings).live(model).items():
-        aliases.setdefault(version, []).append(alias)
     rows = live_rows(settings, model)
+    aliases: dict[str, list[str]] = {}
+    live = LiveModelStore.for_settings(settings).live(model)
+    for alias, version in (live or registry_aliases(settings, model)).items():
+        aliases.setdefault(version, []).append(alias)
+    versions = set(aliases) if live else {str(r["model_version"]) for r in rows if r.get("model_version") is not None}
     documents = DocumentStore.for_settings(settings)
     results = []
-    for version, names in sorted(aliases.items()):
+    for version in sorted(versions, key=_version_order):
         mine = [r for r in rows if str(r.get("model_version")) == version]
         doc = {**check_version(settings, model, version, mine, load_reference(settings, model, version)),
-               "aliases": sorted(names)}
+               "aliases": sorted(aliases.get(version, []))}
         doc["_id"] = documents.collection(Collections.DRIFT_CHECKS).insert_one(doc).inserted_id
         if doc["drifted"]:
             documents.collection(Collections.DRIFT_ALERTS).insert_one(alert_for(doc))
         results.append(_public(doc))
     return results
+
+
+def run_checks(settings: Settings, models: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """:func:`run_check` of ``models`` and of every model whose served rows were sampled (``predict``'s
+    and the recommender's), each once, in name order."""
+    from nimbus.stores.redis.live import LiveModelStore
+
+    names = sorted(set(models) | set(LiveModelStore.for_settings(settings).sampled_models()))
+    return [doc for name in names for doc in run_check(settings, name)]
+
+
+def registry_aliases(settings: Settings, model: str) -> dict[str, str]:
+    """alias -> version of ``model`` in the registry (none when the model is not registered)."""
+    from nimbus.errors import NotFound
+    from nimbus.stores.registry import Registry
+
+    try:
+        return Registry.for_settings(settings).aliases(model)
+    except NotFound:
+        return {}
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
 def alert_for(check: Mapping[str, Any]) -> dict[str, Any]:

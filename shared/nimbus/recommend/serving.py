@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from nimbus import buffers
 from nimbus.errors import InvalidInput, StoreDataError, StoreUnavailable
 from nimbus.ids import ID_CHARS, RequestSigner, is_id
+from nimbus.monitoring.samples import SampleBuffer
 from nimbus.recommend.live import LiveModels, LiveState
 from nimbus.recommend.ranking import FEATURES, RECENT_N, ItemTable, score_inputs, user_context
 from nimbus.stores.redis.features import FeatureStore
@@ -283,45 +281,26 @@ class Recommender:
 
 
 class FeatureSampler:
-    """Keeps a ``rate`` fraction of served feature vectors in Redis, written off the request path."""
+    """Keeps a ``rate`` fraction of served feature vectors in Redis, written off the request path
+    (:class:`nimbus.monitoring.samples.SampleBuffer`)."""
 
     def __init__(self, store: LiveModelStore, model: str, rate: float = 0.01, flush_s: float = 1.0) -> None:
-        self.store, self.model, self.rate, self.flush_s = store, model, rate, flush_s
-        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        buffers.register(self)
-        buffers.start_flusher(self._flush_loop, "feature-sampler")  # none on Lambda: the invocation flushes
+        self.model, self.rate = model, rate
+        self.buffer = SampleBuffer(store, "feature-sampler", flush_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self.buffer.stop()
 
     def __call__(self, served: Served) -> None:
         if served.features is None or random.random() >= self.rate:
             return
         row = served.features[0]
-        self._queue.put(orjson.dumps({
+        self.buffer.keep(self.model, {
             "ts": time.time(), "model_version": served.model_version, "feature_version": served.feature_version,
             "score": served.scores[0], "features": dict(zip(FEATURES, row.tolist())),
             "categorical": {"category": served.categories[0]},
-        }))
+        })
 
     def flush(self, limit: int = 1000) -> int:
         """Write what is sampled (at most ``limit`` rows); returns how many were written."""
-        rows = []
-        while len(rows) < limit:
-            try:
-                rows.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if not rows:
-            return 0
-        try:
-            self.store.push_samples(self.model, rows)
-        except StoreUnavailable as exc:
-            log.debug("feature samples dropped: %s", exc)
-            return 0
-        return len(rows)
-
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
+        return self.buffer.flush(limit)

@@ -22,7 +22,8 @@ pick the key's slot, so every key a script or transaction touches together share
   ``model:{m:<name>}:live`` (hash alias -> version), announced on channel ``events:model``,
   and ``model:{m:<name>}:live:log`` (capped list of JSON ``{at, alias, version}``, newest first:
   when each version went live);
-* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors);
+* monitoring seams: ``mon:samples:{model}`` (a capped list of served feature vectors) and
+  ``mon:sampled`` (set of the models sampled);
   ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
   histogram counts for one function in one time bucket, epoch seconds) and
   ``mon:traffic:functions`` (set of the functions that reported); ``mon:rollout:<rollout>:<step>:<role>``
@@ -148,6 +149,11 @@ class Keys:
     @classmethod
     def served_samples(cls, model: str) -> str:
         return cls.key("mon", "samples", model)
+
+    @classmethod
+    def sampled_models(cls) -> str:
+        """The set of model names with served samples (what the drift check checks)."""
+        return cls.key("mon", "sampled")
 
     @classmethod
     def traffic(cls, function: str, bucket: int) -> str:

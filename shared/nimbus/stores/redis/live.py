@@ -1,11 +1,11 @@
 """Live models in Redis: serving bundles, the live pointer per alias (and its log), announced
-on channel ``events:model``, and the served feature samples that drift monitoring reads."""
+on channel ``events:model``, and the served samples (and the set of sampled models) that drift monitoring reads."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.redis.keys import MODEL_TOPIC, REGISTRY_TOPIC, Keys
@@ -67,12 +67,24 @@ class LiveModelStore(RedisStore):
     # ---- drift samples ---------------------------------------------------------------
     def push_samples(self, model: str, rows: Sequence[bytes], keep: int = 5000) -> None:
         """Append served feature vectors (JSON rows) to a capped list for drift monitoring."""
+        self.push_samples_of({model: rows}, keep)
+
+    def push_samples_of(self, rows: Mapping[str, Sequence[bytes]], keep: int = 5000) -> None:
+        """Append each model's served rows (JSON) to its capped list and name the models in the set of
+        sampled models, in one pipelined round trip (a cluster's pipeline sends one batch per node)."""
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            pipe.lpush(Keys.served_samples(model), *rows)
-            pipe.ltrim(Keys.served_samples(model), 0, keep - 1)
+            for model, batch in rows.items():
+                pipe.lpush(Keys.served_samples(model), *batch)
+                pipe.ltrim(Keys.served_samples(model), 0, keep - 1)
+            pipe.sadd(Keys.sampled_models(), *rows)
             pipe.execute()
 
     def samples(self, model: str, limit: int = 5000) -> list[bytes]:
         with self.redis as r:
             return r.lrange(Keys.served_samples(model), 0, limit - 1)
+
+    def sampled_models(self) -> list[str]:
+        """Every model whose served rows were sampled (the drift check's list of what to check)."""
+        with self.redis as r:
+            return sorted(n.decode() for n in r.smembers(Keys.sampled_models()))
