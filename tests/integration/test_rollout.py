@@ -33,7 +33,8 @@ def frame(n: int, seed: int, plans: list[str] = PLANS) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def rollout_models(stack_settings: Settings) -> dict[str, str]:
-    """v1 the champion; v2 a good candidate; v3 one that fails on a plan it never saw (``team``)."""
+    """v1 the champion; v2 a good candidate; v3 one that fails on a plan it never saw (``team``); v4 one trained
+    on a stale table (``f0`` moved by 2), with its training reference logged as AutoML and the examples do."""
     from sklearn.compose import make_column_transformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -43,12 +44,19 @@ def rollout_models(stack_settings: Settings) -> dict[str, str]:
     y = (x["f0"] + (x["plan"] == "pro") - 0.5 > 0).astype(int)
     registry = Registry.for_settings(stack_settings)
     versions = {}
-    for label, unknown, c in (("champion", "ignore", 1.0), ("good", "ignore", 0.5), ("bad", "error", 1.0)):
+    from nimbus.monitoring.drift import REFERENCE_PATH
+    from nimbus.serving.samples import training_reference
+
+    stale = x.assign(f0=x["f0"] + 2.0)
+    for label, unknown, c, data in (("champion", "ignore", 1.0, x), ("good", "ignore", 0.5, x),
+                                    ("bad", "error", 1.0, x), ("stale", "ignore", 1.0, stale)):
         model = make_pipeline(make_column_transformer((OneHotEncoder(handle_unknown=unknown), ["plan"]),
-                                                      remainder="passthrough"), LogisticRegression(C=c)).fit(x, y)
+                                                      remainder="passthrough"), LogisticRegression(C=c)).fit(data, y)
         with registry.tracked_run("nimbus-rollout-tests", label) as run:
-            versions[label] = run.log_sklearn(model, x.head(5), model.predict_proba(x.head(5)), MODEL,
+            versions[label] = run.log_sklearn(model, data.head(5), model.predict_proba(data.head(5)), MODEL,
                                               predict_fn="predict_proba")
+            if label == "stale":
+                run.log_json(training_reference(model, data), REFERENCE_PATH)
     return versions
 
 
@@ -146,6 +154,24 @@ def test_a_candidate_that_errors_on_a_category_is_rolled_back_by_itself(
     status = rollout.status(stack, MODEL)
     assert status["state"] == "rolled_back" and [h["action"] for h in status["history"]] == ["start", "rollback"]
     assert next(g for g in status["guardrails"] if g["name"] == "error_rate")["status"] == "fail"
+
+
+def test_a_candidate_trained_on_a_stale_table_is_rolled_back_by_its_input_psi(
+        client: TestClient, stack: Settings, rollout_models: dict[str, str]) -> None:
+    champion, stale = rollout_models["champion"], rollout_models["stale"]
+    quick = stack.model_copy(update={"rollout_min_step_s": 0.0, "drift_min_samples": 40})
+    with Traffic(client, PLANS) as traffic:
+        traffic.wait(20)
+        rollout.start(quick, MODEL, stale, "50%", who="test")
+        traffic.wait_for(lambda a: a["rollout"] is not None)
+        decision = judge_until(quick, traffic, lambda: datetime.now(UTC), {"rollback", "step", "complete"})
+    assert decision["action"] == "rollback", [g["detail"] for g in decision["guardrails"]]
+    guards = {g["name"]: g for g in decision["guardrails"]}
+    assert guards["input_psi"]["status"] == "fail" and "f0" in guards["input_psi"]["detail"]
+    assert guards["error_rate"]["status"] != "fail"  # it answered every request: only its inputs tell
+    assert {s for s, _, _ in traffic.seen} == {200}
+    assert Registry.for_settings(stack).alias(MODEL, "canary").version == champion
+    assert "input_psi failed" in audit.history(stack, f"model:{MODEL}", action="rollout_rollback")[0]["details"]["reason"]
 
 
 def test_a_good_candidate_steps_up_to_100_percent_and_becomes_champion(

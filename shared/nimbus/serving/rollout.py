@@ -308,12 +308,15 @@ def guardrails(settings: Settings, doc: Mapping[str, Any], counts: Mapping[str, 
         allowed = p99_0 * settings.rollout_max_p99_ratio + settings.rollout_p99_slack_ms
         out.append(_guard("latency_p99", FAIL if p99_c > allowed else PASS, p99_c, round(allowed, 3),
                           f"candidate p99 {p99_c:.2f} ms, champion {p99_0:.2f} ms; allowed {allowed:.2f} ms"))
-    out.extend(_psi_guards(settings, rows or [], reference, enough))
+    # Samples reach Redis a flush (a second) after the counts: wait for them while the sampled share says
+    # they are coming; only far past that (5x the samples expected) is a missing sample called skipped.
+    coming = cand["requests"] * settings.rollout_sample_rate < 5 * settings.drift_min_samples
+    out.extend(_psi_guards(settings, rows or [], reference, not enough or coming))
     return out
 
 
 def _psi_guards(settings: Settings, rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | None,
-                enough: bool) -> list[dict[str, Any]]:
+                wait: bool) -> list[dict[str, Any]]:
     from nimbus.monitoring.drift import compare
 
     limit = settings.rollout_max_psi
@@ -321,7 +324,7 @@ def _psi_guards(settings: Settings, rows: Sequence[Mapping[str, Any]], reference
         why = "the candidate version logged no training reference (reference/drift.json)"
         return [_guard("output_psi", SKIPPED, None, limit, why), _guard("input_psi", SKIPPED, None, limit, why)]
     if len(rows) < settings.drift_min_samples:
-        status = PENDING if not enough else SKIPPED
+        status = PENDING if wait else SKIPPED
         why = f"{len(rows)}/{settings.drift_min_samples} sampled candidate answers in this step"
         return [_guard("output_psi", status, None, limit, why), _guard("input_psi", status, None, limit, why)]
     found = compare(reference, rows, settings)
