@@ -41,7 +41,7 @@ from nimbus.recommend.pipeline import publish_features
 from nimbus.serving import rollout
 from nimbus.stores.redis.features import FeatureStore
 from nimbus.stores.redis.live import LiveModelStore
-from nimbus.stores.registry import Registry
+from tests.classifiers import register_versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,20 +160,7 @@ def run_experiment(traffic: Traffic, name: str, users: list[str], clicks: bool) 
 def serve_and_roll_out(traffic: Traffic, settings: Settings) -> dict:
     """Two versions of a small classifier; v1 champion, served through predict; a canary rollout of v2 at
     50%, more requests, one judgement (it holds: too few requests to step, so guardrails stay pending)."""
-    import numpy as np
-    import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(11)
-    x = pd.DataFrame({"x0": rng.normal(0, 1, 200), "x1": rng.normal(0, 1, 200)})
-    y = (x["x0"] > x["x1"]).astype(int)
-    registry = Registry.for_settings(settings)
-    versions = []
-    for c in (1.0, 0.2):
-        model = LogisticRegression(C=c).fit(x, y)
-        with registry.tracked_run("nimbus-e2e-dashboard", f"c{c}") as run:
-            versions.append(run.log_sklearn(model, x.head(5), model.predict_proba(x.head(5)), SERVED,
-                                            predict_fn="predict_proba"))
+    versions = register_versions(settings, SERVED, "nimbus-e2e-dashboard", ("x0", "x1"), (1.0, 0.2), seed=11)
     governance.move_alias(settings, SERVED, "champion", versions[0], reason="first version", who="e2e")
 
     def predict(i: int) -> dict:

@@ -4,8 +4,6 @@ versions over time, and a running canary rollout with its guardrails after a jud
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,7 +14,7 @@ from nimbus.config import Settings
 from nimbus.dashboard import DashboardQuery, served_models_section
 from nimbus.monitoring.traffic import ModelRollup, rollup_for
 from nimbus.serving import rollout
-from nimbus.stores.registry import Registry
+from tests.classifiers import register_versions
 
 pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": "nimbus-local-key"}
@@ -26,19 +24,8 @@ MODEL = "dash-churn"
 @pytest.fixture(scope="session")
 def dash_models(stack_settings: Settings) -> tuple[str, str]:
     """Two versions of a small classifier: the champion and a candidate."""
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(3)
-    x = pd.DataFrame({"f0": rng.normal(0, 1, 300), "f1": rng.normal(0, 1, 300)})
-    y = (x["f0"] - x["f1"] > 0).astype(int)
-    registry = Registry.for_settings(stack_settings)
-    versions = []
-    for c in (1.0, 0.3):
-        model = LogisticRegression(C=c).fit(x, y)
-        with registry.tracked_run("nimbus-dashboard-tests", f"c{c}") as run:
-            versions.append(run.log_sklearn(model, x.head(5), model.predict_proba(x.head(5)), MODEL,
-                                            predict_fn="predict_proba"))
-    return versions[0], versions[1]
+    champion, candidate = register_versions(stack_settings, MODEL, "nimbus-dashboard-tests", ("f0", "f1"))
+    return champion, candidate
 
 
 def record(i: int) -> dict[str, float]:
