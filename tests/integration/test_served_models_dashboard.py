@@ -94,3 +94,16 @@ def test_a_model_failure_counts_as_an_error_of_that_model(clean_stack: Settings)
     assert models["m-errors"]["error_rate"] == pytest.approx(1 / 3)
     assert 30.0 <= models["m-errors"]["p99_ms"] <= 50.0  # inside the 30-50 ms histogram bucket
     assert models["m-other"]["rollout"] is None and models["m-other"]["aliases"] == {}
+
+
+def test_the_openapi_example_is_a_valid_served_models_section(stack_settings: Settings) -> None:
+    from nimbus.api.dashboard import EXAMPLE, DashboardData
+
+    document = DashboardData.model_validate(EXAMPLE)  # the documented example fits the documented models
+    [model] = document.served_models.models
+    assert model.rollout is not None and {g.status for g in model.rollout.guardrails} == {"pass", "pending", "skipped"}
+    spec = TestClient(create_dashboard_app()).get("/dashboard/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"ServedModels", "ServedModel", "RolloutView", "Guardrail", "AliasMove"} <= set(schemas)
+    assert set(schemas["Guardrail"]["properties"]["status"]["enum"]) == {"pass", "fail", "pending", "skipped"}
+    assert "from" in schemas["AliasMove"]["properties"]
