@@ -32,7 +32,8 @@ log = logging.getLogger("nimbus.buffers")
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The names of the flush threads, one per kind of buffer (a test looks for them).
-FLUSH_THREADS = ("exposure-tracker", "traffic-rollup", "feature-sampler", "prediction-sampler", "rollout-counts")
+FLUSH_THREADS = ("exposure-tracker", "traffic-rollup", "feature-sampler", "prediction-sampler", "rollout-counts",
+                 "served-traffic")
 
 
 class Buffer(Protocol):

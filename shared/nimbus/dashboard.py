@@ -4,8 +4,10 @@ Each section comes from the module that owns it — live traffic and latency
 (``monitoring.traffic``), A/B results (``experiments.service``), recommendation
 performance (``monitoring.performance``), drift checks (``monitoring.drift``), alerts (``nimbus.alerts``) — plus the
 model versions and when each went live (the registry, the live-pointer log in Redis and
-the audit trail). A section whose store is down comes back ``None`` with the reason under
-``errors``, so one unreachable backend never blanks the whole page.
+the audit trail), and one entry per model the ``predict`` function served (its traffic, the version
+each alias pointed at over time, its canary rollout and guardrails: :func:`served_models_section`).
+A section whose store is down comes back ``None`` with the reason under ``errors``, so one
+unreachable backend never blanks the whole page.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from nimbus.stores.redis.live import LiveModelStore
 from nimbus.stores.registry import Registry
 
 log = logging.getLogger("nimbus.dashboard")
-SECTIONS = ("alerts", "traffic", "experiments", "performance", "drift", "models")
+SECTIONS = ("alerts", "traffic", "experiments", "performance", "drift", "models", "served_models")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class DashboardQuery:
     experiments_limit: int = 5
     model: str = MODEL_NAME
     alerts_limit: int = 100
+    rollouts_limit: int = 20
 
     def __post_init__(self) -> None:
         for window, bucket in (("traffic_window_s", "traffic_bucket_s"),
@@ -148,6 +151,47 @@ def models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
             "changes": changes}
 
 
+def served_models_section(settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    """One entry per model ``predict`` answered in the traffic window, or whose rollout runs or ended in it.
+
+    Each: the model's traffic (totals and per bucket: requests, errors, p50/p95/p99 ms,
+    ``monitoring.traffic.model_summary``), the version each alias pointed at over time (a step series
+    per alias from the audited moves, oldest first) and its latest rollout (``serving.rollout.status``:
+    state, share, candidate and champion, guardrails, this step's counts per role, its history).
+    """
+    from nimbus import governance
+    from nimbus.monitoring import traffic
+    from nimbus.serving import rollout
+
+    summary = traffic.model_summary(settings, window_s=query.traffic_window_s, bucket_s=query.traffic_bucket_s)
+    since = summary["generated_at"] - query.traffic_window_s
+    names = {name for name, totals in summary["models"].items() if totals["requests"]}
+    for doc in rollout.history(settings, limit=query.rollouts_limit):
+        ended = doc.get("ended_at")
+        if doc["state"] == rollout.RUNNING or (ended and datetime.fromisoformat(iso(ended)).timestamp() >= since):
+            names.add(doc["model"])
+    series: dict[str, list[dict[str, Any]]] = {}
+    for point in summary["series"]:
+        series.setdefault(point["model"], []).append({k: v for k, v in point.items() if k != "model"})
+    models = []
+    for name in sorted(names):
+        aliases: dict[str, list[dict[str, Any]]] = {}
+        for move in governance.audited_moves(settings, name, timed=True):
+            aliases.setdefault(move["alias"], []).append(
+                {"at": iso(move["at"]), "version": str(move["to"]), "from": move.get("from"),
+                 "reason": move.get("reason")})
+        totals = summary["models"].get(name) or {**traffic.stats([]), "rps": 0.0}
+        models.append({
+            "model": name, **totals,
+            "error_rate": totals["errors"] / totals["requests"] if totals["requests"] else None,
+            "series": series.get(name, []),
+            "aliases": aliases,
+            "live": {alias: moves[-1]["version"] for alias, moves in aliases.items()},
+            "rollout": rollout.status(settings, name),
+        })
+    return {"window_s": summary["window_s"], "bucket_s": summary["bucket_s"], "models": models}
+
+
 SECTION_BUILDERS: dict[str, Callable[[Settings, DashboardQuery], Any]] = {
     "alerts": alerts_section,
     "traffic": traffic_section,
@@ -155,6 +199,7 @@ SECTION_BUILDERS: dict[str, Callable[[Settings, DashboardQuery], Any]] = {
     "performance": performance_section,
     "drift": drift_section,
     "models": models_section,
+    "served_models": served_models_section,
 }
 STORE_ERRORS = (NimbusError, pymongo.errors.PyMongoError)  # NimbusError: StoreUnavailable among others
 

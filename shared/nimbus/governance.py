@@ -56,11 +56,12 @@ def _history(registry: Registry, name: str, alias: str) -> list[str]:
     return json.loads(registry.model_tag(name, HISTORY_TAG.format(alias=alias)) or "[]")
 
 
-def audited_moves(settings: Settings, name: str) -> list[dict[str, Any]]:
+def audited_moves(settings: Settings, name: str, timed: bool = False) -> list[dict[str, Any]]:
     """Every alias move of ``name`` on the audit trail (what :func:`move_alias` records: alias, from,
-    to, reason), oldest first. The trail, not MLflow's aliases or tags, is what vouches for a version:
-    anyone who can reach the MLflow server can move those."""
-    return [r["details"] for r in reversed(audit.history(settings, f"model:{name}", limit=None))
+    to, reason; with ``timed`` also the record's ``at``), oldest first. The trail, not MLflow's aliases
+    or tags, is what vouches for a version: anyone who can reach the MLflow server can move those."""
+    return [{**r["details"], "at": r["at"]} if timed else r["details"]
+            for r in reversed(audit.history(settings, f"model:{name}", limit=None))
             if r.get("outcome") == "succeeded" and isinstance(r.get("details"), dict)
             and r["details"].get("alias") and r["details"].get("to") is not None]
 

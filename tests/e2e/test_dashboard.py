@@ -4,7 +4,8 @@
 Through its HTTP routes the test creates and starts an A/B experiment (champion vs challenger),
 asks for recommendations, sends clicks that favour the treatment, stops it, triples the catalogue's
 prices, runs a second one whose users are planted 60/40 on a 50/50 split, and runs the drift check
-after each. Then it opens
+after each; it also serves a registry model through predict, starts a canary rollout of a second
+version and judges it once (the page's served-models section). Then it opens
 /dashboard in Chromium and checks that every chart rendered and that the numbers the page draws
 (chart datasets and the tables beside them) are the ones the APIs report and the test produced.
 The screenshot goes to the test's tmp dir and to .nimbus/artifacts/dashboard.png.
@@ -28,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus import alerts
+from nimbus import alerts, governance
 from nimbus.config import Settings
 from nimbus.dashboard import iso
 from nimbus.experiments.assignment import assign, bucket_ranges
@@ -37,8 +38,10 @@ from nimbus.monitoring import drift
 from nimbus.recommend.bundle import MODEL_NAME
 from nimbus.recommend.featurize import compute_features
 from nimbus.recommend.pipeline import publish_features
+from nimbus.serving import rollout
 from nimbus.stores.redis.features import FeatureStore
 from nimbus.stores.redis.live import LiveModelStore
+from tests.classifiers import register_versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +50,7 @@ KEY = {"X-API-Key": "nimbus-local-key"}
 FIFTY_FIFTY = [{"name": "control", "model": "champion", "weight": 0.5},
                {"name": "treatment", "model": "challenger", "weight": 0.5}]
 CLICK_P = {"control": 0.10, "treatment": 0.30}  # synthetic users prefer the treatment's answers
+SERVED = "e2e-scorer"  # the registry model served through predict and rolled out
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 60.0, every_s: float = 0.25) -> Any:
@@ -153,6 +157,31 @@ def run_experiment(traffic: Traffic, name: str, users: list[str], clicks: bool) 
     return exp, expected
 
 
+def serve_and_roll_out(traffic: Traffic, settings: Settings) -> dict:
+    """Two versions of a small classifier; v1 champion, served through predict; a canary rollout of v2 at
+    50%, more requests, one judgement (it holds: too few requests to step, so guardrails stay pending)."""
+    versions = register_versions(settings, SERVED, "nimbus-e2e-dashboard", ("x0", "x1"), (1.0, 0.2), seed=11)
+    governance.move_alias(settings, SERVED, "champion", versions[0], reason="first version", who="e2e")
+
+    def predict(i: int) -> dict:
+        answer = traffic.client.post(f"/predict/{SERVED}", json={"x0": (i % 9) / 4 - 1, "x1": (i % 4) / 2 - 1},
+                                     headers={**KEY, "X-Routing-Key": f"user-{i}"})
+        traffic.requests["predict"] += 1
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    answers = [predict(i) for i in range(30)]
+    started = rollout.start(settings, SERVED, versions[1], "50%", reason="e2e canary", who="e2e")
+    wait_for(lambda: predict(len(answers))["rollout"] is not None, "predict to follow the rollout")
+    routed = [a for a in (predict(i) for i in range(100, 160)) if a["rollout"] is not None]
+    count = lambda: rollout.status(settings, SERVED)["counts"]  # noqa: E731
+    wait_for(lambda: sum(count().get(role, {}).get("requests", 0) for role in ("canary", "champion")) >= len(routed),
+             "the rollout's counts to reach Redis")
+    [decision] = rollout.judge(settings, SERVED, who="e2e")
+    assert decision["action"] == "hold", decision
+    return {"versions": versions, "rollout": started["id"], "routed": routed}
+
+
 def settle_samples(settings: Settings, expected: int) -> None:
     """Wait until the serving process has written every sampled feature vector to Redis."""
     store = LiveModelStore.for_settings(settings)
@@ -198,13 +227,17 @@ def monitored(served: dict) -> dict:
     settle_samples(settings, sum(a["strategy"] == "personalized" for a in traffic.answers))
     second_checks = drift.run_check(settings, MODEL_NAME)
     alerts.evaluate(settings, drift_checks=second_checks)  # as the monitor does: planted-srm's mismatch fires
+    rolled = serve_and_roll_out(traffic, settings)
 
     client = served["client"]
     counted = lambda: client.get("/dashboard/data", headers=KEY).json()["traffic"]["functions"]  # noqa: E731
     wait_for(lambda: all(counted().get(f, {}).get("requests") == n for f, n in traffic.requests.items()),
              "the traffic rollup to count every request")
+    served_models = lambda: client.get("/dashboard/data", headers=KEY).json()["served_models"]["models"]  # noqa: E731
+    wait_for(lambda: [m["requests"] for m in served_models() if m["model"] == SERVED] == [traffic.requests["predict"]],
+             "the served-model rollup to count every predict request")
     return {**served, "traffic": traffic, "first": first, "expected": expected, "second": probe,
-            "second_expected": second_expected, "checks": first_checks + second_checks}
+            "second_expected": second_expected, "checks": first_checks + second_checks, "rolled": rolled}
 
 
 def launch(playwright: Any) -> Any:
@@ -248,6 +281,17 @@ READ_PAGE = """() => {
     models: Object.fromEntries([...document.querySelectorAll('#table-models tr[data-version]')]
                                .map((r) => [r.dataset.version, cells(r)])),
     models_chart: chart(document.getElementById('chart-models')),
+    served: [...document.querySelectorAll('.served')].map((card) => ({
+      model: card.dataset.model, rollout_state: card.dataset.rolloutState,
+      totals: cells(card.querySelector('.served-totals tr[data-model]')),
+      traffic_chart: chart(card.querySelector('[data-chart="served-traffic"] canvas')),
+      aliases_chart: chart(card.querySelector('[data-chart="served-aliases"] canvas')),
+      rollout_hidden: card.querySelector('.rollout').hidden,
+      guardrails: [...card.querySelectorAll('.guardrails tr[data-guardrail]')].map((r) => ({
+        name: r.dataset.guardrail, status: r.dataset.status, cls: r.className,
+        color: getComputedStyle(r.querySelector('td[data-field="status"]')).color, ...cells(r)})),
+      roles: Object.fromEntries([...card.querySelectorAll('.roles tr[data-role]')].map((r) => [r.dataset.role, cells(r)])),
+      history: [...card.querySelectorAll('.rollout-history li')].map((li) => li.dataset.action)})),
     errors: [...document.querySelectorAll('section > .error')].filter((e) => !e.hidden).map((e) => e.textContent),
     generated_at: document.body.dataset.generatedAt,
   };
@@ -311,7 +355,8 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
     assert shown["generated_at"] == data["generated_at"]
     # every chart rendered: a Chart instance per canvas, with ink on it
     assert {c["id"] for c in shown["charts"]} == {"chart-traffic", "chart-latency", "chart-ctr-time", "chart-drift",
-                                                  "chart-models", first, second}
+                                                  "chart-models", first, second, f"chart-served-traffic-{SERVED}",
+                                                  f"chart-served-aliases-{SERVED}"}
     assert all(c["has_chart"] and c["width"] > 0 and c["inked"] > 500 for c in shown["charts"]), shown["charts"]
 
     # ---- the page's document is what the APIs report, and what the test produced ------------------
@@ -433,6 +478,33 @@ def test_the_dashboard_draws_what_the_stack_reports(monitored: dict, tmp_path: P
     steps = {d["alias"]: d["data"] for d in shown["models_chart"]}
     assert steps["champion"][-1]["y"] == int(monitored["versions"][0])
     assert steps["challenger"][-1]["y"] == int(monitored["versions"][1])
+
+    # ---- the served model's section: its traffic, its versions per alias, the rollout and guardrails ----
+    rolled = monitored["rolled"]
+    v1, v2 = rolled["versions"]
+    [model] = [m for m in data["served_models"]["models"] if m["model"] == SERVED]
+    [card] = [c for c in shown["served"] if c["model"] == SERVED]
+    assert model["requests"] == traffic.requests["predict"] and model["errors"] == 0
+    assert int(card["totals"]["requests"]) == model["requests"]
+    assert num(card["totals"]["p99_ms"]) == pytest.approx(model["p99_ms"])
+    drawn = {d["label"]: d["data"] for d in card["traffic_chart"]}
+    assert sum(p["y"] for p in drawn["req/s"]) * data["served_models"]["bucket_s"] == pytest.approx(model["requests"])
+    assert [p["y"] for p in drawn["p99 ms"]] == pytest.approx([p["p99_ms"] for p in model["series"] if p["p99_ms"]])
+    versions_drawn = {d["alias"]: [p["y"] for p in d["data"]] for d in card["aliases_chart"]}
+    assert versions_drawn["champion"][-1] == int(v1) and versions_drawn["canary"][-1] == int(v2)
+    shown_rollout = model["rollout"]
+    assert (shown_rollout["id"], shown_rollout["state"], shown_rollout["share"]) == (rolled["rollout"], "running", 50)
+    assert card["rollout_state"] == "running" and not card["rollout_hidden"] and card["history"] == ["start"]
+    assert [(g["name"], g["status"]) for g in card["guardrails"]] == [
+        (g["name"], g["status"]) for g in shown_rollout["guardrails"]]
+    assert {g["name"] for g in card["guardrails"]} >= {"error_rate", "latency_p99"}
+    assert all(g["cls"] == f"guard-{g['status']}" for g in card["guardrails"])
+    styled = {g["status"]: g["color"] for g in card["guardrails"]}
+    assert "pending" in styled and len(set(styled.values())) == len(styled)  # each status its own colour
+    by_role = Counter(a["rollout"]["role"] for a in rolled["routed"])
+    assert {role: int(c["requests"]) for role, c in card["roles"].items()} == {
+        role: shown_rollout["counts"][role]["requests"] for role in ("canary", "champion")}
+    assert sum(int(c["requests"]) for c in card["roles"].values()) >= sum(by_role.values())
 
 
 def _ms(text: str) -> int:

@@ -30,11 +30,42 @@ ALERT_EXAMPLE: dict[str, Any] = {
     "first_seen": "2026-11-26T09:20:00Z", "since": "2026-11-26T09:20:00Z", "last_seen": "2026-11-26T09:30:00Z",
     "resolved_at": None, "count": 3, "notified_at": "2026-11-26T09:20:00Z", "pending": [], "last_error": None}
 
+GUARDRAILS_EXAMPLE: list[dict[str, Any]] = [
+    {"name": "error_rate", "status": "pass", "value": 0.002, "limit": 0.01,
+     "detail": "candidate 0.40% of 500 vs champion 0.20% of 4500"},
+    {"name": "latency_p99", "status": "pass", "value": 4.1, "limit": 9.5, "detail": "p99 4.1 ms vs champion 3.9 ms"},
+    {"name": "output_psi", "status": "pending", "value": None, "limit": 0.2, "detail": "120 of 200 samples"},
+    {"name": "input_psi", "status": "skipped", "value": None, "limit": 0.2,
+     "detail": "version 4 logged no reference/drift.json"},
+]
+SERVED_MODEL_EXAMPLE: dict[str, Any] = {
+    "model": "churn-lr", "requests": 5000, "errors": 2, "degraded": 0, "p50_ms": 0.31, "p95_ms": 0.74,
+    "p99_ms": 1.2, "rps": 5.56, "error_rate": 0.0004,
+    "series": [{"t": 1795685400, "requests": 56, "errors": 0, "degraded": 0, "p50_ms": 0.3, "p95_ms": 0.7,
+                "p99_ms": 1.1}],
+    "aliases": {"champion": [{"at": "2026-12-07T19:00:00Z", "version": "3", "from": None, "reason": "first model"}],
+                "canary": [{"at": "2026-12-07T20:15:00Z", "version": "4", "from": None,
+                            "reason": "canary rollout ro-20261207T201500-a1b2c3 of v4 against champion v3: 10%"}]},
+    "live": {"champion": "3", "canary": "4"},
+    "rollout": {
+        "id": "ro-20261207T201500-a1b2c3", "model": "churn-lr", "candidate": "4", "champion": "3", "mode": "canary",
+        "steps": [10.0, 50.0, 100.0], "step": 0, "share": 10.0, "state": "running",
+        "started_at": "2026-12-07T20:15:00+00:00", "updated_at": "2026-12-07T20:15:00+00:00",
+        "step_started_at": "2026-12-07T20:15:00+00:00", "ended_at": None, "by": "api-key:nimb…",
+        "reason": "canary rollout ro-20261207T201500-a1b2c3 of v4 against champion v3: 10%",
+        "guardrails": GUARDRAILS_EXAMPLE,
+        "counts": {"canary": {"requests": 500, "errors": 2, "p50_ms": 0.3, "p95_ms": 0.8, "p99_ms": 4.1},
+                   "champion": {"requests": 4500, "errors": 9, "p50_ms": 0.3, "p95_ms": 0.7, "p99_ms": 3.9}},
+        "history": [{"at": "2026-12-07T20:15:00+00:00", "action": "start", "share": 10.0,
+                     "reason": "canary rollout ro-20261207T201500-a1b2c3 of v4 against champion v3: 10%"}],
+    },
+}
+
 EXAMPLE: dict[str, Any] = {
     "generated_at": "2026-11-26T09:30:05.123456Z",
     "query": {"traffic_window_s": 900, "traffic_bucket_s": 10, "performance_window_s": 3600,
               "performance_bucket_s": 60, "drift_limit": 50, "experiments_limit": 5, "model": "nimbus-recommender",
-              "alerts_limit": 100},
+              "alerts_limit": 100, "rollouts_limit": 20},
     "errors": {},
     "alerts": [ALERT_EXAMPLE],
     "traffic": {
@@ -93,7 +124,89 @@ EXAMPLE: dict[str, Any] = {
         "changes": [{"at": "2026-11-26T08:00:00Z", "actor": "api-key:nimb…", "action": "promote", "alias": "champion",
                      "from": "3", "to": "4", "reason": "better AUC on last week's labels"}],
     },
+    "served_models": {"window_s": 900, "bucket_s": 10, "models": [SERVED_MODEL_EXAMPLE]},
 }
+
+
+class TrafficPoint(BaseModel):
+    t: int = Field(description="Bucket start (epoch seconds).")
+    requests: int
+    errors: int
+    degraded: int
+    p50_ms: float | None = Field(description="Null where the bucket saw no request.")
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    at: str | None = Field(description="When the alias moved (ISO-8601 UTC, the audit record's time).")
+    version: str = Field(description="The version the alias pointed at from then on.")
+    from_: str | None = Field(alias="from", description="The version it left (null: a new alias).")
+    reason: str | None
+
+
+class Guardrail(BaseModel):
+    name: str = Field(examples=["error_rate"], description="error_rate | latency_p99 | output_psi | input_psi")
+    status: Literal["pass", "fail", "pending", "skipped"]
+    value: float | None = Field(description="What was measured (null until there is enough to judge).")
+    limit: float | None = Field(description="The threshold it is held to.")
+    detail: str | None = Field(description="The counts behind it, or why it is pending or skipped.")
+
+
+class RolloutStep(BaseModel):
+    at: str
+    action: str = Field(examples=["start"], description="start | step | promote | rollback | cancel")
+    share: float | None = Field(description="The candidate's share (%) from then on.")
+    reason: str | None
+
+
+class RolloutView(BaseModel):
+    """The model's latest rollout (``nimbus.serving.rollout.status``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    candidate: str
+    champion: str
+    mode: Literal["canary", "shadow"]
+    steps: list[float] = Field(description="The shares (%) it steps through, ending at 100.")
+    step: int = Field(description="Index of the current step in steps.")
+    share: float = Field(description="The candidate's share (%) now (0 once rolled back or cancelled).")
+    state: Literal["starting", "running", "completed", "rolled_back", "cancelled"]
+    started_at: str | None
+    ended_at: str | None
+    reason: str | None
+    guardrails: list[Guardrail] = Field(description="The last judgement's guardrails (empty before the first).")
+    counts: dict[str, Any] = Field(description="This step's counts per role (canary, champion): requests, errors, "
+                                               "p50/p95/p99 ms; or {error} when Redis is down.")
+    history: list[RolloutStep]
+
+
+class ServedModel(BaseModel):
+    """One model the predict function served in the window (or whose rollout runs or ended in it)."""
+
+    model: str
+    requests: int
+    errors: int = Field(description="Requests the model failed on (answered 5xx).")
+    degraded: int
+    p50_ms: float | None = Field(description="Time to answer (body read to answer serialised), ms.")
+    p95_ms: float | None
+    p99_ms: float | None
+    rps: float
+    error_rate: float | None
+    series: list[TrafficPoint] = Field(description="The same per time bucket, oldest first.")
+    aliases: dict[str, list[AliasMove]] = Field(description="Per alias, every audited move, oldest first: the "
+                                                            "version each alias pointed at over time.")
+    live: dict[str, str] = Field(description="Alias -> version after the last audited move.")
+    rollout: RolloutView | None = Field(description="Its latest rollout; null if it never had one.")
+
+
+class ServedModels(BaseModel):
+    window_s: int
+    bucket_s: int
+    models: list[ServedModel]
 
 
 class DashboardData(BaseModel):
@@ -122,6 +235,9 @@ class DashboardData(BaseModel):
     models: dict[str, Any] | None = Field(
         description="Registered versions with when each was registered and went live, live aliases, the "
                     "live-pointer timeline and the audited promotions and rollbacks.")
+    served_models: ServedModels | None = Field(
+        default=None, description="A section per model the predict function served: traffic and latency over "
+                                  "time, the version per alias over time, the rollout's state and guardrails.")
 
 
 class AlertPublic(BaseModel):
@@ -149,7 +265,8 @@ class AlertPublic(BaseModel):
 
 def create_dashboard_app() -> FastAPI:
     app = create_app("Nimbus dashboard",
-                     "Monitoring dashboard: live traffic and latency, A/B results, drift, model versions.",
+                     "Monitoring dashboard: live traffic and latency, A/B results, drift, model versions, "
+                     "served models and their rollouts.",
                      function="dashboard", docs_url="/dashboard/docs", openapi_url="/dashboard/openapi.json",
                      redoc_url=None)
     router = APIRouter(prefix="/dashboard", tags=["dashboard"])

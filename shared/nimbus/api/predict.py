@@ -32,6 +32,7 @@ from nimbus.apikeys import grants
 from nimbus.config import Settings, get_settings
 from nimbus.errors import InvalidInput, NimbusError, Unprocessable
 from nimbus.ids import current_request_id
+from nimbus.monitoring.traffic import ModelRollup, rollup_for
 from nimbus.security import keyring
 from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: an alias move is announced
 from nimbus.serving.live import RegistryModels
@@ -115,6 +116,7 @@ class PredictService:
         store = LiveModelStore.for_settings(settings)
         self.sampler = PredictionSampler(store, settings.predict_sample_rate)
         self.candidate_sampler = PredictionSampler(store, settings.rollout_sample_rate)
+        self.served = rollup_for(settings, ModelRollup)  # each model's requests, errors, latency, for the dashboard
 
     def _build(self) -> RegistryModels:
         models = RegistryModels(self.settings)
@@ -156,6 +158,20 @@ class PredictService:
 
     def answer(self, model: str, alias: str | None, version: str | None, body: bytes, key: str | None = None,
                inline: bool = False) -> bytes:
+        """:meth:`_answer`, counted under the model: answered, or failed on (refused requests are not counted)."""
+        start = time.perf_counter()
+        try:
+            answer = self._answer(model, alias, version, body, key, inline)
+        except (NimbusError, LookupError):
+            raise  # a 4xx, or the slow path answers it (and counts it)
+        except Exception:
+            self.served.add(model, (time.perf_counter() - start) * 1000.0, True)
+            raise
+        self.served.add(model, (time.perf_counter() - start) * 1000.0, False)
+        return answer
+
+    def _answer(self, model: str, alias: str | None, version: str | None, body: bytes, key: str | None = None,
+                inline: bool = False) -> bytes:
         """The JSON answer for ``body`` (raises NotFound, Conflict, Unprocessable). ``inline`` (the fast
         path, on the event loop): only models already loaded in a scikit-learn form, else LookupError."""
         at = version or alias or "champion"

@@ -30,6 +30,17 @@ Contract (the dashboard reads it)::
 request. Percentiles come from the histogram, interpolated linearly inside the bucket
 that holds the rank (as Prometheus's ``histogram_quantile``), so they are exact to within
 the width of that bucket.
+
+**Per served model** the ``predict`` function keeps the same rollup per model name
+(:class:`ModelRollup`, its own flush thread, Redis ``mon:served:<model>:<bucket>``): every request
+a model answered, or failed on (an error), timed from the body read to the answer serialised;
+requests refused before a model answers (404, 409, 422) are not the model's traffic. The reader::
+
+    model_summary(settings, window_s=900, bucket_s=10) -> {
+        "window_s", "bucket_s", "generated_at",
+        "models": {name: {"requests", "errors", "degraded", "p50_ms", "p95_ms", "p99_ms", "rps"}},
+        "series": [{"t", "model", "requests", "errors", "degraded", "p50_ms", "p95_ms", "p99_ms"}],
+    }
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ from nimbus import buffers
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, StoreUnavailable
 from nimbus.monitoring.windows import check_window
-from nimbus.stores.redis.telemetry import TelemetryStore
+from nimbus.stores.redis.telemetry import FUNCTIONS, MODELS, TelemetryStore
 
 log = logging.getLogger("nimbus.monitoring.traffic")
 
@@ -109,6 +120,7 @@ class Rollup:
     """This process's not-yet-flushed traffic counts, added to Redis by a background thread."""
 
     thread_name = "traffic-rollup"
+    of = FUNCTIONS  # what the counts are kept per (the store's layout)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -153,22 +165,29 @@ class Rollup:
             return len(counts)
 
     def write(self, counts: dict[Any, dict[str, int]]) -> None:
-        TelemetryStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s)
+        TelemetryStore.for_settings(self.settings).add_traffic(counts, self.settings.traffic_ttl_s, self.of)
 
     def stop(self) -> None:
         self._stop.set()
 
 
-_rollups: dict[str, Rollup] = {}
+class ModelRollup(Rollup):
+    """The same counts per served model (``add(model, latency_ms, error)``), for the dashboard's models."""
+
+    thread_name = "served-traffic"
+    of = MODELS
+
+
+_rollups: dict[tuple[type[Rollup], str], Rollup] = {}
 _rollups_lock = threading.Lock()
 
 
-def rollup_for(settings: Settings) -> Rollup:
-    """The process's rollup for this Redis (one flush thread per process and Redis)."""
-    rollup = _rollups.get(settings.redis_url)
+def rollup_for(settings: Settings, kind: type[Rollup] = Rollup) -> Rollup:
+    """The process's rollup of this kind for this Redis (one flush thread per process, kind and Redis)."""
+    rollup = _rollups.get((kind, settings.redis_url))
     if rollup is None:
         with _rollups_lock:
-            rollup = _rollups.setdefault(settings.redis_url, Rollup(settings))
+            rollup = _rollups.setdefault((kind, settings.redis_url), kind(settings))
     return rollup
 
 
@@ -239,6 +258,15 @@ def stats(rows: list[dict[str, int]]) -> dict[str, Any]:
 
 def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict[str, Any]:
     """Traffic of every function over the last ``window_s`` seconds (see the module docstring)."""
+    return _summary(settings, window_s, bucket_s, FUNCTIONS, "function")
+
+
+def model_summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict[str, Any]:
+    """Traffic of every model ``predict`` served over the last ``window_s`` seconds (the module docstring)."""
+    return _summary(settings, window_s, bucket_s, MODELS, "model")
+
+
+def _summary(settings: Settings, window_s: int, bucket_s: int, of: str, label: str) -> dict[str, Any]:
     base = settings.traffic_bucket_s
     if bucket_s < base or bucket_s % base:
         raise InvalidInput(f"bucket_s must be a multiple of the rollup's {base} s bucket; got {bucket_s}")
@@ -249,8 +277,8 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
     last = int(now) // bucket_s * bucket_s
     first = last - (math.ceil(window_s / bucket_s) - 1) * bucket_s
     store = TelemetryStore.for_settings(settings)
-    functions = store.traffic_functions()
-    rows = store.traffic(functions, range(first // base * base, last + bucket_s, base))
+    functions = store.traffic_functions(of)
+    rows = store.traffic(functions, range(first // base * base, last + bucket_s, base), of)
     series, totals = [], {}
     grouped: dict[tuple[str, int], list[dict[str, int]]] = {}  # (function, series bucket) -> stored rows
     for (function, b), row in rows.items():
@@ -258,8 +286,8 @@ def summary(settings: Settings, window_s: int = 900, bucket_s: int = 10) -> dict
     for function in functions:
         mine = [row for (f, _), row in rows.items() if f == function]
         for t in range(first, last + 1, bucket_s):
-            series.append({"t": t, "function": function, **stats(grouped.get((function, t), []))})
+            series.append({"t": t, label: function, **stats(grouped.get((function, t), []))})
         totals[function] = {**stats(mine), "rps": 0.0}
         totals[function]["rps"] = totals[function]["requests"] / window_s
-    return {"window_s": window_s, "bucket_s": bucket_s, "generated_at": now, "functions": totals,
-            "series": sorted(series, key=lambda s: (s["t"], s["function"]))}
+    return {"window_s": window_s, "bucket_s": bucket_s, "generated_at": now, of: totals,
+            "series": sorted(series, key=lambda s: (s["t"], s[label]))}

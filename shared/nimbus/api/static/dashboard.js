@@ -362,9 +362,125 @@
       `${c.reason ? ` (${esc(c.reason)})` : ""}</li>`).join("") || "<li class=\"empty\">none audited</li>";
   }
 
+  // ---- served models (predict): traffic, p99, version per alias, the rollout and its guardrails ----
+  const SERVED_CARD = `
+    <h3><span class="name"></span><span class="badge rollout-state"></span></h3>
+    <div class="meta"></div>
+    <div class="charts two">
+      <figure data-chart="served-traffic"><figcaption>Requests per second and p99 latency (ms)</figcaption><canvas></canvas></figure>
+      <figure data-chart="served-aliases"><figcaption>Version per alias over time (audited moves)</figcaption><canvas></canvas></figure>
+    </div>
+    <table class="served-totals"><thead><tr><th>model</th><th>requests</th><th>errors</th><th>error rate</th><th>p50 ms</th>
+      <th>p95 ms</th><th>p99 ms</th><th>req/s</th></tr></thead><tbody></tbody></table>
+    <div class="rollout" hidden>
+      <h3>Rollout <small class="rollout-id"></small></h3>
+      <div class="rollout-meta"></div>
+      <table class="guardrails"><thead><tr><th>guardrail</th><th>status</th><th>value</th><th>limit</th><th>detail</th></tr></thead><tbody></tbody></table>
+      <table class="roles"><thead><tr><th>role</th><th>version</th><th>requests</th><th>errors</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr></thead><tbody></tbody></table>
+      <ul class="rollout-history"></ul>
+    </div>`;
+
+  function renderServedModels(s, generatedAt) {
+    document.getElementById("served-window").textContent = `last ${s.window_s / 60} min, ${s.bucket_s} s buckets`;
+    const models = s.models || [];
+    const holder = document.getElementById("served-model-cards");
+    document.querySelector("#served_models > .empty").hidden = models.length > 0;
+    const keep = new Set(models.map((m) => m.model));
+    for (const card of [...holder.children]) {
+      if (!keep.has(card.dataset.model)) {
+        card.querySelectorAll("canvas").forEach((c) => { Chart.getChart(c)?.destroy(); delete charts[c.id]; });
+        card.remove();
+      }
+    }
+    models.forEach((m) => holder.appendChild(servedCard(m, s.bucket_s, generatedAt)));
+  }
+
+  function servedCard(m, bucketS, generatedAt) {
+    let card = [...document.querySelectorAll(".served")].find((c) => c.dataset.model === m.model);
+    if (!card) {
+      card = document.createElement("div");
+      card.className = "served";
+      card.dataset.model = m.model;
+      card.innerHTML = SERVED_CARD;
+      const [traffic, aliases] = card.querySelectorAll("canvas");
+      traffic.id = `chart-served-traffic-${m.model}`;
+      aliases.id = `chart-served-aliases-${m.model}`;
+    }
+    const r = m.rollout;
+    card.dataset.rolloutState = r ? r.state : "";
+    card.querySelector(".name").textContent = m.model;
+    const badge = card.querySelector(".badge.rollout-state");
+    badge.className = `badge rollout-state ${r ? r.state : ""}`;
+    badge.textContent = r ? `${r.mode} ${r.state.replace("_", " ")}${r.state === "running" ? ` at ${r.share}%` : ""}` : "no rollout";
+    card.querySelector(".meta").textContent = Object.entries(m.live || {}).sort()
+      .map(([alias, version]) => `${alias} → v${version}`).join(" · ") || "no audited alias";
+
+    const series = m.series || [];
+    const xs = series.map((p) => toMs(p.t));
+    const [min, max] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [undefined, undefined];
+    upsertChart(card.querySelector('[data-chart="served-traffic"] canvas'), {
+      type: "line",
+      data: { datasets: [
+        { label: "req/s", field: "requests", yAxisID: "y", borderColor: color(0), backgroundColor: color(0), pointRadius: 1.5,
+          tension: 0.2, data: series.map((p) => ({ x: toMs(p.t), y: p.requests / bucketS })) },
+        { label: "p99 ms", field: "p99_ms", yAxisID: "ms", borderColor: "#dc2626", backgroundColor: "#dc2626",
+          borderDash: [2, 2], pointRadius: 3, tension: 0.2,
+          data: series.filter((p) => isNum(p.p99_ms)).map((p) => ({ x: toMs(p.t), y: p.p99_ms })) },
+      ] },
+      options: { parsing: false, scales: { x: timeAxis(min, max),
+        y: { beginAtZero: true, position: "left", title: { display: true, text: "req/s" } },
+        ms: { beginAtZero: true, position: "right", grid: { drawOnChartArea: false }, title: { display: true, text: "p99 ms" } } } },
+    });
+    const now = toMs(generatedAt);
+    const aliases = Object.keys(m.aliases || {}).sort();
+    upsertChart(card.querySelector('[data-chart="served-aliases"] canvas'), {
+      type: "line",
+      data: { datasets: aliases.map((alias, i) => {
+        const steps = m.aliases[alias].map((e) => ({ x: toMs(e.at), y: Number(e.version) }));
+        if (steps.length) steps.push({ x: Math.max(now, steps[steps.length - 1].x), y: steps[steps.length - 1].y });
+        return { label: alias, alias, data: steps, stepped: "before", borderColor: color(i), backgroundColor: color(i),
+                 pointRadius: steps.map((_, j) => (j === steps.length - 1 ? 0 : 4)) };
+      }) },
+      options: { parsing: false, scales: { x: timeAxis(),
+        y: { title: { display: true, text: "version" }, ticks: { stepSize: 1, precision: 0 } } } },
+    });
+    card.querySelector(".served-totals tbody").innerHTML = `<tr data-model="${esc(m.model)}">${td("model", m.model)}` +
+      `${td("requests", m.requests)}${td("errors", m.errors)}${td("error_rate", m.error_rate, pct(m.error_rate))}` +
+      `${td("p50_ms", m.p50_ms, fixed(m.p50_ms, 2))}${td("p95_ms", m.p95_ms, fixed(m.p95_ms, 2))}` +
+      `${td("p99_ms", m.p99_ms, fixed(m.p99_ms, 2))}${td("rps", m.rps, fixed(m.rps, 2))}</tr>`;
+
+    const box = card.querySelector(".rollout");
+    box.hidden = !r;
+    if (r) {
+      box.dataset.rolloutId = r.id;
+      card.querySelector(".rollout-id").textContent = r.id;
+      card.querySelector(".rollout-meta").textContent = `v${r.candidate} (candidate) vs v${r.champion} (champion) · ` +
+        `${r.mode} · ${r.state.replace("_", " ")} · share ${r.share}% (steps ${(r.steps || []).join(" → ")}%) · ` +
+        `started ${stamp(r.started_at)}${r.ended_at ? ` · ended ${stamp(r.ended_at)}` : ""}`;
+      card.querySelector(".guardrails tbody").innerHTML = (r.guardrails || []).map((g) =>
+        `<tr data-guardrail="${esc(g.name)}" data-status="${esc(g.status)}" class="guard-${esc(g.status)}">` +
+        `${td("name", g.name)}${td("status", g.status)}${td("value", g.value, fixed(g.value, 4))}` +
+        `${td("limit", g.limit, fixed(g.limit, 4))}${td("detail", g.detail)}</tr>`).join("")
+        || `<tr><td colspan="5" class="empty">Not judged yet.</td></tr>`;
+      const counts = r.counts || {};
+      card.querySelector(".roles tbody").innerHTML = counts.error
+        ? `<tr><td colspan="7" class="error">${esc(counts.error)}</td></tr>`
+        : ["canary", "champion"].map((role) => {
+          const c = counts[role] || {};
+          return `<tr data-role="${role}">${td("role", role)}${td("version", role === "canary" ? r.candidate : r.champion)}` +
+            `${td("requests", c.requests ?? 0)}${td("errors", c.errors ?? 0)}${td("p50_ms", c.p50_ms, fixed(c.p50_ms, 2))}` +
+            `${td("p95_ms", c.p95_ms, fixed(c.p95_ms, 2))}${td("p99_ms", c.p99_ms, fixed(c.p99_ms, 2))}</tr>`;
+        }).join("");
+      card.querySelector(".rollout-history").innerHTML = (r.history || []).map((h) =>
+        `<li data-action="${esc(h.action)}">${esc(stamp(h.at))}: ${esc(h.action)} → ${esc(h.share)}%` +
+        `${h.reason ? ` (${esc(h.reason)})` : ""}</li>`).join("");
+    }
+    return card;
+  }
+
   // ---- the loop ---------------------------------------------------------------------------
   const RENDERERS = { alerts: renderAlerts, traffic: renderTraffic, experiments: renderExperiments, performance: renderPerformance,
-                      drift: renderDrift, models: renderModels };
+                      drift: renderDrift, models: renderModels, served_models: renderServedModels };
 
   function render(data) {
     for (const [name, draw] of Object.entries(RENDERERS)) {

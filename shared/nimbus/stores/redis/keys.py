@@ -26,7 +26,8 @@ pick the key's slot, so every key a script or transaction touches together share
   ``mon:sampled`` (set of the models sampled);
   ``mon:traffic:{function}:{bucket}`` (hash of request/error/degraded counts and latency
   histogram counts for one function in one time bucket, epoch seconds) and
-  ``mon:traffic:functions`` (set of the functions that reported); ``mon:rollout:<rollout>:<step>:<role>``
+  ``mon:traffic:functions`` (set of the functions that reported); ``mon:served:<model>:<bucket>`` and
+  ``mon:served:models``, the same per served model (what ``predict`` answered); ``mon:rollout:<rollout>:<step>:<role>``
   (the same counts and histogram for the candidate or the champion during one step of a canary rollout);
 * A/B experiments: ``ab:running`` (hash surface -> the running experiment as JSON, set with
   HSETNX so two can never run on one surface; announced on channel ``events:experiments``),
@@ -162,6 +163,14 @@ class Keys:
     @classmethod
     def traffic_functions(cls) -> str:
         return cls.key("mon", "traffic", "functions")
+
+    @classmethod
+    def served_traffic(cls, model: str, bucket: int) -> str:
+        return cls.key("mon", "served", model, bucket)
+
+    @classmethod
+    def served_traffic_models(cls) -> str:
+        return cls.key("mon", "served", "models")
 
     @classmethod
     def rollout_counts(cls, rollout: str, step: int, role: str) -> str:

@@ -8,35 +8,43 @@ from collections.abc import Sequence
 from nimbus.stores.redis.base import RedisStore
 from nimbus.stores.redis.keys import Keys
 
+FUNCTIONS, MODELS = "functions", "models"  # what a traffic rollup is kept per: HTTP function, served model
+_LAYOUT = {FUNCTIONS: (Keys.traffic, Keys.traffic_functions),
+           MODELS: (Keys.served_traffic, Keys.served_traffic_models)}
+
 
 class TelemetryStore(RedisStore):
-    """Per (function, time bucket) counter hashes, and the set of functions that reported."""
+    """Per (function or served model, time bucket) counter hashes, and the set of names that reported."""
 
-    def add_traffic(self, counts: dict[tuple[str, int], dict[str, int]], ttl_s: int) -> None:
-        """Add per-(function, bucket) field counts to the traffic rollup, one round trip."""
+    def add_traffic(self, counts: dict[tuple[str, int], dict[str, int]], ttl_s: int, of: str = FUNCTIONS) -> None:
+        """Add per-(name, bucket) field counts to the traffic rollup ``of`` functions or models, one round trip."""
+        bucket_key, names_key = _LAYOUT[of]
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            for (function, bucket), fields in counts.items():
-                key = Keys.traffic(function, bucket)
-                for name, value in fields.items():
-                    pipe.hincrby(key, name, value)
+            for (name, bucket), fields in counts.items():
+                key = bucket_key(name, bucket)
+                for field, value in fields.items():
+                    pipe.hincrby(key, field, value)
                 pipe.expire(key, ttl_s)
-            pipe.sadd(Keys.traffic_functions(), *{function for function, _ in counts})
+            pipe.sadd(names_key(), *{name for name, _ in counts})
             pipe.execute()
 
-    def traffic(self, functions: Sequence[str], buckets: Sequence[int]) -> dict[tuple[str, int], dict[str, int]]:
-        """The rollup hashes of every (function, bucket) asked for (empty ones left out)."""
-        pairs = [(f, b) for f in functions for b in buckets]
+    def traffic(self, names: Sequence[str], buckets: Sequence[int],
+                of: str = FUNCTIONS) -> dict[tuple[str, int], dict[str, int]]:
+        """The rollup hashes of every (name, bucket) asked for (empty ones left out)."""
+        bucket_key = _LAYOUT[of][0]
+        pairs = [(f, b) for f in names for b in buckets]
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            for function, bucket in pairs:
-                pipe.hgetall(Keys.traffic(function, bucket))
+            for name, bucket in pairs:
+                pipe.hgetall(bucket_key(name, bucket))
             answers = pipe.execute()
         return {pair: {k.decode(): int(v) for k, v in raw.items()} for pair, raw in zip(pairs, answers) if raw}
 
-    def traffic_functions(self) -> list[str]:
+    def traffic_functions(self, of: str = FUNCTIONS) -> list[str]:
+        """The names (functions, or served models) that ever reported (until the set is emptied)."""
         with self.redis as r:
-            members = r.smembers(Keys.traffic_functions())
+            members = r.smembers(_LAYOUT[of][1]())
         return sorted(m.decode() for m in members)
 
     def add_rollout_counts(self, counts: dict[tuple[str, int, str], dict[str, int]], ttl_s: int) -> None:
