@@ -134,9 +134,9 @@ def test_demo_shows_the_three_jobs_and_brings_the_stack_down(own_stack: dict[str
     # the loop: the winner served by predict, a stale-trained candidate rolled back by itself, a fresh one promoted
     assert "POST /predict/automl-churn (3 records) -> v1 @champion" in done.stdout
     rolled_back, promoted = done.stdout.split("--canary 10%")[1:3]
-    assert "judged: rollback -> rolled_back at 10%" in rolled_back and "input_psi fail" in rolled_back
-    assert "judged: step -> running at 50%" in promoted and "judged: complete -> completed at 100%" in promoted
-    assert "promoted to champion" in promoted
+    assert "judged: rollback: rolled back at 10%" in rolled_back and "input_psi fail" in rolled_back
+    assert "judged: step: guardrails passed at 10%" in promoted and "judged: complete: guardrails passed at 50%" in promoted
+    assert "promoted to champion" in promoted and "error_rate pass" in promoted
     assert done.stdout.count(" requests during the rollout, 0 failed") == 2
     assert "/dashboard" in done.stdout
     for noise in ("Successfully registered model", "Downloading artifacts", "View detailed results"):

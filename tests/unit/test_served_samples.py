@@ -81,6 +81,7 @@ def test_the_reference_scores_a_regressor_by_its_value() -> None:
 
 def test_a_training_reference_bins_numbers_counts_categories_and_skips_dates() -> None:
     x = frame(500).assign(seen=pd.date_range("2024-01-01", periods=500, freq="h"))
+    x["seen_text"] = x["seen"].dt.strftime("%Y-%m-%d %H:%M")  # dates as a CSV gives them: text, 500 values
     model = make_pipeline(make_column_transformer(("passthrough", ["x", "k"])), LogisticRegression())
     model.fit(x, x["x"] > 0)
     reference = training_reference(model, x)

@@ -521,7 +521,7 @@ def _finish_run(settings: Settings, job_id: str, request: JobRequest, budget: Jo
     with logs.step("automl", job_id, "register", trials=len(trials)):
         version, run_id = register_winner(settings, job_id, name, winner, model, prep.x_train, test,
                                           {"profile": prep.prof.as_dict(), "test": test, "importances": importances,
-                                           "trials": len(trials)}, onnx.model)
+                                           "trials": len(trials)}, onnx.model, x_reference=prep.x_test)
     claim_model(settings, name, owner)
     timings["track_s"] = round(budget.clock() - clock, 3)
     direction = sign(prep.metric)

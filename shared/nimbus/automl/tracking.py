@@ -115,10 +115,12 @@ class TrialLogger:
 
 def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str, Any], model: Any,
                     x_train: pd.DataFrame, test: dict[str, Any], report: dict[str, Any],
-                    onnx: bytes | None = None) -> tuple[str, str]:
+                    onnx: bytes | None = None, x_reference: pd.DataFrame | None = None) -> tuple[str, str]:
     """The winner's run in the job's experiment: its parameters, held-out metric, the model
-    (registered as a new version of ``name``), a report, the ONNX export and the drift reference of its
-    training inputs and scores (:func:`nimbus.serving.samples.training_reference`); (version, run id).
+    (registered as a new version of ``name``), a report, the ONNX export and the drift reference
+    (:func:`nimbus.serving.samples.training_reference`) of ``x_reference``, the held-out rows (default the
+    training rows): scores of rows the model was fitted on are more confident than any it will serve, so
+    a reference of them would make every live output look drifted; (version, run id).
 
     Once per job: a version tagged with this job (registered by an earlier attempt whose runner died
     before it could record it) is returned instead of registering another."""
@@ -139,7 +141,8 @@ def register_winner(settings: Settings, job_id: str, name: str, winner: dict[str
         version = run.log_sklearn(model, example, output, name, version_tags={JOB_TAG: job_id})
         run.log_json(report, "report/report.json")
         try:  # the monitor's drift check reads it; a frame it cannot summarise never fails the job
-            run.log_json(training_reference(model, x_train), REFERENCE_PATH)
+            run.log_json(training_reference(model, x_train if x_reference is None else x_reference),
+                         REFERENCE_PATH)
         except Exception as exc:  # noqa: BLE001 - the version is then checked as no_reference
             log.warning("job %s: no drift reference logged for %s v%s: %s", job_id, name, version, exc)
         if onnx is not None:

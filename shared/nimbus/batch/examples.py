@@ -73,6 +73,7 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
     registry = Registry.for_settings(settings)
     table, y = make_records(n, seed=123)
     x = table.select(FEATURES).to_pandas().astype(np.float64)
+    held_out = make_records(min(n, 5000), seed=124)[0].select(FEATURES).to_pandas().astype(np.float64)
     versions = {}
     for name, model in (("churn-lr", LogisticRegression(max_iter=500)),
                         ("churn-hgb", HistGradientBoostingClassifier(max_iter=100, random_state=0))):
@@ -83,7 +84,7 @@ def train_models(settings: Settings, n: int = 50_000, promote: bool = True) -> d
             run.log_metrics({"train_accuracy": float(((scores >= 0.5) == y).mean())})
             versions[name] = run.log_sklearn(model, x.head(5), scores[:5], name, predict_fn="predict_proba")
             run.log_json({"hist": np.histogram(scores, 20, range=(0, 1))[0].tolist()}, REFERENCE_PATH)
-            run.log_json(training_reference(model, x), DRIFT_REFERENCE_PATH)
+            run.log_json(training_reference(model, held_out), DRIFT_REFERENCE_PATH)  # rows it was not fitted on
         if promote:
             governance.promote(settings, name, versions[name], reason="example model")
     return versions

@@ -62,9 +62,13 @@ def training_scores(model: Any, frame: Any) -> np.ndarray:
     return np.asarray(model.predict(frame), dtype=np.float64).reshape(len(frame))
 
 
+MAX_CATEGORIES = 50  # a text column with more distinct values is an id or a date, not a category to count
+
+
 def split_columns(frame: Any) -> tuple[list[Any], list[Any]]:
     """(numeric, categorical) columns of a training DataFrame: numbers; strings, booleans and categories
-    (dates and anything else are left out, as the samples leave them out)."""
+    of at most MAX_CATEGORIES values (dates, ids, free text and anything else are left out: counted per
+    value, a few hundred live samples of them always look drifted)."""
     import pandas as pd
     from pandas.api import types
 
@@ -73,7 +77,8 @@ def split_columns(frame: Any) -> tuple[list[Any], list[Any]]:
         dtype = frame[name].dtype
         if types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or types.is_object_dtype(dtype) \
                 or types.is_string_dtype(dtype):
-            categorical.append(name)
+            if frame[name].nunique(dropna=True) <= MAX_CATEGORIES:
+                categorical.append(name)
         elif types.is_numeric_dtype(dtype) and not types.is_complex_dtype(dtype):
             numeric.append(name)
     return numeric, categorical
