@@ -182,7 +182,8 @@ def _serve_and_roll_out(settings: Settings, out: Console, http: httpx.Client, fo
     if answer.status_code != 200:
         raise NimbusError(f"predict answered {answer.status_code}: {answer.text[:300]}")
     body = answer.json()
-    table = Table(title=f"POST /predict/{name} (3 records) -> v{body['version']} @{body['alias']}, {body['form']}")
+    out.print(f"POST /predict/{name} (3 records): v{body['version']} @{body['alias']}, {body['form']} form")
+    table = Table()
     for column in ("record", "label", "probabilities"):
         table.add_column(column)
     for n, p in enumerate(body["predictions"]):
@@ -200,10 +201,10 @@ def _roll_out(settings: Settings, out: Console, http: httpx.Client, name: str, v
     """A canary rollout under steady traffic, judged after each burst until it completes or rolls back."""
     from nimbus.serving import rollout
 
-    # The demo's patience: a step is judged on 100 candidate answers (and samples), not on minutes; and the
-    # p99 of 100 answers on a laptop busy with the demo itself is its slowest one: 25 ms forgiven, not 5.
-    quick = settings.model_copy(update={"rollout_min_requests": 100, "rollout_min_step_s": 0,
-                                        "drift_min_samples": 100, "rollout_p99_slack_ms": 25.0})
+    # The demo's patience: a step is judged on 150 candidate answers (and samples), not on minutes; and the
+    # p99 of 150 answers on a laptop busy with the demo itself is its slowest one: 25 ms forgiven, not 5.
+    quick = settings.model_copy(update={"rollout_min_requests": 150, "rollout_min_step_s": 0,
+                                        "drift_min_samples": 150, "rollout_p99_slack_ms": 25.0})
     started = rollout.start(quick, name, version, "10%", reason="demo: canary of the new AutoML winner")
     out.print(f"nimbus models rollout {name} {version} --canary 10%: {started['id']} against champion "
               f"v{started['champion']}, steps {' -> '.join(f'{s:g}%' for s in started['steps'])}")
