@@ -8,7 +8,7 @@ import pytest
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
 from nimbus.monitoring.drift import build_reference
-from nimbus.serving.rollout import Route, guardrails, parse_share, plan_steps
+from nimbus.serving.rollout import Route, guardrails, parse_share, plan_steps, tail_quantile
 
 SETTINGS = Settings(rollout_min_requests=100, rollout_fail_fast_errors=10, rollout_max_error_rate=0.01,
                     rollout_max_p99_ratio=2.0, rollout_p99_slack_ms=5.0, rollout_max_psi=0.25, drift_min_samples=50)
@@ -16,9 +16,11 @@ SETTINGS = Settings(rollout_min_requests=100, rollout_fail_fast_errors=10, rollo
 
 def counts(requests: int, errors: int = 0, p99: float | None = 2.0, champion_p99: float | None = 2.0,
            champion_requests: int = 900, champion_errors: int = 0) -> dict:
-    return {"canary": {"requests": requests, "errors": errors, "p50_ms": 1.0, "p95_ms": p99, "p99_ms": p99},
+    tail = {"tail_q": tail_quantile(requests)}
+    return {"canary": {"requests": requests, "errors": errors, "p50_ms": 1.0, "p95_ms": p99, "p99_ms": p99,
+                       **tail, "tail_ms": p99},
             "champion": {"requests": champion_requests, "errors": champion_errors, "p50_ms": 1.0,
-                         "p95_ms": champion_p99, "p99_ms": champion_p99}}
+                         "p95_ms": champion_p99, "p99_ms": champion_p99, **tail, "tail_ms": champion_p99}}
 
 
 def by_name(guards: list[dict]) -> dict[str, str]:
@@ -67,6 +69,13 @@ def test_outputs_or_inputs_unlike_the_training_reference_fail_the_psi_guardrails
     assert by_name(guardrails(SETTINGS, {}, counts(200), rows(rng, 10), reference))["output_psi"] == "pending"
     # ... and while samples may still be on their way; far past the answers that should have brought them, skipped
     assert by_name(guardrails(SETTINGS, {}, counts(250), rows(rng, 10), reference))["output_psi"] == "skipped"
+
+
+def test_the_tail_compared_has_five_candidate_answers_above_it() -> None:
+    assert tail_quantile(40) == 0.875 and tail_quantile(200) == 0.975
+    assert tail_quantile(500) == tail_quantile(10_000) == 0.99 and tail_quantile(6) == 0.5
+    guard = guardrails(SETTINGS, {}, counts(200, p99=3.0))[1]
+    assert "candidate p97.5 3.00 ms" in guard["detail"] and "the p99 needs 500" in guard["detail"]
 
 
 def test_shares_and_steps() -> None:

@@ -271,9 +271,26 @@ def _iso(at: datetime) -> str:
 
 
 # ---- judging -----------------------------------------------------------------------------------
+TAIL_ANSWERS = 5  # a tail latency is compared only where this many of the candidate's answers lie above it
+
+
+def tail_quantile(answers: int) -> float:
+    """The latency quantile a step compares: the p99 once the candidate has 500 answers; before, the
+    quantile with TAIL_ANSWERS answers above it (the p99 of 40 answers is their slowest: one stall)."""
+    return max(0.5, min(0.99, 1.0 - TAIL_ANSWERS / answers)) if answers else 0.99
+
+
 def step_counts(settings: Settings, doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each role's requests, errors and latency percentiles in the rollout's current step, and
+    ``tail_ms``: both roles' latency at the candidate's :func:`tail_quantile` (``tail_q``)."""
     raw = TelemetryStore.for_settings(settings).rollout_counts(doc["_id"], doc["step"], ROLES)
-    return {role: {k: v for k, v in traffic.stats([raw[role]]).items() if k != "degraded"} for role in ROLES}
+    q = tail_quantile(raw[CANARY].get(traffic.REQUESTS, 0))
+    out = {}
+    for role in ROLES:
+        hist = [raw[role].get(f, 0) for f in traffic.HIST_FIELDS]
+        out[role] = {**{k: v for k, v in traffic.stats([raw[role]]).items() if k != "degraded"},
+                     "tail_q": q, "tail_ms": traffic.percentile(hist, q)}
+    return out
 
 
 def _guard(name: str, status: str, value: float | None, limit: float | None, detail: str) -> dict[str, Any]:
@@ -299,15 +316,16 @@ def guardrails(settings: Settings, doc: Mapping[str, Any], counts: Mapping[str, 
     else:
         out.append(_guard("error_rate", PENDING, rate_c, limit,
                           f"{cand['requests']}/{settings.rollout_min_requests} candidate requests"))
-    p99_c, p99_0 = cand["p99_ms"], champ["p99_ms"]
-    if not enough or p99_c is None:
-        out.append(_guard("latency_p99", PENDING, p99_c, None, "waiting for the step's candidate requests"))
-    elif p99_0 is None:
-        out.append(_guard("latency_p99", SKIPPED, p99_c, None, "the champion answered no request in this step"))
+    tail_c, tail_0, q = cand["tail_ms"], champ["tail_ms"], f"p{cand['tail_q'] * 100:g}"
+    if not enough or tail_c is None:
+        out.append(_guard("latency_p99", PENDING, tail_c, None, "waiting for the step's candidate requests"))
+    elif tail_0 is None:
+        out.append(_guard("latency_p99", SKIPPED, tail_c, None, "the champion answered no request in this step"))
     else:
-        allowed = p99_0 * settings.rollout_max_p99_ratio + settings.rollout_p99_slack_ms
-        out.append(_guard("latency_p99", FAIL if p99_c > allowed else PASS, p99_c, round(allowed, 3),
-                          f"candidate p99 {p99_c:.2f} ms, champion {p99_0:.2f} ms; allowed {allowed:.2f} ms"))
+        allowed = tail_0 * settings.rollout_max_p99_ratio + settings.rollout_p99_slack_ms
+        out.append(_guard("latency_p99", FAIL if tail_c > allowed else PASS, tail_c, round(allowed, 3),
+                          f"candidate {q} {tail_c:.2f} ms, champion {tail_0:.2f} ms; allowed {allowed:.2f} ms"
+                          + ("" if q == "p99" else f" ({q}: the p99 needs 500 candidate answers)")))
     # Samples reach Redis a flush (a second) after the counts: wait for them while the sampled share says
     # they are coming; only far past that (5x the samples expected) is a missing sample called skipped.
     coming = cand["requests"] * settings.rollout_sample_rate < 5 * settings.drift_min_samples
