@@ -36,8 +36,7 @@ from nimbus.monitoring.traffic import ModelRollup, rollup_for
 from nimbus.security import keyring
 from nimbus.serving import hooks as _hooks  # noqa: F401 - registers the hook: an alias move is announced
 from nimbus.serving.live import RegistryModels
-from nimbus.serving.models import ServedModel
-from nimbus.serving.rollout import CANARY, CANARY_ALIAS, CHAMPION, RolloutCounts, RolloutRoutes, Route
+from nimbus.serving.rollout import CHAMPION, RolloutRoutes, Route, Router
 from nimbus.serving.samples import PredictionSampler
 from nimbus.stores.redis.live import LiveModelStore
 
@@ -110,12 +109,9 @@ class PredictService:
         self.traffic: Any = None  # set by the app: the fast path counts its own answers
         self._models: Once[RegistryModels] = Once(self._build)
         self._routes: Once[RolloutRoutes] = Once(self._build_routes)
-        self.counts = RolloutCounts(settings)  # each rollout step's counts per role, flushed to Redis
-        # served records kept for drift (buffered); a rollout's candidate is sampled at its own rate, for
-        # the PSI guardrails
-        store = LiveModelStore.for_settings(settings)
-        self.sampler = PredictionSampler(store, settings.predict_sample_rate)
-        self.candidate_sampler = PredictionSampler(store, settings.rollout_sample_rate)
+        # served records kept for drift (buffered)
+        self.sampler = PredictionSampler(LiveModelStore.for_settings(settings), settings.predict_sample_rate)
+        self.router = Router(settings, self.sampler)  # how a running rollout's share is answered, and counted
         self.served = rollup_for(settings, ModelRollup)  # each model's requests, errors, latency, for the dashboard
 
     def _build(self) -> RegistryModels:
@@ -151,10 +147,8 @@ class PredictService:
             models.stop()
         if (routes := self._routes.built) is not None:
             routes.stop()
-        self.counts.flush()
-        self.counts.stop()
+        self.router.close()
         self.sampler.close()
-        self.candidate_sampler.close()
 
     def answer(self, model: str, alias: str | None, version: str | None, body: bytes, key: str | None = None,
                inline: bool = False) -> bytes:
@@ -188,75 +182,9 @@ class PredictService:
             predictions = served.predict(records, self.limit)
             self.sampler.add(model, served.version, records, predictions)
             return self.shape(model, None if version else at, served, predictions)
-        return self.routed(route, model, served, records, key or current_request_id.get() or "", get)
-
-    def routed(self, route: Route, model: str, champion: ServedModel, records: list[Any], key: str,
-               get: Any) -> bytes:
-        """An answer during a rollout: the candidate's for its share of keys (the champion's when the
-        candidate fails: counted against it, never a failed request), or in shadow the champion's with the
-        candidate scored beside it."""
-        if not route.takes(key):
-            return self.shape(model, CHAMPION, champion, self._timed(route, champion, records), route, CHAMPION)
-        failure: Exception | None = None
-        candidate: ServedModel | None = None
-        try:
-            candidate = get(model, CANARY_ALIAS)
-        except LookupError:
-            raise  # not loaded here yet: the slow path loads it
-        except Exception as exc:  # noqa: BLE001 - a candidate that cannot load is the candidate's failure
-            failure = exc
-        if route.shadow:
-            predictions = self._timed(route, champion, records)
-            if candidate is not None:
-                self._try_candidate(route, model, candidate, records)
-            else:
-                self.counts.count(route, CANARY, 0.0, True)
-            return self.shape(model, CHAMPION, champion, predictions, route, CHAMPION)
-        if candidate is not None:
-            start = time.perf_counter()
-            try:
-                predictions = candidate.predict(records, self.limit)
-            except Exception as exc:  # noqa: BLE001 - judged below: the champion answers instead
-                failure = exc
-            else:
-                self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, False)
-                self._sample(model, candidate, records, predictions)
-                return self.shape(model, CHAMPION, candidate, predictions, route, CANARY)
-        predictions = champion.predict(records, self.limit)  # a request at fault fails here, uncounted
-        self.counts.count(route, CANARY, 0.0, True)
-        self.sampler.add(model, champion.version, records, predictions)
-        log.warning("candidate %s v%s failed, the champion answered: %s: %s", model, route.candidate,
-                    type(failure).__name__, str(failure)[:200])
-        return self.shape(model, CHAMPION, champion, predictions, route, CHAMPION)
-
-    def _timed(self, route: Route, served: ServedModel, records: list[Any]) -> list[dict[str, Any]]:
-        start = time.perf_counter()
-        try:
-            predictions = served.predict(records, self.limit)
-        except NimbusError:
-            raise  # the request's fault (a 422), not the model's
-        except Exception:
-            self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, True)
-            raise
-        self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, False)
-        self.sampler.add(route.model, served.version, records, predictions)
-        return predictions
-
-    def _try_candidate(self, route: Route, model: str, candidate: ServedModel, records: list[Any]) -> None:
-        start = time.perf_counter()
-        try:
-            predictions = candidate.predict(records, self.limit)
-        except Exception as exc:  # noqa: BLE001 - shadow: counted, never seen by the caller
-            self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, True)
-            log.warning("shadow candidate %s v%s failed: %s: %s", model, route.candidate, type(exc).__name__,
-                        str(exc)[:200])
-            return
-        self.counts.count(route, CANARY, (time.perf_counter() - start) * 1000.0, False)
-        self._sample(model, candidate, records, predictions)
-
-    def _sample(self, model: str, served: ServedModel, records: list[Any], predictions: list[dict[str, Any]]) -> None:
-        """The candidate's inputs and outputs, for the rollout's PSI guardrails (and its drift check)."""
-        self.candidate_sampler.add(model, served.version, records, predictions)
+        served, predictions, role = self.router.answer(route, served, records, key or current_request_id.get() or "",
+                                                       get, self.limit)
+        return self.shape(model, CHAMPION, served, predictions, route, role)
 
     @property
     def limit(self) -> int:

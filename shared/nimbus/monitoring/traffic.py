@@ -93,22 +93,24 @@ class HistogramRows:
         self._lock = threading.Lock()
         self._pending: dict[Any, list[int]] = {}
 
+    def _row(self, key: Any) -> list[int]:
+        """The pending row of ``key`` (the caller holds the lock)."""
+        row = self._pending.get(key)
+        if row is None:
+            row = self._pending[key] = [0] * len(_FIELDS)
+        return row
+
     def add(self, key: Any, latency_ms: float, error: bool) -> None:
         slot = _H0 + bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
         with self._lock:
-            row = self._pending.get(key)
-            if row is None:
-                row = self._pending[key] = [0] * len(_FIELDS)
+            row = self._row(key)
             row[0] += 1
             row[1] += error
             row[slot] += 1
 
     def add_degraded(self, key: Any) -> None:
         with self._lock:
-            row = self._pending.get(key)
-            if row is None:
-                row = self._pending[key] = [0] * len(_FIELDS)
-            row[2] += 1
+            self._row(key)[2] += 1
 
     def take(self) -> dict[Any, dict[str, int]]:
         with self._lock:

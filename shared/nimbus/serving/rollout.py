@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,8 @@ from nimbus.config import Settings
 from nimbus.errors import Conflict, InvalidInput, NimbusError, NotFound, StoreUnavailable
 from nimbus.experiments.assignment import hash_v2
 from nimbus.monitoring import traffic
+from nimbus.serving.models import ServedModel
+from nimbus.serving.samples import PredictionSampler
 from nimbus.stores.documents import Collections, DocumentStore
 from nimbus.stores.redis.keys import REGISTRY_TOPIC
 from nimbus.stores.redis.live import LiveModelStore
@@ -137,6 +140,88 @@ class RolloutCounts(traffic.Rollup):
 
     def write(self, counts: dict[Any, dict[str, int]]) -> None:
         TelemetryStore.for_settings(self.settings).add_rollout_counts(counts, COUNTS_TTL_S)
+
+
+class Router:
+    """How a predict process answers a request that falls in a running rollout, and counts it.
+
+    The candidate answers its share of keys — or, in shadow, scores them beside the champion, which answers.
+    A candidate that cannot load or raises never fails the request: the champion answers and the failure
+    counts against the candidate (unless the champion fails too: then the request was at fault). Both
+    roles' answers are counted per step; the candidate's are sampled at ``rollout_sample_rate`` for the
+    PSI guardrails, the champion's by the process's drift ``sampler``."""
+
+    def __init__(self, settings: Settings, sampler: PredictionSampler) -> None:
+        self.counts = RolloutCounts(settings)
+        self.sampler = sampler
+        self.candidate_sampler = PredictionSampler(LiveModelStore.for_settings(settings), settings.rollout_sample_rate)
+
+    def answer(self, route: Route, champion: ServedModel, records: list[Any], key: str,
+               get: Callable[[str, str], ServedModel], limit: int) -> tuple[ServedModel, list[dict[str, Any]], str]:
+        """(who answered, the predictions, its role) for ``records`` routed by ``key``. ``get`` loads the
+        candidate; its LookupError (not loaded in this form here yet) is the caller's to handle."""
+        if not route.takes(key):
+            return champion, self._champion(route, champion, records, limit), CHAMPION
+        candidate: ServedModel | None = None
+        failure: Exception | None = None
+        elapsed = 0.0
+        try:
+            candidate = get(route.model, CANARY_ALIAS)
+        except LookupError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot load is the candidate's failure
+            failure = exc
+        if route.shadow:
+            predictions = self._champion(route, champion, records, limit)
+            if candidate is not None:
+                _, failure, elapsed = self._candidate(route, candidate, records, limit)
+            if failure is not None:
+                self.counts.count(route, CANARY, elapsed, True)
+                log.warning("shadow candidate %s v%s failed: %s: %s", route.model, route.candidate,
+                            type(failure).__name__, str(failure)[:200])
+            return champion, predictions, CHAMPION
+        if candidate is not None:
+            answered, failure, _ = self._candidate(route, candidate, records, limit)
+            if answered is not None:
+                return candidate, answered, CANARY
+        predictions = champion.predict(records, limit)  # a request at fault fails here, uncounted
+        self.counts.count(route, CANARY, 0.0, True)
+        self.sampler.add(route.model, champion.version, records, predictions)
+        log.warning("candidate %s v%s failed, the champion answered: %s: %s", route.model, route.candidate,
+                    type(failure).__name__, str(failure)[:200])
+        return champion, predictions, CHAMPION
+
+    def _champion(self, route: Route, served: ServedModel, records: list[Any], limit: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        try:
+            predictions = served.predict(records, limit)
+        except NimbusError:
+            raise  # the request's fault (a 422), not the model's
+        except Exception:
+            self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, True)
+            raise
+        self.counts.count(route, CHAMPION, (time.perf_counter() - start) * 1000.0, False)
+        self.sampler.add(route.model, served.version, records, predictions)
+        return predictions
+
+    def _candidate(self, route: Route, candidate: ServedModel, records: list[Any],
+                   limit: int) -> tuple[list[dict[str, Any]] | None, Exception | None, float]:
+        """(predictions, None, ms) counted and sampled; or (None, the failure, ms), left to the caller to count."""
+        start = time.perf_counter()
+        try:
+            predictions = candidate.predict(records, limit)
+        except Exception as exc:  # noqa: BLE001 - the caller decides whose failure it is
+            return None, exc, (time.perf_counter() - start) * 1000.0
+        elapsed = (time.perf_counter() - start) * 1000.0
+        self.counts.count(route, CANARY, elapsed, False)
+        self.candidate_sampler.add(route.model, candidate.version, records, predictions)
+        return predictions, None, elapsed
+
+    def close(self) -> None:
+        """Write what is counted and sampled (a process shutting down)."""
+        self.counts.flush()
+        self.counts.stop()
+        self.candidate_sampler.close()
 
 
 def _announce(settings: Settings, doc: Mapping[str, Any]) -> None:

@@ -4,8 +4,9 @@
 for arrays, the same rule): a binary classifier's probability of its last class, a multiclass one's top
 probability, a regressor's value, a pyfunc model's value when it is one number (else no score).
 
-**The reference** (:func:`training_reference`) is built at training time from the inputs a model was
-fitted on — numeric columns binned, string and boolean ones counted (the split the signature MLflow
+**The reference** (:func:`training_reference`) is built at training time from held-out rows drawn like
+those a model was fitted on (the scores of its own fitted rows are more confident than any it will serve)
+— numeric columns binned, string and boolean ones counted (the split the signature MLflow
 infers from the same frame makes: numbers are numeric, the rest categorical, dates left out) — and the
 model's score on them, by :func:`nimbus.monitoring.drift.build_reference`; AutoML's registration and the
 batch example models log it as ``reference/drift.json``.
@@ -85,8 +86,8 @@ def split_columns(frame: Any) -> tuple[list[Any], list[Any]]:
 
 
 def training_reference(model: Any, frame: Any, seed: int = 0) -> dict[str, Any]:
-    """The drift reference of ``model`` fitted on ``frame`` (its input columns): at most
-    TRAINING_ROWS rows of it, drawn at random, scored by the model."""
+    """The drift reference of ``model`` from ``frame`` (its input columns; held-out rows like its training
+    data): at most TRAINING_ROWS rows of it, drawn at random, scored by the model."""
     if len(frame) > TRAINING_ROWS:
         frame = frame.sample(TRAINING_ROWS, random_state=seed)
     numeric, categorical = split_columns(frame)

@@ -21,11 +21,7 @@ class TelemetryStore(RedisStore):
         bucket_key, names_key = _LAYOUT[of]
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            for (name, bucket), fields in counts.items():
-                key = bucket_key(name, bucket)
-                for field, value in fields.items():
-                    pipe.hincrby(key, field, value)
-                pipe.expire(key, ttl_s)
+            _add_counts(pipe, {bucket_key(name, bucket): fields for (name, bucket), fields in counts.items()}, ttl_s)
             pipe.sadd(names_key(), *{name for name, _ in counts})
             pipe.execute()
 
@@ -51,11 +47,7 @@ class TelemetryStore(RedisStore):
         """Add per-(rollout, step, role) field counts (the traffic fields), one round trip."""
         with self.redis as r:
             pipe = r.pipeline(transaction=False)
-            for (rollout, step, role), fields in counts.items():
-                key = Keys.rollout_counts(rollout, step, role)
-                for name, value in fields.items():
-                    pipe.hincrby(key, name, value)
-                pipe.expire(key, ttl_s)
+            _add_counts(pipe, {Keys.rollout_counts(*key): fields for key, fields in counts.items()}, ttl_s)
             pipe.execute()
 
     def rollout_counts(self, rollout: str, step: int, roles: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -66,3 +58,11 @@ class TelemetryStore(RedisStore):
                 pipe.hgetall(Keys.rollout_counts(rollout, step, role))
             answers = pipe.execute()
         return {role: {k.decode(): int(v) for k, v in raw.items()} for role, raw in zip(roles, answers)}
+
+
+def _add_counts(pipe: object, counts: dict[str, dict[str, int]], ttl_s: int) -> None:
+    """HINCRBY each field of each counter hash, and (re)set the hash's expiry, on ``pipe``."""
+    for key, fields in counts.items():
+        for field, value in fields.items():
+            pipe.hincrby(key, field, value)  # type: ignore[attr-defined]
+        pipe.expire(key, ttl_s)  # type: ignore[attr-defined]
