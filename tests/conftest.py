@@ -20,6 +20,11 @@ from tests.spark_connect import spark_connect  # noqa: F401 - one Spark Connect 
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers (make test) start with COLUMNS=80 and LINES=24 in their environment: rich would fix
+    # nimbus.console's width at 80 when it is imported, whatever COLUMNS a test's CliRunner or subprocess sets.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 
 def stack_env(home: Path) -> dict[str, str]:
