@@ -27,6 +27,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.pop(name, None)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``), the files with the most
+    slow tests are handed out first, so that the few long files do not start last and run on alone while the
+    other workers sit idle. Each file's tests keep their order; a serial run keeps pytest's order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests stay together and in order
+
+
 def stack_env(home: Path) -> dict[str, str]:
     """NIMBUS_* variables for a stack of our own on free ports, data under ``home``."""
     return {
