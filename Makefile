@@ -14,9 +14,13 @@ setup: $(STAMP)  ## install everything (apt as root, .venv, npm)
 demo: setup  ## the main job on the local stack
 	$(VENV)/bin/nimbus demo
 
+# The whole suite on $(WORKERS) pytest-xdist workers, one test file per worker at a time (--dist loadfile:
+# a module's fixtures start once), the files with the most slow tests first (tests/conftest.py; xdist's own
+# reorder would hand out the files with the most tests first); each worker starts its own stack on free ports.
+WORKERS ?= 3
 test: setup  ## lint, then the whole suite (starts its own services)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest tests/unit

@@ -14,12 +14,30 @@ from pathlib import Path
 import pytest
 
 from nimbus.config import Settings, get_settings
+from nimbus.errors import LocalStackError
 from nimbus.local.stack import LocalStack, free_port
 from tests.ray_cluster import ray_cluster  # noqa: F401 - one Ray cluster (Jobs API) per module that asks
 from tests.spark_connect import spark_connect  # noqa: F401 - one Spark Connect server per module that asks
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers (make test) start with COLUMNS=80 and LINES=24 in their environment: rich would fix
+    # nimbus.console's width at 80 when it is imported, whatever COLUMNS a test's CliRunner or subprocess sets.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``), the files with the most
+    slow tests are handed out first, so that the few long files do not start last and run on alone while the
+    other workers sit idle. Each file's tests keep their order; a serial run keeps pytest's order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests stay together and in order
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -37,15 +55,25 @@ def stack_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The real local stack for this test session; NIMBUS_* in os.environ point at it."""
-    env = stack_env(tmp_path_factory.mktemp("nimbus-home"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    settings = get_settings()
-    stack = LocalStack(settings, ephemeral=True, mlflow_server=True)
+    """The real local stack for this test session; NIMBUS_* in os.environ point at it.
+
+    A free port is only free when it is picked: another process (another xdist worker's stack or Ray, another
+    session on the machine) may bind it before a slow server (MLflow, ~20 s) does. Then the stack is started
+    again on fresh ports, twice at most."""
+    saved = {k: os.environ.get(k) for k in stack_env(ROOT)}
     try:
-        stack.up(timeout_s=120)
+        for attempt in range(3):
+            os.environ.update(stack_env(tmp_path_factory.mktemp("nimbus-home")))
+            get_settings.cache_clear()
+            settings = get_settings()
+            stack = LocalStack(settings, ephemeral=True, mlflow_server=True)
+            try:
+                stack.up(timeout_s=120)
+                break
+            except LocalStackError:
+                stack.down()
+                if attempt == 2:
+                    raise
         yield settings
     finally:
         stack.down()

@@ -83,7 +83,8 @@ def versions(settings: Settings, job_id: str) -> list[str]:
 def test_a_runner_killed_mid_search_loses_its_lease_and_the_job_succeeds_once(clean_stack: Settings,
                                                                              tmp_path: Path) -> None:
     lease = {"NIMBUS_AUTOML_LEASE_S": "3"}  # a heartbeat every second; a dead runner's lease lapses in 3 s
-    [job_id] = queue(clean_stack, 1, budget_s=60)
+    # max_trials: the rerun ends when its search has tried 6 configurations rather than at the 60 s budget
+    [job_id] = queue(clean_stack, 1, budget_s=60, max_trials=6)
     first = worker(tmp_path, "first", env=lease)
     try:
         # Mid-search: Ray is up and Tune has been handed the search (its share of the budget recorded),
