@@ -22,14 +22,14 @@ from tests.spark_connect import spark_connect  # noqa: F401 - one Spark Connect 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist's workers (make test) start with COLUMNS=80 and LINES=24 in their environment: rich would fix
+    # pytest-xdist's workers (make test WORKERS=3) start with COLUMNS=80 and LINES=24 in their environment: rich would fix
     # nimbus.console's width at 80 when it is imported, whatever COLUMNS a test's CliRunner or subprocess sets.
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``), the files with the most
+    """Under pytest-xdist (``make test WORKERS=3``: ``--dist loadfile --no-loadscope-reorder``), the files with the most
     slow tests are handed out first, so that the few long files do not start last and run on alone while the
     other workers sit idle. Each file's tests keep their order; a serial run keeps pytest's order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
@@ -50,7 +50,7 @@ def stack_env(home: Path) -> dict[str, str]:
         "NIMBUS_AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "NIMBUS_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        # The request path's 50 ms Redis deadline degrades answers on a CPU-starved machine (make test's workers,
+        # The request path's 50 ms Redis deadline degrades answers on a CPU-starved machine (make test WORKERS=3's workers,
         # each with its own stack, on 2 cores): a test that means to see a degraded answer causes one itself.
         "NIMBUS_REQUEST_TIMEOUT_S": "5.0",
     }
